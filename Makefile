@@ -1,0 +1,24 @@
+# make test   - set up .venv (pinned, CPU torch unless a torch is already installed) and run the tests
+# make demo   - set up .venv and run the default SPoT training job (tiny model, bundled data)
+# make bench  - run the kernel benchmark (GPU shapes on CUDA, reduced shapes on CPU)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py requirements/base.txt requirements/cpu-torch.txt tools/install.sh
+	bash tools/install.sh $(PYTHON) $(VENV)
+	touch $@
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) benchmarks/bench_kernels.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,175 @@
+"""``linear_logprobs``: per-token log-probs of targets under an LM head, without materializing logits.
+
+    logp[i] = z[i, t_i] - logsumexp_v z[i, v],   z = hidden @ weight.T (+ bias),   0 where t_i is ignored
+
+The public entry point validates its inputs, picks a backend and, for the fused backends, drops the
+ignored tokens (prompt, padding) before any matmul so they cost nothing. Backends share one
+signature and one result:
+- ``triton``: fused Triton kernels (CUDA; or the CPU under TRITON_INTERPRET=1),
+- ``chunked``: bounded-memory PyTorch (any device),
+- ``eager``: materialized logits, the specification.
+"""
+from typing import NamedTuple, Optional
+
+import torch
+
+from .chunked import chunked_backward, chunked_forward
+from .reference import eager_linear_logprobs
+
+BACKENDS = ("auto", "triton", "chunked", "eager")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class TokenLogprobs(NamedTuple):
+    """Per-token outputs: ``logp`` (fp32, differentiable), and, without gradients, ``entropy`` (fp32)
+    of the model's next-token distribution and ``target_is_argmax`` (bool, for token accuracy)."""
+    logp: torch.Tensor
+    entropy: torch.Tensor
+    target_is_argmax: torch.Tensor
+
+
+def triton_available(device):
+    """True where the Triton backend can run: CUDA tensors, or any tensors under TRITON_INTERPRET=1."""
+    try:
+        from . import triton_linear_logprobs
+    except ImportError:
+        return False
+    return device.type == "cuda" or triton_linear_logprobs.interpreting()
+
+
+def _backend_functions(name):
+    if name == "chunked":
+        return chunked_forward, chunked_backward
+    from .triton_linear_logprobs import triton_backward, triton_forward
+    return triton_forward, triton_backward
+
+
+class _FusedLinearLogprobs(torch.autograd.Function):
+    """Autograd wrapper of the fused backends. Saves hidden, weight, bias, targets (all inputs: no
+    copies), the indices of the kept tokens and lse of those tokens: O(N) beyond the inputs."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, ignore_index, backend, with_stats):
+        forward_fn, _ = _backend_functions(backend)
+        keep = targets != ignore_index
+        kept = None if bool(keep.all()) else keep.nonzero().squeeze(1)
+        h, t = (hidden, targets) if kept is None else (hidden.index_select(0, kept), targets.index_select(0, kept))
+        logp_kept, lse, entropy_kept, argmax_kept = forward_fn(h, weight, bias, t, with_stats)
+        ctx.save_for_backward(hidden, weight, bias, targets, kept, lse)
+        ctx.backend = backend
+        num_tokens = hidden.shape[0]
+        logp = _scatter(logp_kept, kept, num_tokens)
+        if not with_stats:
+            return logp, None, None
+        entropy = _scatter(entropy_kept, kept, num_tokens)
+        target_is_argmax = _scatter(argmax_kept, kept, num_tokens)
+        ctx.mark_non_differentiable(entropy, target_is_argmax)
+        return logp, entropy, target_is_argmax
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_entropy, _grad_argmax):
+        hidden, weight, bias, targets, kept, lse = ctx.saved_tensors
+        _, backward_fn = _backend_functions(ctx.backend)
+        needs = ctx.needs_input_grad[:3]
+        num_tokens, hidden_size = hidden.shape
+        grad = grad_logp.float().contiguous()
+        if kept is not None:
+            hidden, targets, grad = hidden.index_select(0, kept), targets.index_select(0, kept), grad.index_select(0, kept)
+        dhidden, dweight, dbias = backward_fn(hidden, weight, bias, targets, lse, grad, needs)
+        if dhidden is not None and kept is not None:
+            dhidden = dhidden.new_zeros(num_tokens, hidden_size).index_copy_(0, kept, dhidden)
+        return dhidden, dweight, dbias, None, None, None, None
+
+
+def _scatter(values, kept, num_tokens):
+    if kept is None:
+        return values
+    return torch.zeros(num_tokens, dtype=values.dtype, device=values.device).index_copy_(0, kept, values)
+
+
+def _validate(hidden, weight, targets, bias, backend):
+    for name, tensor in (("hidden", hidden), ("weight", weight), ("targets", targets)):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    if hidden.dim() != 2 or weight.dim() != 2:
+        raise ValueError(f"hidden must be [N, H] and weight [V, H]; got hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)}")
+    num_tokens, hidden_size = hidden.shape
+    vocab_size = weight.shape[0]
+    if num_tokens == 0:
+        raise ValueError("hidden has no tokens (N == 0)")
+    if weight.shape[1] != hidden_size:
+        raise ValueError(f"hidden size mismatch: hidden {tuple(hidden.shape)} vs weight {tuple(weight.shape)}")
+    if targets.shape != (num_tokens,):
+        raise ValueError(f"targets must have shape ({num_tokens},) to match hidden {tuple(hidden.shape)}; got {tuple(targets.shape)}")
+    if targets.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"targets must be int64 or int32; got {targets.dtype}")
+    if hidden.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"hidden must be a floating-point tensor; got {hidden.dtype}")
+    if weight.dtype != hidden.dtype:
+        raise TypeError(f"weight dtype {weight.dtype} differs from hidden dtype {hidden.dtype}; cast one of them")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+        if bias.shape != (vocab_size,):
+            raise ValueError(f"bias must have shape ({vocab_size},) to match weight {tuple(weight.shape)}; got {tuple(bias.shape)}")
+        if bias.dtype != hidden.dtype:
+            raise TypeError(f"bias dtype {bias.dtype} differs from hidden dtype {hidden.dtype}")
+    devices = {t.device for t in (hidden, weight, targets) + ((bias,) if bias is not None else ())}
+    if len(devices) > 1:
+        raise ValueError(f"inputs are on different devices: {sorted(str(d) for d in devices)}")
+
+
+def _check_targets(targets, vocab_size, ignore_index):
+    bad = ((targets < 0) | (targets >= vocab_size)) & (targets != ignore_index)
+    if bool(bad.any()):
+        index = int(bad.nonzero()[0, 0])
+        raise ValueError(f"targets[{index}] = {int(targets[index])} is outside [0, {vocab_size}) "
+                         f"and is not ignore_index ({ignore_index})")
+
+
+def resolve_backend(backend, device, dtype):
+    """The concrete backend ``auto`` means here: ``triton`` on CUDA, ``chunked`` elsewhere."""
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and triton_available(device) and dtype != torch.float64 else "chunked"
+    if backend == "triton":
+        if not triton_available(device):
+            raise ValueError(f"backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1); tensors are on {device}")
+        if dtype == torch.float64:
+            raise TypeError("backend 'triton' does not support float64; use 'chunked' or 'eager'")
+    return backend
+
+
+def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                    bias: Optional[torch.Tensor] = None, ignore_index: int = -100,
+                    backend: str = "auto", return_stats: bool = False):
+    """Log-probability of each target token under the linear head ``(weight, bias)``.
+
+    Args:
+        hidden: [N, H] final hidden states (fp32, bf16 or fp16).
+        weight: [V, H] LM-head weight, same dtype as ``hidden``.
+        targets: [N] int64/int32 token ids in [0, V), or ``ignore_index``.
+        bias: optional [V] bias.
+        ignore_index: targets equal to it get log-prob 0 and no gradient; they are dropped before
+            any matmul on the fused backends.
+        backend: ``auto`` (``triton`` on CUDA, ``chunked`` elsewhere), ``triton``, ``chunked`` or ``eager``.
+        return_stats: also return per-token entropy and target-is-argmax (no gradients; same pass).
+
+    Returns:
+        [N] fp32 log-probs, differentiable w.r.t. hidden, weight and bias; or a ``TokenLogprobs``
+        when ``return_stats``. Non-contiguous inputs are made contiguous (a copy).
+    """
+    _validate(hidden, weight, targets, bias, backend)
+    _check_targets(targets, weight.shape[0], ignore_index)
+    backend = resolve_backend(backend, hidden.device, hidden.dtype)
+    hidden, weight, targets = hidden.contiguous(), weight.contiguous(), targets.contiguous()
+    bias = bias.contiguous() if bias is not None else None
+    if backend == "eager":
+        logp, entropy, target_is_argmax = eager_linear_logprobs(hidden, weight, targets, bias, ignore_index, return_stats)
+    else:
+        logp, entropy, target_is_argmax = _FusedLinearLogprobs.apply(
+            hidden, weight, bias, targets, ignore_index, backend, return_stats)
+    if return_stats:
+        return TokenLogprobs(logp, entropy, target_is_argmax)
+    return logp

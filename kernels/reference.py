@@ -1,0 +1,28 @@
+"""The eager specification of ``linear_logprobs``: materialized logits, log-softmax, gather.
+
+This is the contract every fast backend must reproduce (DESIGN.md section 3) and the baseline the
+benchmarks compare against. It holds the full [N, V] logits (in the input dtype) plus their fp32
+log-softmax, so it is only for tests, small shapes and measurements.
+"""
+import torch
+
+
+def eager_linear_logprobs(hidden, weight, targets, bias=None, ignore_index=-100, with_stats=False):
+    """Per-token log-probs ``z[i, t_i] - logsumexp(z[i])`` with ``z = hidden @ weight.T (+ bias)``.
+
+    Returns ``(logp, entropy, target_is_argmax)``; the last two are None unless ``with_stats``.
+    Ignored tokens get log-prob 0, entropy 0 and ``target_is_argmax`` False. Autograd does the
+    backward.
+    """
+    logits = torch.nn.functional.linear(hidden, weight, bias).float()
+    logsoftmax = logits.log_softmax(dim=-1)
+    keep = targets != ignore_index
+    safe_targets = torch.where(keep, targets, 0).unsqueeze(1)
+    logp = logsoftmax.gather(1, safe_targets).squeeze(1) * keep
+    if not with_stats:
+        return logp, None, None
+    with torch.no_grad():
+        entropy = -(logsoftmax.exp() * logsoftmax).sum(dim=-1) * keep
+        target_logit = logits.gather(1, safe_targets).squeeze(1)
+        target_is_argmax = (target_logit >= logits.max(dim=-1).values) & keep
+    return logp, entropy, target_is_argmax

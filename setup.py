@@ -1,0 +1,36 @@
+"""spot-fast: Surgical Post-Training with fused LM-head kernels.
+
+Installs two import packages from one distribution:
+- ``spot_kernels`` (folder ``kernels/``): trainer-free Triton / PyTorch kernels; needs torch + triton.
+- ``spot_fast`` (folder ``spot_fast/``): the trainer, data pipeline and evaluation.
+"""
+from setuptools import setup
+
+setup(
+    name="spot-fast",
+    version="0.1.0",
+    description="Surgical Post-Training (SPoT) with fused LM-head log-prob kernels",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["spot_kernels", "spot_fast"],
+    package_dir={"spot_kernels": "kernels", "spot_fast": "spot_fast"},
+    package_data={"spot_fast": ["assets/*", "assets/**/*"]},
+    install_requires=[
+        "torch>=2.4",
+        "triton>=3.0",
+        "transformers>=4.51",
+        "deepspeed>=0.16",
+        "ninja",
+        "numpy",
+        "pyyaml",
+        "tqdm",
+        "safetensors",
+    ],
+    extras_require={
+        "gpu": ["liger-kernel>=0.5"],
+        "test": ["pytest", "pytest-timeout", "liger-kernel>=0.5"],
+        "plot": ["matplotlib"],
+        "rectify": ["rapidfuzz", "math-verify"],
+    },
+)
