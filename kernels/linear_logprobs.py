@@ -54,7 +54,11 @@ class _FusedLinearLogprobs(torch.autograd.Function):
         keep = targets != ignore_index
         kept = None if bool(keep.all()) else keep.nonzero().squeeze(1)
         h, t = (hidden, targets) if kept is None else (hidden.index_select(0, kept), targets.index_select(0, kept))
-        logp_kept, lse, entropy_kept, argmax_kept = forward_fn(h, weight, bias, t, with_stats)
+        if h.shape[0] == 0:  # every token ignored: nothing to compute
+            zeros = h.new_zeros(0, dtype=torch.float32)
+            logp_kept, lse, entropy_kept, argmax_kept = zeros, zeros, zeros, zeros.bool()
+        else:
+            logp_kept, lse, entropy_kept, argmax_kept = forward_fn(h, weight, bias, t, with_stats)
         ctx.save_for_backward(hidden, weight, bias, targets, kept, lse)
         ctx.backend = backend
         num_tokens = hidden.shape[0]
@@ -75,7 +79,11 @@ class _FusedLinearLogprobs(torch.autograd.Function):
         grad = grad_logp.float().contiguous()
         if kept is not None:
             hidden, targets, grad = hidden.index_select(0, kept), targets.index_select(0, kept), grad.index_select(0, kept)
-        dhidden, dweight, dbias = backward_fn(hidden, weight, bias, targets, lse, grad, needs)
+        if lse.numel() == 0:
+            dhidden, dweight, dbias = (torch.zeros_like(x) if need and x is not None else None
+                                       for x, need in zip((hidden, weight, bias), needs))
+        else:
+            dhidden, dweight, dbias = backward_fn(hidden, weight, bias, targets, lse, grad, needs)
         if dhidden is not None and kept is not None:
             dhidden = dhidden.new_zeros(num_tokens, hidden_size).index_copy_(0, kept, dhidden)
         return dhidden, dweight, dbias, None, None, None, None

@@ -10,11 +10,13 @@ import torch
 def eager_linear_logprobs(hidden, weight, targets, bias=None, ignore_index=-100, with_stats=False):
     """Per-token log-probs ``z[i, t_i] - logsumexp(z[i])`` with ``z = hidden @ weight.T (+ bias)``.
 
-    Returns ``(logp, entropy, target_is_argmax)``; the last two are None unless ``with_stats``.
+    Softmax math runs in fp32 (float64 for float64 inputs, which makes this the high-precision
+    reference of the tests). Returns ``(logp, entropy, target_is_argmax)``; the last two are None unless ``with_stats``.
     Ignored tokens get log-prob 0, entropy 0 and ``target_is_argmax`` False. Autograd does the
     backward.
     """
-    logits = torch.nn.functional.linear(hidden, weight, bias).float()
+    logits = torch.nn.functional.linear(hidden, weight, bias)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     logsoftmax = logits.log_softmax(dim=-1)
     keep = targets != ignore_index
     safe_targets = torch.where(keep, targets, 0).unsqueeze(1)

@@ -7,8 +7,8 @@ Forward, one program per block of BLOCK_N tokens:
         z_blk = sum over H in BLOCK_H steps of dot(hidden_blk, weight_blk.T)   (fp32 accumulator)
         online log-sum-exp: m' = max(m, rowmax(z_blk)); s = s * exp(m - m') + rowsum(exp(z_blk - m'))
         target logit picked where the column equals the row's target
-        (stats) a = a * exp(m - m') + rowsum(exp(z_blk - m') * z_blk)
-    lse = m + log(s); logp = z_t - lse; entropy = lse - a / s; target_is_argmax = z_t >= m
+        (stats) a = exp(m - m') * (a + (m - m') * s) + rowsum(exp(z_blk - m') * (z_blk - m'))
+    lse = m + log(s); logp = z_t - lse; entropy = log(s) - a / s; target_is_argmax = z_t >= m
 Only lse[N] is saved for the backward.
 
 Backward, for one vocab slice [v0, v1) at a time (driver: ``chunked.accumulate_gradients``):
@@ -81,7 +81,7 @@ def _forward_kernel(hidden_ptr, weight_ptr, bias_ptr, targets_ptr,
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     row_mask = rows < N
     targets = tl.load(targets_ptr + rows, mask=row_mask, other=0).to(tl.int64)
-    running_max = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
+    running_max = tl.full((BLOCK_N,), -1e30, dtype=tl.float32)  # finite: 0 * (m - m') stays 0
     sum_exp = tl.zeros((BLOCK_N,), dtype=tl.float32)
     sum_exp_z = tl.zeros((BLOCK_N,), dtype=tl.float32)
     target_logit = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -95,9 +95,10 @@ def _forward_kernel(hidden_ptr, weight_ptr, bias_ptr, targets_ptr,
         new_max = tl.maximum(running_max, tl.max(z, axis=1))
         rescale = tl.exp(running_max - new_max)
         p = tl.exp(z - new_max[:, None])
+        if WITH_STATS:  # sum exp(z - m) * (z - m), kept relative to the running max for precision
+            centered = tl.where(col_mask[None, :], z - new_max[:, None], 0.0)
+            sum_exp_z = (sum_exp_z + (running_max - new_max) * sum_exp) * rescale + tl.sum(p * centered, axis=1)
         sum_exp = sum_exp * rescale + tl.sum(p, axis=1)
-        if WITH_STATS:
-            sum_exp_z = sum_exp_z * rescale + tl.sum(p * tl.where(col_mask[None, :], z, 0.0), axis=1)
         is_target = cols[None, :] == targets[:, None]
         target_logit += tl.sum(tl.where(is_target, z, 0.0), axis=1)
         running_max = new_max
@@ -105,7 +106,7 @@ def _forward_kernel(hidden_ptr, weight_ptr, bias_ptr, targets_ptr,
     tl.store(logp_ptr + rows, target_logit - lse, mask=row_mask)
     tl.store(lse_ptr + rows, lse, mask=row_mask)
     if WITH_STATS:
-        tl.store(entropy_ptr + rows, lse - sum_exp_z / sum_exp, mask=row_mask)
+        tl.store(entropy_ptr + rows, tl.log(sum_exp) - sum_exp_z / sum_exp, mask=row_mask)
         tl.store(argmax_ptr + rows, (target_logit >= running_max).to(tl.int8), mask=row_mask)
 
 

@@ -1,0 +1,162 @@
+"""linear_logprobs against a float64 eager reference: values, all three gradients, stats, bad input."""
+import pytest
+import torch
+
+import spot_kernels
+from spot_kernels import chunked, linear_logprobs, triton_linear_logprobs
+
+FUSED = ["chunked", "triton"]
+SHAPES = [(1, 16, 257), (37, 48, 1000), (129, 16, 257), (129, 48, 2500)]
+
+
+def make_inputs(num_tokens, hidden_size, vocab_size, dtype=torch.float32, bias=True, scale=1.0, seed=0):
+    """Fresh random inputs with ~20% ignored tokens and a fully ignored run of tokens (a sequence)."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = (torch.randn(num_tokens, hidden_size, generator=g) * scale).to(dtype)
+    weight = (torch.randn(vocab_size, hidden_size, generator=g) / hidden_size ** 0.5).to(dtype)
+    b = torch.randn(vocab_size, generator=g).to(dtype) if bias else None
+    targets = torch.randint(0, vocab_size, (num_tokens,), generator=g)
+    targets[torch.rand(num_tokens, generator=g) < 0.2] = -100
+    if num_tokens > 10:
+        targets[3:9] = -100
+    upstream = torch.randn(num_tokens, generator=g)
+    return hidden, weight, b, targets, upstream
+
+
+def run(backend, hidden, weight, bias, targets, upstream, **kwargs):
+    """(logp, entropy, target_is_argmax, dhidden, dweight, dbias) for loss = sum(upstream * logp)."""
+    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in (hidden, weight, bias)]
+    out = linear_logprobs(leaves[0], leaves[1], targets, leaves[2], backend=backend, return_stats=True, **kwargs)
+    (out.logp * upstream.to(out.logp.dtype)).sum().backward()
+    grads = [leaf.grad if leaf is not None else None for leaf in leaves]
+    return (out.logp.detach(), out.entropy, out.target_is_argmax, *grads)
+
+
+def reference(hidden, weight, bias, targets, upstream):
+    to64 = lambda t: t.double() if t is not None else None  # noqa: E731
+    return run("eager", to64(hidden), to64(weight), to64(bias), targets, upstream.double())
+
+
+def assert_matches(result, expected, rtol, atol_scale):
+    names = ("logp", "entropy", "target_is_argmax", "dhidden", "dweight", "dbias")
+    for name, got, want in zip(names, result, expected):
+        if want is None:
+            assert got is None, name
+            continue
+        if name == "target_is_argmax":
+            assert torch.equal(got, want), name
+            continue
+        atol = atol_scale * max(1.0, want.abs().max().item())
+        torch.testing.assert_close(got.double(), want, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("backend", FUSED + ["eager"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_fp32_matches_float64_reference(backend, shape, bias):
+    inputs = make_inputs(*shape, bias=bias, seed=hash((shape, bias)) % 1000)
+    assert_matches(run(backend, *inputs), reference(*inputs), rtol=1e-5, atol_scale=1e-5)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_large_magnitude_logits(backend):
+    """Logits of magnitude ~1e3: the online log-sum-exp must not overflow or lose the target."""
+    inputs = make_inputs(37, 48, 1000, scale=300.0, seed=7)
+    expected = reference(*inputs)
+    assert expected[0].abs().max() > 100  # the test really exercises large logits
+    result = run(backend, *inputs)
+    # Entropy is a difference of logits, so it inherits the fp32 logits' absolute error (~1e-7 * |z|):
+    # hold it to eager fp32's own error on the same inputs instead of a relative 1e-5.
+    eager_error = (run("eager", *inputs)[1].double() - expected[1]).abs().max().item()
+    assert (result[1].double() - expected[1]).abs().max().item() <= 2 * eager_error + 1e-6
+    assert_matches(result[:1] + (None,) + result[2:], expected[:1] + (None,) + expected[2:], rtol=1e-5, atol_scale=1e-5)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_many_chunks_and_slices(backend, monkeypatch):
+    """Force several token chunks and vocab slices so the online and accumulating paths all run."""
+    monkeypatch.setattr(chunked, "TILE_ELEMENTS", 32 * 300)
+    monkeypatch.setattr(chunked, "TOKEN_CHUNK", 32)
+    monkeypatch.setattr(triton_linear_logprobs, "SLICE_ELEMENTS", 129 * 1024)
+    inputs = make_inputs(129, 48, 2500, seed=11)
+    assert_matches(run(backend, *inputs), reference(*inputs), rtol=1e-5, atol_scale=1e-5)
+
+
+@pytest.mark.parametrize("backend", FUSED + ["eager"])
+@pytest.mark.parametrize("shape", [(37, 48, 1000), (129, 16, 257)])
+def test_bf16_no_worse_than_eager_bf16(backend, shape):
+    """bf16 inputs are judged against eager PyTorch's own bf16 error on the same inputs (+ 1e-2)."""
+    inputs = make_inputs(*shape, dtype=torch.bfloat16, seed=3)
+    expected = reference(*inputs)
+    eager = run("eager", *inputs)
+    result = run(backend, *inputs)
+    for index, name in ((0, "logp"), (1, "entropy"), (3, "dhidden"), (4, "dweight"), (5, "dbias")):
+        scale = expected[index].abs().max().item()
+        err = (result[index].double() - expected[index]).abs().max().item() / scale
+        eager_err = (eager[index].double() - expected[index]).abs().max().item() / scale
+        assert err <= eager_err + 1e-2, f"{name}: relative error {err:.3g} vs eager bf16 {eager_err:.3g}"
+    assert result[0].dtype == torch.float32
+
+
+@pytest.mark.parametrize("backend", FUSED + ["eager"])
+def test_all_tokens_ignored(backend):
+    hidden, weight, bias, targets, upstream = make_inputs(37, 16, 257)
+    targets[:] = -100
+    logp, entropy, argmax, dhidden, dweight, dbias = run(backend, hidden, weight, bias, targets, upstream)
+    assert torch.equal(logp, torch.zeros(37)) and torch.equal(entropy, torch.zeros(37)) and not argmax.any()
+    for grad in (dhidden, dweight, dbias):
+        assert torch.count_nonzero(grad) == 0
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_custom_ignore_index_int32_targets_and_noncontiguous_hidden(backend):
+    hidden, weight, bias, targets, upstream = make_inputs(37, 48, 1000, seed=5)
+    targets = torch.where(targets == -100, torch.tensor(999), targets)  # 999 is ignored below
+    expected = reference(hidden, weight, bias, torch.where(targets == 999, -100, targets), upstream)
+    hidden_t = hidden.T.contiguous().T  # same values, column-major strides
+    assert not hidden_t.is_contiguous()
+    result = run(backend, hidden_t, weight, bias, targets.int(), upstream, ignore_index=999)
+    assert_matches(result, expected, rtol=1e-5, atol_scale=1e-5)
+
+
+def test_weight_grad_only_when_hidden_is_frozen():
+    hidden, weight, _, targets, _ = make_inputs(37, 48, 1000)
+    w = weight.clone().requires_grad_(True)
+    linear_logprobs(hidden, w, targets, backend="chunked").sum().backward()
+    w64 = weight.double().requires_grad_(True)
+    linear_logprobs(hidden.double(), w64, targets, backend="eager").sum().backward()
+    torch.testing.assert_close(w.grad.double(), w64.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_picks_chunked_on_cpu():
+    assert spot_kernels.resolve_backend("auto", torch.device("cpu"), torch.float32) == "chunked"
+
+
+@pytest.mark.parametrize("mutate, error, message", [
+    (lambda h, w, t: (h[:, :-1], w, t), ValueError, "hidden size mismatch"),
+    (lambda h, w, t: (h, w, t[:-1]), ValueError, "targets must have shape"),
+    (lambda h, w, t: (h, w, t.float()), TypeError, "targets must be int64"),
+    (lambda h, w, t: (h, w.double(), t), TypeError, "weight dtype"),
+    (lambda h, w, t: (h, w, torch.where(t == 0, 5000, t).index_fill(0, torch.tensor([2]), 5000)), ValueError, r"targets\[2\] = 5000 is outside"),
+    (lambda h, w, t: (h, w, t.index_fill(0, torch.tensor([4]), -7)), ValueError, r"targets\[4\] = -7"),
+    (lambda h, w, t: (h[:0], w, t[:0]), ValueError, "no tokens"),
+    (lambda h, w, t: (h[None], w, t), ValueError, r"hidden must be \[N, H\]"),
+    (lambda h, w, t: (h.int(), w.int(), t), TypeError, "floating-point"),
+])
+@pytest.mark.parametrize("backend", FUSED + ["eager"])
+def test_bad_input_is_named(mutate, error, message, backend):
+    hidden, weight, _, targets, _ = make_inputs(37, 48, 1000)
+    targets = targets.clamp(min=0)
+    h, w, t = mutate(hidden, weight, targets)
+    with pytest.raises(error, match=message):
+        linear_logprobs(h, w, t, backend=backend)
+
+
+def test_bad_bias_and_backend_are_named():
+    hidden, weight, _, targets, _ = make_inputs(37, 48, 1000)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        linear_logprobs(hidden, weight, targets, bias=torch.zeros(999))
+    with pytest.raises(ValueError, match="unknown backend"):
+        linear_logprobs(hidden, weight, targets, backend="cuda")
+    with pytest.raises(TypeError, match="does not support float64"):
+        linear_logprobs(hidden.double(), weight.double(), targets, backend="triton")
