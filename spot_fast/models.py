@@ -24,7 +24,17 @@ def tiny_qwen3_config(vocab_size):
     )
 
 
+def check_model_name(name):
+    """Raises FileNotFoundError unless ``name`` is the built-in model, a directory, or a hub id."""
+    if name == BUILTIN_MODEL or os.path.isdir(name):
+        return
+    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") != 1
+    if looks_like_path or os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise FileNotFoundError(f"model {name!r}: no such directory (and not a hub id 'owner/name')")
+
+
 def load_tokenizer(name):
+    check_model_name(name)
     path = ASSETS / "tokenizer" if name == BUILTIN_MODEL else name
     return AutoTokenizer.from_pretrained(path)
 
@@ -37,8 +47,7 @@ def load_model(name, dtype=torch.float32, attn_implementation=None):
             torch.manual_seed(BUILTIN_SEED)
             model = Qwen3ForCausalLM(tiny_qwen3_config(vocab_size))
         return model.to(dtype)
-    if not (os.path.isdir(name) or "/" in name):
-        raise FileNotFoundError(f"model {name!r} is neither a local directory nor a hub id (owner/name)")
+    check_model_name(name)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     return AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
 

@@ -1,0 +1,196 @@
+"""Preference pairs: read JSONL, render with the chat template, tokenize, truncate, batch.
+
+Accepted fields per line (DESIGN.md section 5):
+- prompt: ``question`` or ``prompt`` (a string, or a list of chat messages),
+- chosen y+: ``gemini_corrected_answer`` or ``chosen`` (a string, or messages ending with the assistant's),
+- rejected y-: ``original_answer`` or ``rejected`` (same).
+The prompt is rendered with the tokenizer's chat template and a generation prompt (Qwen3 non-thinking
+mode inserts the empty think block); each completion is the answer followed by one end token (not a
+second one when the answer already ends with it). Completions are truncated to fit ``max_length``,
+never the prompt: a prompt that does not fit leaves no room for a completion, so its pair is skipped
+and counted. A malformed line raises ``DataError`` naming the file and line.
+
+Batches hold 2B sequences (chosen 0..B-1, then rejected B..2B-1), either packed into one row without
+padding (positions restart per sequence, so attention sees a block-diagonal causal mask) or padded.
+Only positions whose next token is a completion token are scored: ``token_positions`` index the
+flattened hidden states, ``targets`` are the next tokens, ``seq_index`` the sequence of each.
+"""
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+PROMPT_FIELDS = ("question", "prompt")
+CHOSEN_FIELDS = ("gemini_corrected_answer", "chosen")
+REJECTED_FIELDS = ("original_answer", "rejected")
+
+
+class DataError(ValueError):
+    """Bad training data; the message names the file and line."""
+
+
+@dataclass
+class Pair:
+    prompt_ids: list
+    chosen_ids: list
+    rejected_ids: list
+    line: int
+
+
+@dataclass
+class DataStats:
+    pairs: int = 0
+    skipped_long_prompt: int = 0
+    truncated_completions: int = 0
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _field(record, names, where):
+    for name in names:
+        if name in record:
+            return name, record[name]
+    raise DataError(f"{where}: missing field: expected one of {', '.join(map(repr, names))}; "
+                    f"found {', '.join(map(repr, record)) or 'no fields'}")
+
+
+def _as_messages(value, field, where):
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
+        return value
+    raise DataError(f"{where}: field {field!r} must be a string or a non-empty list of "
+                    f"{{'role', 'content'}} messages; got {type(value).__name__}")
+
+
+def _completion_text(value, field, where):
+    if isinstance(value, list):
+        messages = _as_messages(value, field, where)
+        if messages[-1]["role"] != "assistant":
+            raise DataError(f"{where}: field {field!r}: the last message must be the assistant's")
+        value = messages[-1]["content"]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {field!r} must be a string or a list of messages; got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(f"{where}: field {field!r} is empty")
+    return value
+
+
+def render_prompt(tokenizer, messages):
+    """The prompt text: chat template with the generation prompt, Qwen3 non-thinking mode."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+
+
+def completion_ids(tokenizer, text):
+    """Token ids of ``text`` followed by exactly one end token."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids or ids[-1] != tokenizer.eos_token_id:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def load_pairs(path, tokenizer, max_length):
+    """Tokenized pairs of a JSONL file and the counts of what was skipped or truncated."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
+    if tokenizer.eos_token_id is None:
+        raise DataError("the tokenizer has no eos token; completions need an end token")
+    pairs, stats = [], DataStats()
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{where}: invalid JSON: {error.msg} at column {error.colno}") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            prompt_field, prompt = _field(record, PROMPT_FIELDS, where)
+            chosen_field, chosen = _field(record, CHOSEN_FIELDS, where)
+            rejected_field, rejected = _field(record, REJECTED_FIELDS, where)
+            prompt_ids = tokenizer(render_prompt(tokenizer, _as_messages(prompt, prompt_field, where)),
+                                   add_special_tokens=False)["input_ids"]
+            chosen_ids = completion_ids(tokenizer, _completion_text(chosen, chosen_field, where))
+            rejected_ids = completion_ids(tokenizer, _completion_text(rejected, rejected_field, where))
+            room = max_length - len(prompt_ids)
+            if room < 1:
+                stats.skipped_long_prompt += 1
+                continue
+            for ids in (chosen_ids, rejected_ids):
+                if len(ids) > room:
+                    del ids[room:]
+                    stats.truncated_completions += 1
+            pairs.append(Pair(prompt_ids, chosen_ids, rejected_ids, line_number))
+    stats.pairs = len(pairs)
+    if not pairs:
+        reason = f" ({stats.skipped_long_prompt} prompts longer than max_length {max_length})" if stats.skipped_long_prompt else ""
+        raise DataError(f"{path}: no usable pairs{reason}")
+    return pairs, stats
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor        # [rows, length]
+    position_ids: torch.Tensor     # [rows, length]
+    attention_mask: object         # [rows, length] when padded, None when packed
+    token_positions: torch.Tensor  # [T] indices into the flattened [rows * length] hidden states
+    targets: torch.Tensor          # [T] next-token ids (completion tokens only)
+    seq_index: torch.Tensor        # [T] in [0, 2B): chosen i -> i, rejected i -> B + i
+    chosen_lengths: torch.Tensor   # [B] completion tokens of each chosen answer
+    num_pairs: int
+    num_tokens: int                # real (non-padding) tokens
+    padding_fraction: float
+
+    def to(self, device):
+        move = lambda t: t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t  # noqa: E731
+        return Batch(**{k: move(v) for k, v in self.__dict__.items()})
+
+
+def collate(pairs, pack, pad_id):
+    """A ``Batch`` of the 2B sequences of ``pairs`` (see the module docstring)."""
+    sequences = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
+    lengths = [len(prompt) + len(completion) for prompt, completion in sequences]
+    if pack:
+        rows, length = 1, sum(lengths)
+        starts = [(0, sum(lengths[:i])) for i in range(len(sequences))]
+    else:
+        rows, length = len(sequences), max(lengths)
+        starts = [(i, 0) for i in range(len(sequences))]
+    input_ids = torch.full((rows, length), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((rows, length), dtype=torch.long)
+    attention_mask = None if pack else torch.zeros((rows, length), dtype=torch.long)
+    token_positions, targets, seq_index = [], [], []
+    for index, ((prompt, completion), (row, offset)) in enumerate(zip(sequences, starts)):
+        ids = prompt + completion
+        input_ids[row, offset:offset + len(ids)] = torch.tensor(ids)
+        position_ids[row, offset:offset + len(ids)] = torch.arange(len(ids))
+        if attention_mask is not None:
+            attention_mask[row, offset:offset + len(ids)] = 1
+        first = row * length + offset + len(prompt) - 1  # hidden state that predicts the first completion token
+        token_positions.append(torch.arange(first, first + len(completion)))
+        targets.append(torch.tensor(completion))
+        seq_index.append(torch.full((len(completion),), index))
+    num_tokens = sum(lengths)
+    return Batch(
+        input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+        token_positions=torch.cat(token_positions), targets=torch.cat(targets), seq_index=torch.cat(seq_index),
+        chosen_lengths=torch.tensor([len(p.chosen_ids) for p in pairs]), num_pairs=len(pairs),
+        num_tokens=num_tokens, padding_fraction=1.0 - num_tokens / (rows * length),
+    )
+
+
+def epoch_order(num_examples, epoch, seed):
+    """The shuffled example order of ``epoch``; the same on every rank and every world size."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_examples, generator=generator).tolist()

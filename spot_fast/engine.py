@@ -1,0 +1,96 @@
+"""Process group, DeepSpeed engine, optimizer and schedule.
+
+One process per device under torchrun (or a single process without it). CUDA uses NCCL, the CPU
+gloo. ``stop_distributed`` ends every run with a barrier and ``destroy_process_group``; without it
+DeepSpeed processes abort at exit now and then.
+"""
+import math
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_distributed():
+    """Initializes the process group (a group of one without torchrun); returns (rank, world, device)."""
+    import deepspeed
+
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def stop_distributed():
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def cosine_schedule(optimizer, total_steps, warmup_ratio):
+    """Linear warmup over ``ceil(warmup_ratio * total_steps)`` steps, then cosine decay to 0."""
+    warmup = math.ceil(warmup_ratio * total_steps)
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def adamw(model, config, learning_rate):
+    """AdamW with weight decay on matrices only (not on biases and norm weights)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=(config.adam_beta1, config.adam_beta2), eps=1e-8,
+                             fused=next(model.parameters()).is_cuda)
+
+
+def deepspeed_config(config, bf16, device):
+    return {
+        "train_micro_batch_size_per_gpu": config.per_device_batch,
+        "gradient_accumulation_steps": config.grad_accum,
+        "gradient_clipping": config.grad_clip,
+        "bf16": {"enabled": bf16},
+        "zero_optimization": {
+            "stage": config.zero_stage,
+            "overlap_comm": device.type == "cuda",
+            "contiguous_gradients": True,
+            "stage3_gather_16bit_weights_on_model_save": True,
+        },
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+def build_engine(model, config, learning_rate, total_steps, bf16, device):
+    import deepspeed
+
+    optimizer = adamw(model, config, learning_rate)
+    scheduler = cosine_schedule(optimizer, total_steps, config.warmup_ratio)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=deepspeed_config(config, bf16, device))
+    return engine

@@ -1,0 +1,127 @@
+"""A client for OpenAI-compatible ``POST {base_url}/chat/completions`` endpoints, standard library only.
+
+``ChatClient.complete(messages)`` returns the assistant message's text. Each call is one logical
+request with its own retry loop, so it is safe to call from many threads at once; the caller bounds
+the concurrency (see ``correct.run_bounded``).
+
+Retry policy: a failed attempt is retried when the failure is transient - HTTP 408, 409, 425, 429 or
+any 5xx, a connection error, a timeout, or a body that is not a chat completion (not JSON, no
+``choices[0].message.content`` string). Other HTTP errors (400, 401, 403, 404, ...) are permanent and
+raise ``OracleError`` at once. Before attempt ``k + 1`` the client sleeps the server's
+``Retry-After`` seconds when given, else a uniformly random time in
+``[0, min(max_backoff, backoff * 2**k)]`` ("full jitter" exponential backoff: retries from many
+threads spread out instead of arriving together). After ``max_retries`` retries it raises
+``OracleError`` with the last failure.
+
+``timeout`` is the socket timeout of each attempt: connecting, and every wait for data from the server,
+must finish within it, so a stalled server costs at most ``timeout`` per attempt.
+
+``stats`` counts attempts and the causes of retries, for the stage summary.
+"""
+import http.client
+import itertools
+import json
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+
+RETRY_STATUS = frozenset({408, 409, 425, 429})
+
+
+class OracleError(RuntimeError):
+    """The Oracle could not answer (a permanent HTTP error, or retries exhausted)."""
+
+
+class _Transient(Exception):
+    def __init__(self, cause, retry_after=None):
+        super().__init__(cause)
+        self.cause = cause
+        self.retry_after = retry_after
+
+
+def _retry_after_seconds(headers):
+    value = headers.get("Retry-After") if headers else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:  # an HTTP date: fall back to the backoff schedule
+        return None
+
+
+def message_text(body):
+    """``choices[0].message.content`` of a chat completion body; raises ``ValueError`` otherwise."""
+    try:
+        content = json.loads(body)["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise ValueError(f"not a chat completion ({type(e).__name__}: {e})") from None
+    if not isinstance(content, str):
+        raise ValueError(f"message content is {type(content).__name__}, not a string")
+    return content
+
+
+class ChatClient:
+    """One OpenAI-compatible endpoint and model (see the module docstring)."""
+
+    def __init__(self, base_url, model, api_key=None, timeout=600.0, max_retries=6, backoff=1.0,
+                 max_backoff=60.0, extra_body=None, seed=None):
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.api_key = api_key
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.extra_body = dict(extra_body or {})
+        self.stats = Counter()
+        self._lock = threading.Lock()
+        self._random = random.Random(seed)
+
+    def _count(self, key):
+        with self._lock:
+            self.stats[key] += 1
+
+    def backoff_delay(self, retry):
+        """Seconds to sleep before retry number ``retry`` (0-based) without a Retry-After."""
+        with self._lock:
+            return self._random.uniform(0.0, min(self.max_backoff, self.backoff * 2 ** retry))
+
+    def complete(self, messages):
+        """The assistant's reply to ``messages`` (a list of ``{"role", "content"}`` dicts)."""
+        body = json.dumps({"model": self.model, "messages": messages, **self.extra_body}).encode("utf-8")
+        for retry in itertools.count():
+            self._count("attempts")
+            try:
+                return self._attempt(body)
+            except _Transient as failure:
+                self._count(f"retry: {failure.cause}")
+                if retry == self.max_retries:
+                    raise OracleError(f"{self.url}: gave up after {retry + 1} attempts, last: {failure.cause}")
+                delay = failure.retry_after
+                time.sleep(min(delay, self.max_backoff) if delay is not None else self.backoff_delay(retry))
+
+    def _attempt(self, body):
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as e:
+            if e.code in RETRY_STATUS or e.code >= 500:
+                raise _Transient(f"HTTP {e.code}", _retry_after_seconds(e.headers)) from None
+            detail = e.read()[:500].decode("utf-8", "replace")
+            raise OracleError(f"{self.url}: HTTP {e.code} (not retried): {detail}") from None
+        except TimeoutError:
+            raise _Transient("timeout") from None
+        except urllib.error.URLError as e:
+            cause = "timeout" if isinstance(e.reason, TimeoutError) else "connection error"
+            raise _Transient(cause) from None
+        except (ConnectionError, http.client.HTTPException):
+            raise _Transient("connection error") from None
+        try:
+            return message_text(raw)
+        except ValueError:
+            raise _Transient("malformed body") from None

@@ -1,0 +1,97 @@
+r"""Oracles: what turns a wrong answer y- into a minimally edited correct answer y+.
+
+An Oracle is any callable ``oracle(question=..., wrong_answer=..., ground_truth=...)`` that returns the
+corrected answer text, or None when it has no correction to offer. It may be called from several
+threads at once. Two kinds:
+
+- ``ChatOracle``: a chat model behind an OpenAI-compatible endpoint, asked with ``CORRECTION_PROMPT``
+  (the one statement of what a correction must be) to reply with the corrected answer between
+  ``BEGIN`` and ``END`` markers; the text between the last pair is the correction, markers excluded.
+  A reply without a complete marked block gives None.
+- a Python function named ``module:function`` (``load_callable``), e.g. a rule-based fixer or a
+  wrapper around another model; its return value is the correction as is.
+
+``replace_final_answer`` is a rule-based Oracle for demonstrations and smoke tests: it only rewrites the
+final boxed value, so its pairs teach nothing about reasoning and are not training data.
+"""
+import importlib
+
+from spot_fast.rectify.answers import last_boxed_span
+from spot_fast.rectify.chat_client import ChatClient
+
+BEGIN = "<corrected_answer>"
+END = "</corrected_answer>"
+
+CORRECTION_PROMPT = """\
+A student solved the math problem below, but the final answer is wrong. The correct final answer \
+is: {ground_truth}
+
+Correct the student's solution with minimal edits:
+- Find the first step that is wrong and fix it, then redo only the steps that depend on it.
+- Keep everything else exactly as the student wrote it: the same wording, notation, formatting, \
+line breaks, and level of detail. Do not rephrase, shorten, or add explanations of your own.
+- The corrected solution must reach the correct final answer and give it in \\boxed{{}}, where the \
+student gave theirs.
+
+Problem:
+{question}
+
+Student's solution:
+{wrong_answer}
+
+Reply with the corrected solution only, between the lines {begin} and {end}, like this:
+{begin}
+(the corrected solution)
+{end}"""
+
+
+def correction_messages(question, wrong_answer, ground_truth):
+    """The chat messages that ask a model for a minimal-edit correction."""
+    prompt = CORRECTION_PROMPT.format(question=question, wrong_answer=wrong_answer,
+                                      ground_truth=ground_truth, begin=BEGIN, end=END)
+    return [{"role": "user", "content": prompt}]
+
+
+def extract_marked(reply):
+    """The text between the last ``BEGIN`` and the ``END`` after it, stripped; None if there is none."""
+    start = reply.rfind(BEGIN)
+    if start < 0:
+        return None
+    start += len(BEGIN)
+    end = reply.find(END, start)
+    return None if end < 0 else reply[start:end].strip()
+
+
+class ChatOracle:
+    """An Oracle backed by a chat model (see the module docstring)."""
+
+    def __init__(self, client: ChatClient):
+        self.client = client
+
+    def __call__(self, question, wrong_answer, ground_truth):
+        return extract_marked(self.client.complete(correction_messages(question, wrong_answer, ground_truth)))
+
+
+def load_callable(spec):
+    """The function named by ``"package.module:function"``."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"oracle {spec!r} is not of the form module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"oracle {spec!r}: cannot import {module_name!r} ({e})") from None
+    function = getattr(module, attribute, None)
+    if not callable(function):
+        raise ValueError(f"oracle {spec!r}: {module_name!r} has no function {attribute!r}")
+    return function
+
+
+def replace_final_answer(question, wrong_answer, ground_truth):
+    r"""The wrong answer with the content of its last box replaced by the ground truth, or with
+    ``The answer is \boxed{truth}.`` appended when it has no complete box (demonstration Oracle)."""
+    span = last_boxed_span(wrong_answer)
+    if span is not None:
+        return wrong_answer[:span[0]] + ground_truth + wrong_answer[span[1]:]
+    separator = "" if not wrong_answer or wrong_answer.endswith("\n") else "\n"
+    return f"{wrong_answer}{separator}The answer is \\boxed{{{ground_truth}}}."

@@ -1,0 +1,195 @@
+r"""Symbolic equivalence of two final answers written in LaTeX.
+
+With ``math-verify`` installed, it decides: ``verify(parse(truth), parse(answer))``. Without it, sympy
+decides on a translation of the LaTeX subset that final answers use:
+
+    numbers, single-letter variables, + - * / ^, parentheses and braces, \frac, \sqrt (with an index),
+    \cdot \times \div, \pi \infty e, \ln \log \exp \sin \cos \tan
+
+Two answers are equivalent when ``simplify(a - b) == 0``. ``to_sympy`` reads the LaTeX left to right
+into Python source built only from the tokens it emits itself (``Integer(2)``, ``Symbol('x')``-style
+names from a fixed table, operators, parentheses), with implicit multiplication made explicit
+(``2\pi r`` -> ``2*pi*r``), and evaluates that source with no builtins: nothing from the answer reaches
+``eval`` except digits and single letters. Powers whose integer exponents multiply to more than
+``MAX_EXPONENT`` (``10^{10^{10}}``) are refused, since sympy would try to compute them. Anything outside
+the subset, or longer than ``MAX_LENGTH``, is "not shown equivalent".
+"""
+import re
+from fractions import Fraction
+from math import prod
+
+import sympy
+
+MAX_LENGTH = 300
+MAX_EXPONENT = 10_000
+
+try:
+    import math_verify
+except ImportError:
+    math_verify = None
+
+
+def brace_group(text, start):
+    r"""(content, end) of the brace group opening at ``text[start] == "{"``; None if never closed.
+
+    Depth counting; an escaped character (``\{``, ``\}``, ``\\``) is content, not structure.
+    """
+    depth, i = 0, start
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1:i], i + 1
+        i += 1
+    return None
+
+
+_CONSTANTS = {"\\pi": "pi", "\\infty": "oo"}
+_OPERATORS = {"\\cdot": "*", "\\times": "*", "\\div": "/"}
+_FUNCTIONS = {"\\ln": "log", "\\log": "log", "\\exp": "exp", "\\sin": "sin", "\\cos": "cos", "\\tan": "tan"}
+_NAMESPACE = {
+    "__builtins__": {}, "Integer": sympy.Integer, "Rational": sympy.Rational, "sqrt": sympy.sqrt,
+    "root": sympy.root, "pi": sympy.pi, "oo": sympy.oo, "E": sympy.E, "log": sympy.log,
+    "exp": sympy.exp, "sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan,
+}
+_NUMBER = re.compile(r"\d+(\.\d+)?|\.\d+")
+
+
+class _Unsupported(ValueError):
+    pass
+
+
+class _Translator:
+    """LaTeX subset -> Python source over ``_NAMESPACE`` (see the module docstring)."""
+
+    def __init__(self):
+        self.exponents = []
+
+    def argument(self, s, i):
+        """(text, end) of a macro argument at ``s[i]``: a brace group or a single character."""
+        if i >= len(s):
+            raise _Unsupported("missing argument")
+        if s[i] == "{":
+            group = brace_group(s, i)
+            if group is None:
+                raise _Unsupported("unclosed brace")
+            return group
+        return s[i], i + 1
+
+    def translate(self, s):
+        tokens, i = [], 0
+        while i < len(s):
+            c = s[i]
+            if c.isspace():
+                i += 1
+                continue
+            number = _NUMBER.match(s, i)
+            command = re.match(r"\\[A-Za-z]+", s[i:])
+            if number:
+                value = Fraction(number.group(0))
+                tokens.append(("operand", f"Rational({value.numerator},{value.denominator})"))
+                i = number.end()
+            elif c.isalpha() and c.isascii():
+                tokens.append(("operand", "E" if c == "e" else f"_{c}"))
+                i += 1
+            elif command and command.group(0) == "\\frac":
+                num, i = self.argument(s, i + 5)
+                den, i = self.argument(s, i)
+                tokens.append(("operand", f"(({self.translate(num)})/({self.translate(den)}))"))
+            elif command and command.group(0) == "\\sqrt":
+                i += 5
+                index = None
+                if s.startswith("[", i):
+                    end = s.find("]", i)
+                    if end < 0:
+                        raise _Unsupported("unclosed root index")
+                    index, i = s[i + 1:end], end + 1
+                radicand, i = self.argument(s, i)
+                source = f"sqrt({self.translate(radicand)})" if index is None else \
+                    f"root({self.translate(radicand)},{self.translate(index)})"
+                tokens.append(("operand", source))
+            elif command and command.group(0) in _CONSTANTS:
+                tokens.append(("operand", _CONSTANTS[command.group(0)]))
+                i += len(command.group(0))
+            elif command and command.group(0) in _FUNCTIONS:
+                tokens.append(("function", _FUNCTIONS[command.group(0)]))
+                i += len(command.group(0))
+            elif command and command.group(0) in _OPERATORS:
+                tokens.append(("operator", _OPERATORS[command.group(0)]))
+                i += len(command.group(0))
+            elif c == "^":
+                exponent, i = self.argument(s, i + 1)
+                source = self.translate(exponent)
+                if "**" in source:
+                    raise _Unsupported("nested power")
+                self.exponents += [max(1, int(n)) for n in re.findall(r"\d+", exponent)]
+                tokens.append(("power", f"**({source})"))
+            elif c in "+-*/":
+                tokens.append(("operator", c))
+                i += 1
+            elif c in "({":
+                tokens.append(("open", "("))
+                i += 1
+            elif c in ")}":
+                tokens.append(("close", ")"))
+                i += 1
+            else:
+                raise _Unsupported(f"unsupported text at {s[i:i + 10]!r}")
+        return self.join(tokens)
+
+    @staticmethod
+    def join(tokens):
+        """Concatenate tokens, writing what LaTeX leaves implicit: multiplication (``2x``) and the
+        parentheses of a function applied to one operand (``\\sin x``)."""
+        out, previous = [], None
+        for kind, text in tokens:
+            if previous == "function" and kind == "operand":
+                text = f"({text})"
+            elif previous in ("operand", "close", "power") and kind in ("operand", "function", "open"):
+                out.append("*")
+            out.append(text)
+            previous = kind
+        return "".join(out)
+
+
+def to_sympy(latex):
+    """The sympy expression for ``latex`` (the subset above), or None when outside it."""
+    if len(latex) > MAX_LENGTH:
+        return None
+    translator = _Translator()
+    try:
+        source = translator.translate(latex)
+        if prod(translator.exponents) > MAX_EXPONENT:
+            return None
+        names = {n: sympy.Symbol(n[1:]) for n in re.findall(r"_[A-Za-z]", source)}
+        expr = eval(source, dict(_NAMESPACE), names)  # noqa: S307 - source is built from our own tokens
+    except Exception:  # noqa: BLE001 - unsupported or ill-formed input is "not shown equivalent"
+        return None
+    return expr if isinstance(expr, sympy.Basic) else None
+
+
+def _sympy_equivalent(a, b):
+    x, y = to_sympy(a), to_sympy(b)
+    if x is None or y is None:
+        return False
+    try:
+        return sympy.simplify(x - y) == 0
+    except Exception:  # noqa: BLE001 - sympy raises many types on odd input; a failure proves nothing
+        return False
+
+
+def _math_verify_equivalent(answer, truth):
+    return bool(math_verify.verify(math_verify.parse(f"${truth}$"), math_verify.parse(f"${answer}$")))
+
+
+def equivalent(answer, truth):
+    """Whether the LaTeX expressions ``answer`` and ``truth`` are shown to have the same value."""
+    if math_verify is not None:
+        return _math_verify_equivalent(answer, truth)
+    return _sympy_equivalent(answer, truth)
