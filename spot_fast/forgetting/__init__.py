@@ -1,0 +1,1 @@
+"""Forgetting analyses (two-mode mixture lab: mixture.py)."""

@@ -24,24 +24,31 @@ Objectives
 (a)-(c) are integrals on a uniform float64 grid (exponentially accurate for these smooth integrands);
 the gradient is the exact gradient of the discretised objective, ``sum_x vol * grad q(x) * g(x)`` with
 ``g = -p / q`` (forward KL to p) or ``g = log(q / p*) + 1`` (reverse KL). (d) is seeded and stochastic.
+With the default 3000 steps everything converges except d = 1, where the overlapping modes make the
+geometry nearly flat (about 1e4 steps for (c) and 4e4 for (b) are needed; tested separately).
 
 Predictions (tested in tests/test_mixture.py)
 ---------------------------------------------
 (a) Mass forgetting: for separated modes (d >= 5) the old weight decreases monotonically to below
-    0.02. (For d <= 3 the old component instead slides onto the new mode: q = p_new for any a.)
+    0.02. (For d <= 4 the old component instead slides onto the new mode, where q = p_new for any a,
+    so its weight stays near 0.99: the old task is forgotten by drift, not by mass.)
 (b) Replay moves the forward-KL optimum: the model family contains the training mixture, so the final
     old weight is ``lam``.
 (c) Reverse KL converges to ``a*`` (no mass forgetting). The old mean moves only through the overlap:
-    to leading order in 1/d the force on it is ``a sqrt(pi/2) BC (sqrt((1-a)/a) - sqrt((1-a*)/a*))``
-    with ``BC = exp(-d^2 / 8)`` the Bhattacharyya coefficient of p_old and p_new, against a restoring
-    curvature ``a``; so the drift stays below ``sqrt(pi/2) sqrt((1-a*)/a*) BC`` (1.79 BC for a* = 0.3;
-    measured <= 1.9 BC for d >= 5, hence the tested bound ``2 BC``) and ``log drift`` has slope about
-    ``-1/8`` in ``d^2``. For d <= 4 the drift is not overlap-gated: the heavy old component first slides
-    toward the heavier new mode of p* and comes back.
+    to leading order in 1/d the force on it (at m_old = mu_old, m_new = mu_new) is
+    ``a sqrt(pi/2) BC (sqrt((1-a)/a) - sqrt((1-a*)/a*))``, with ``BC = exp(-d^2 / 8)`` the Bhattacharyya
+    coefficient of p_old and p_new, against a restoring curvature ``a``. The quasi-static drift
+    ``sqrt(pi/2) BC |sqrt((1-a*)/a*) - sqrt((1-a)/a)|`` is largest at a = a_init: 1.79 BC for a* = 0.3.
+    Measured: 1.67-1.88 BC for d = 5..8 (tested: <= 2 BC), and ``log drift`` against ``d^2`` has slope
+    -1/8 to within 0.01. The 2 BC bound is not universal: the constant exceeds 2 for a* < 0.28 (a* = 0.2
+    gives 2.2-2.6 BC). For d <= 4 the drift is not overlap-gated: the heavy old component first slides
+    toward the heavier new mode of p* (drift ~ d) and only later comes back.
 (d) Old-mode starvation: each on-policy sample comes from the old component with probability ``a``, so
     a batch has none with probability ``(1 - a)^B``, i.e. ``(1 - a*)^B`` after convergence. Under the
     replay proposal a sample is old with probability ``(1 - rho) a + rho``, so starvation falls to
-    ``((1 - rho)(1 - a))^B = (1 - rho)^B (1 - a)^B``, while ``q / r <= 1 / (1 - rho)``.
+    ``((1 - rho)(1 - a))^B = (1 - rho)^B (1 - a)^B``, while ``q / r <= 1 / (1 - rho)``. The
+    estimate is exactly zero once q = p*, so the sampled runs also converge to a*; their old-mean
+    drift, however, is set by the batch noise of the transient (0.3-0.5 s at d >= 5), not by the overlap.
 
 ``python -m spot_fast.forgetting.mixture`` prints the table over d = 1..8 and writes a PNG.
 """
@@ -206,6 +213,12 @@ def run_sampled(d, dims, steps, lr, rho, seed, a_star=A_STAR, batch=BATCH):
     return out
 
 
+def late_starvation(run):
+    """Fraction of starved batches over the second half of a sampled run (after convergence)."""
+    starved = run["starved"]
+    return starved[len(starved) // 2 :].mean()
+
+
 def run_all(d, dims, steps, lr, seed):
     """Every objective at separation d; sampled runs without ('sampled') and with ('sampled_replay') replay."""
     out = run_exact(d, dims, steps, lr)
@@ -215,7 +228,7 @@ def run_all(d, dims, steps, lr, seed):
 
 
 def print_table(results):
-    """results: {d: run_all(...)}. Starvation is the fraction over the second half of training."""
+    """results: {d: run_all(...)}; 'starved' columns are late_starvation (second half of training)."""
     print(
         f"a*={A_STAR} lam={LAM} a_init={A_INIT} B={BATCH} rho={RHO}; analytic starvation at a=a*: "
         f"(1-a*)^B={(1 - A_STAR) ** BATCH:.4f}, ((1-rho)(1-a*))^B={((1 - RHO) * (1 - A_STAR)) ** BATCH:.4f}"
@@ -228,13 +241,12 @@ def print_table(results):
     for d, r in results.items():
         bc = bhattacharyya(d)
         fn, fr, rv = r["forward_new"], r["forward_replay"], r["reverse"]
-        half = len(r["sampled"]["starved"]) // 2
         print(
             f"{d:>2} {bc:9.2e} | {fn['final_weight']:8.4f} {fn['max_drift']:9.2e} | "
             f"{fr['final_weight']:8.4f} {fr['max_drift']:9.2e} | {rv['final_weight']:8.4f} "
             f"{rv['max_drift']:9.2e} {rv['max_drift'] / bc:8.3f} | "
-            f"{r['sampled']['final_weight']:8.4f} {r['sampled']['starved'][half:].mean():7.4f} "
-            f"{r['sampled_replay']['starved'][half:].mean():7.4f} {r['sampled']['max_drift']:9.2e}"
+            f"{r['sampled']['final_weight']:8.4f} {late_starvation(r['sampled']):7.4f} "
+            f"{late_starvation(r['sampled_replay']):7.4f} {r['sampled']['max_drift']:9.2e}"
         )
 
 
@@ -264,7 +276,7 @@ def plot(results, path):
     axes[1].semilogy(dense, 2 * bhattacharyya(dense), "k:", label="2 BC")
     axes[1].set(xlabel="d", ylabel="max_t |m_old - mu_old| / s", title="old-mean drift")
     for key, rho in (("sampled", 0.0), ("sampled_replay", RHO)):
-        fractions = [results[d][key]["starved"][len(results[d][key]["starved"]) // 2 :].mean() for d in ds]
+        fractions = [late_starvation(results[d][key]) for d in ds]
         line = axes[2].plot(ds, fractions, "o-", label=f"measured, rho={rho}")[0]
         axes[2].axhline(((1 - rho) * (1 - A_STAR)) ** BATCH, ls="--", c=line.get_color(),
                         label=f"((1-rho)(1-a*))^B, rho={rho}")
@@ -279,7 +291,7 @@ def plot(results, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out-dir", default="outputs/mixture")
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--lr", type=float, default=1.0, help="step size of the exact runs (a)-(c)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dims", type=int, choices=(1, 2), default=1)

@@ -59,8 +59,8 @@ _UNIT_WORDS = (
     "weeks?", "months?", "years?", "s", "min", "h", "dollars?", "cents?", "degrees?", "radians?",
     "people", "students?", "points?", "ways?", "times?",
 )
-_TRAILING_UNIT = re.compile(
-    r"(?<=[\d}.])\s+(?:" + "|".join(_UNIT_WORDS) + r")(?:\^\{?\d\}?)?\s*$")
+_TRAILING_UNITS = re.compile(
+    r"(?<=[\d}.])(?:\s+(?:" + "|".join(_UNIT_WORDS) + r")(?:\^\{?\d\}?)?)+\s*$")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 _SPACING = re.compile(r"\\left(?![a-z])|\\right(?![a-z])|\\[!,;:> ]|\\displaystyle|~")
 _DEGREES = re.compile(r"\^\s*\{?\\circ\}?|°|\\degree")
@@ -83,8 +83,7 @@ def normalize(answer):
     s = s.replace("\\%", "").replace("%", "").replace("\\$", "")
     s = re.sub(r"\\[dt]frac", r"\\frac", s)
     s = s.strip().rstrip(".").strip()
-    while (stripped := _TRAILING_UNIT.sub("", s)) != s and stripped:
-        s = stripped
+    s = _TRAILING_UNITS.sub("", s)
     s = re.sub(r"(\\[A-Za-z]+)\s+(?=[A-Za-z])|\s+", lambda m: m.group(1) + " " if m.group(1) else "", s)
     s = s.rstrip(".")
     s = s.replace("{,}", "")

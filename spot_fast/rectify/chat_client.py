@@ -16,7 +16,7 @@ threads spread out instead of arriving together). After ``max_retries`` retries 
 ``timeout`` is the socket timeout of each attempt: connecting, and every wait for data from the server,
 must finish within it, so a stalled server costs at most ``timeout`` per attempt.
 
-``stats`` counts attempts and the causes of retries, for the stage summary.
+``stats`` counts attempts, and failed attempts by cause, for the stage summary.
 """
 import http.client
 import itertools
@@ -89,15 +89,16 @@ class ChatClient:
 
     def complete(self, messages):
         """The assistant's reply to ``messages`` (a list of ``{"role", "content"}`` dicts)."""
-        body = json.dumps({"model": self.model, "messages": messages, **self.extra_body}).encode("utf-8")
+        body = json.dumps({**self.extra_body, "model": self.model, "messages": messages}).encode("utf-8")
         for retry in itertools.count():
             self._count("attempts")
             try:
                 return self._attempt(body)
             except _Transient as failure:
-                self._count(f"retry: {failure.cause}")
-                if retry == self.max_retries:
-                    raise OracleError(f"{self.url}: gave up after {retry + 1} attempts, last: {failure.cause}")
+                self._count(f"failed: {failure.cause}")
+                if retry >= self.max_retries:
+                    raise OracleError(
+                        f"{self.url}: gave up after {retry + 1} attempts, last: {failure.cause}")
                 delay = failure.retry_after
                 time.sleep(min(delay, self.max_backoff) if delay is not None else self.backoff_delay(retry))
 
@@ -114,12 +115,12 @@ class ChatClient:
                 raise _Transient(f"HTTP {e.code}", _retry_after_seconds(e.headers)) from None
             detail = e.read()[:500].decode("utf-8", "replace")
             raise OracleError(f"{self.url}: HTTP {e.code} (not retried): {detail}") from None
-        except TimeoutError:
-            raise _Transient("timeout") from None
         except urllib.error.URLError as e:
             cause = "timeout" if isinstance(e.reason, TimeoutError) else "connection error"
             raise _Transient(cause) from None
-        except (ConnectionError, http.client.HTTPException):
+        except TimeoutError:
+            raise _Transient("timeout") from None
+        except (OSError, http.client.HTTPException):  # resets, TLS errors, truncated responses
             raise _Transient("connection error") from None
         try:
             return message_text(raw)

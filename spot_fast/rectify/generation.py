@@ -75,7 +75,7 @@ class HFGenerator:
     @torch.no_grad()
     def generate(self, questions):
         batch = self.tokenizer([self.render(q) for q in questions], return_tensors="pt", padding=True,
-                               add_special_tokens=False).to(self.device)
+                               add_special_tokens=not self.render.chat_template).to(self.device)
         s = self.sampling
         output = self.model.generate(
             **batch, do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,

@@ -10,7 +10,7 @@ Writing, two kinds:
   ``fsync`` before ``append`` returns; ids are unique; on open, a trailing partial line (a crash in the
   middle of a write) is cut off, every other line is parsed, and the ids already present are known, so
   a rerun skips them. An exclusive ``flock`` keeps a second process from appending to the same file.
-- ``write_jsonl_atomic`` / ``write_text_atomic``: whole-file outputs of short stages, written to a
+- ``write_jsonl_atomic`` / ``write_atomic``: whole-file outputs of short stages, written to a
   temporary file in the same folder and renamed over the target: readers see the old file or the new
   one, never a mix.
 """
@@ -69,10 +69,12 @@ class Line:
         return value
 
     def record_id(self, default=None):
-        """The ``id`` field as a string (strings and integers accepted); ``default`` when absent."""
-        value = self.record.get("id", default)
+        """The ``id`` field as a string (strings and integers accepted); ``default`` when absent or null."""
+        value = self.record.get("id")
         if value is None:
-            raise self.error("missing field 'id'")
+            if default is None:
+                raise self.error("missing field 'id'")
+            return default
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             raise self.error(f"field 'id' must be a string or an integer, got {type(value).__name__}")
         return str(value)
@@ -83,8 +85,12 @@ def read_jsonl(path):
     path = Path(path)
     if not path.is_file():
         raise InputError(path, 0, "file not found")
-    with open(path, encoding="utf-8") as f:
-        for number, text in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(path, number, f"not UTF-8 ({e.reason} at byte {e.start})") from None
             if not text.strip():
                 continue
             try:
@@ -120,17 +126,23 @@ class AppendLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
+            self._lock()
+            self._cut_partial_line()
+            self.records = {}
+            for line in read_jsonl(self.path):
+                record_id = line.record_id()
+                if record_id in self.records:
+                    raise line.error(f"duplicate id {record_id!r}")
+                self.records[record_id] = line.record
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def _lock(self):
+        try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(self._fd)
             raise RuntimeError(f"{self.path} is being written by another process") from None
-        self._cut_partial_line()
-        self.records = {}
-        for line in read_jsonl(self.path):
-            record_id = line.record_id()
-            if record_id in self.records:
-                raise line.error(f"duplicate id {record_id!r}")
-            self.records[record_id] = line.record
 
     def _cut_partial_line(self):
         with open(self.path, "rb") as f:
@@ -143,9 +155,6 @@ class AppendLog:
 
     def __contains__(self, record_id):
         return record_id in self.records
-
-    def __len__(self):
-        return len(self.records)
 
     def append(self, record):
         """Write ``record`` as one line and fsync; it survives any crash after this returns."""
@@ -167,7 +176,7 @@ class AppendLog:
         self.close()
 
 
-def write_text_atomic(path, data):
+def write_atomic(path, data):
     """Replace ``path`` with ``data`` (str or bytes) through a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,4 +193,4 @@ def write_text_atomic(path, data):
 
 
 def write_jsonl_atomic(path, records):
-    write_text_atomic(path, b"".join(_encode(r) for r in records))
+    write_atomic(path, b"".join(_encode(r) for r in records))

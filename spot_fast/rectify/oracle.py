@@ -30,8 +30,8 @@ Correct the student's solution with minimal edits:
 - Find the first step that is wrong and fix it, then redo only the steps that depend on it.
 - Keep everything else exactly as the student wrote it: the same wording, notation, formatting, \
 line breaks, and level of detail. Do not rephrase, shorten, or add explanations of your own.
-- The corrected solution must reach the correct final answer and give it in \\boxed{{}}, where the \
-student gave theirs.
+- The corrected solution must reach the correct final answer and state it as \\boxed{{...}} at the \
+end, as the student did (or should have).
 
 Problem:
 {question}

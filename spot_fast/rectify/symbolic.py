@@ -7,12 +7,12 @@ decides on a translation of the LaTeX subset that final answers use:
     \cdot \times \div, \pi \infty e, \ln \log \exp \sin \cos \tan
 
 Two answers are equivalent when ``simplify(a - b) == 0``. ``to_sympy`` reads the LaTeX left to right
-into Python source built only from the tokens it emits itself (``Integer(2)``, ``Symbol('x')``-style
+into Python source made only of what it emits itself (``Rational(2,1)``, ``_x`` for the variable x,
 names from a fixed table, operators, parentheses), with implicit multiplication made explicit
-(``2\pi r`` -> ``2*pi*r``), and evaluates that source with no builtins: nothing from the answer reaches
-``eval`` except digits and single letters. Powers whose integer exponents multiply to more than
-``MAX_EXPONENT`` (``10^{10^{10}}``) are refused, since sympy would try to compute them. Anything outside
-the subset, or longer than ``MAX_LENGTH``, is "not shown equivalent".
+(``2\pi r`` -> ``Rational(2,1)*pi*_r``), and evaluates that source with no builtins and only sympy
+names in scope: nothing from the answer reaches ``eval`` except digits and single letters. Anything
+outside the subset, or longer than ``MAX_LENGTH``, is "not shown equivalent"; so is, with either
+backend, a power too large to compute (``huge_power``).
 """
 import re
 from fractions import Fraction
@@ -50,11 +50,26 @@ def brace_group(text, start):
     return None
 
 
+def huge_power(latex):
+    """Whether ``latex`` has a nested power (``10^{10^{10}}``) or integer exponents whose product
+    exceeds ``MAX_EXPONENT``: values that sympy (and math-verify) would set out to compute."""
+    exponents = []
+    for caret in re.finditer(r"\^", latex):
+        start = caret.end()
+        group = brace_group(latex, start) if latex.startswith("{", start) else (latex[start:start + 1], None)
+        if group is None:
+            continue
+        if "^" in group[0]:
+            return True
+        exponents += [max(1, int(n)) for n in re.findall(r"\d+", group[0])]
+    return prod(exponents) > MAX_EXPONENT
+
+
 _CONSTANTS = {"\\pi": "pi", "\\infty": "oo"}
 _OPERATORS = {"\\cdot": "*", "\\times": "*", "\\div": "/"}
 _FUNCTIONS = {"\\ln": "log", "\\log": "log", "\\exp": "exp", "\\sin": "sin", "\\cos": "cos", "\\tan": "tan"}
 _NAMESPACE = {
-    "__builtins__": {}, "Integer": sympy.Integer, "Rational": sympy.Rational, "sqrt": sympy.sqrt,
+    "__builtins__": {}, "Rational": sympy.Rational, "sqrt": sympy.sqrt,
     "root": sympy.root, "pi": sympy.pi, "oo": sympy.oo, "E": sympy.E, "log": sympy.log,
     "exp": sympy.exp, "sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan,
 }
@@ -67,9 +82,6 @@ class _Unsupported(ValueError):
 
 class _Translator:
     """LaTeX subset -> Python source over ``_NAMESPACE`` (see the module docstring)."""
-
-    def __init__(self):
-        self.exponents = []
 
     def argument(self, s, i):
         """(text, end) of a macro argument at ``s[i]``: a brace group or a single character."""
@@ -125,11 +137,7 @@ class _Translator:
                 i += len(command.group(0))
             elif c == "^":
                 exponent, i = self.argument(s, i + 1)
-                source = self.translate(exponent)
-                if "**" in source:
-                    raise _Unsupported("nested power")
-                self.exponents += [max(1, int(n)) for n in re.findall(r"\d+", exponent)]
-                tokens.append(("power", f"**({source})"))
+                tokens.append(("power", f"**({self.translate(exponent)})"))
             elif c in "+-*/":
                 tokens.append(("operator", c))
                 i += 1
@@ -160,13 +168,10 @@ class _Translator:
 
 def to_sympy(latex):
     """The sympy expression for ``latex`` (the subset above), or None when outside it."""
-    if len(latex) > MAX_LENGTH:
+    if len(latex) > MAX_LENGTH or huge_power(latex):
         return None
-    translator = _Translator()
     try:
-        source = translator.translate(latex)
-        if prod(translator.exponents) > MAX_EXPONENT:
-            return None
+        source = _Translator().translate(latex)
         names = {n: sympy.Symbol(n[1:]) for n in re.findall(r"_[A-Za-z]", source)}
         expr = eval(source, dict(_NAMESPACE), names)  # noqa: S307 - source is built from our own tokens
     except Exception:  # noqa: BLE001 - unsupported or ill-formed input is "not shown equivalent"
@@ -190,6 +195,8 @@ def _math_verify_equivalent(answer, truth):
 
 def equivalent(answer, truth):
     """Whether the LaTeX expressions ``answer`` and ``truth`` are shown to have the same value."""
+    if huge_power(answer) or huge_power(truth):
+        return False
     if math_verify is not None:
         return _math_verify_equivalent(answer, truth)
     return _sympy_equivalent(answer, truth)

@@ -1,0 +1,166 @@
+"""Command line: ``python -m spot_fast.rectify <stage> --workdir DIR [options]`` (or ``spot-fast-rectify``).
+
+Stages, run in this order on one work directory (see ``layout``): elicit, correct, verify, build.
+Exit status: 0 done, 1 some Oracle calls failed (run ``correct`` again to retry them), 2 bad input or
+options, 130 interrupted (finished work is saved; the same command resumes).
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+from functools import partial
+
+from spot_fast.rectify.correct import FAILURES
+
+PROG = "spot-fast-rectify"
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def model_name(name):
+    """``name``, or the built-in tiny model for None (imported here: it brings torch)."""
+    from spot_fast.models import BUILTIN_MODEL
+
+    return BUILTIN_MODEL if name is None else name
+
+
+def run_elicit(args):
+    from spot_fast.rectify.elicit import elicit
+    from spot_fast.rectify.generation import BACKENDS, Sampling
+
+    sampling = Sampling(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                        max_new_tokens=args.max_new_tokens, seed=args.seed)
+    render = {"chat_template": not args.no_chat_template, "enable_thinking": args.enable_thinking}
+    load_generator = partial(BACKENDS[args.backend], model_name(args.model), sampling, render, args.dtype)
+    return elicit(args.problems, args.workdir, load_generator, samples=args.samples,
+                  batch_size=args.batch_size, limit=args.limit)
+
+
+def make_oracle(args):
+    """The Oracle chosen by the options, and the HTTP client behind it (None for a callable)."""
+    from spot_fast.rectify.chat_client import ChatClient
+    from spot_fast.rectify.oracle import ChatOracle, load_callable
+
+    if args.oracle_callable:
+        return load_callable(args.oracle_callable), None
+    if not args.base_url or not args.oracle_model:
+        raise ValueError("choose an Oracle: --oracle-callable module:function, or --base-url and "
+                         "--oracle-model (or SPOT_ORACLE_BASE_URL and SPOT_ORACLE_MODEL)")
+    try:
+        body = json.loads(args.extra_body)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--extra-body is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ValueError("--extra-body must be a JSON object")
+    if args.thinking_budget is not None:
+        google = body.setdefault("extra_body", {}).setdefault("google", {})
+        google.setdefault("thinking_config", {})["thinking_budget"] = args.thinking_budget
+    client = ChatClient(args.base_url, args.oracle_model, api_key=args.api_key, timeout=args.timeout,
+                        max_retries=args.max_retries, backoff=args.backoff, extra_body=body)
+    return ChatOracle(client), client
+
+
+def run_correct(args):
+    from spot_fast.rectify.correct import correct
+
+    oracle, client = make_oracle(args)
+    summary = correct(args.workdir, oracle, concurrency=args.concurrency)
+    if client is not None:
+        summary.update({f"http {key}": n for key, n in sorted(client.stats.items())})
+    return summary
+
+
+def run_verify(args):
+    from spot_fast.rectify.verify import verify
+
+    return verify(args.workdir, model_name(args.tokenizer), gamma=args.gamma)
+
+
+def run_build(args):
+    from spot_fast.rectify.build import build
+
+    return build(args.workdir, model_name(args.tokenizer), examples=args.examples)
+
+
+def parser():
+    p = argparse.ArgumentParser(prog=PROG, description="SPoT data rectification: elicit errors, "
+                                "correct them with an Oracle, verify and filter, build training pairs.")
+    stages = p.add_subparsers(dest="stage", required=True)
+
+    def stage(name, run, help_text):
+        sp = stages.add_parser(name, help=help_text, description=help_text)
+        sp.add_argument("--workdir", required=True, help="folder of the stage files")
+        sp.set_defaults(run=run)
+        return sp
+
+    e = stage("elicit", run_elicit, "sample the model's answers to problems; keep the wrong ones")
+    e.add_argument("--problems", required=True, help="JSONL: question|prompt, answer|ground_truth, id")
+    e.add_argument("--model", help="local path or hub id (default: the built-in tiny model)")
+    e.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    e.add_argument("--samples", type=positive_int, default=1, help="answers per problem")
+    e.add_argument("--batch-size", type=positive_int, default=8, help="answers per generate call")
+    e.add_argument("--limit", type=positive_int, help="use only the first N problems")
+    e.add_argument("--temperature", type=float, default=0.7)
+    e.add_argument("--top-p", type=float, default=0.8)
+    e.add_argument("--top-k", type=int, default=0, help="0: no top-k cut")
+    e.add_argument("--max-new-tokens", type=positive_int, default=2048)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto: bfloat16 on GPU, float32 on CPU (hf); the model's own (vllm)")
+    e.add_argument("--enable-thinking", action="store_true", help="Qwen3 thinking mode (default: off)")
+    e.add_argument("--no-chat-template", action="store_true", help="use the raw question as the prompt")
+
+    c = stage("correct", run_correct, "have an Oracle rewrite each wrong answer with minimal edits")
+    c.add_argument("--oracle-callable", metavar="MODULE:FUNCTION",
+                   help="a Python Oracle f(question, wrong_answer, ground_truth) -> str | None")
+    c.add_argument("--base-url", default=os.environ.get("SPOT_ORACLE_BASE_URL"),
+                   help="OpenAI-compatible endpoint, e.g. https://host/v1 (env SPOT_ORACLE_BASE_URL)")
+    c.add_argument("--oracle-model", default=os.environ.get("SPOT_ORACLE_MODEL"),
+                   help="model name sent to the endpoint (env SPOT_ORACLE_MODEL)")
+    c.add_argument("--api-key", default=os.environ.get("SPOT_ORACLE_API_KEY"),
+                   help="bearer token (prefer env SPOT_ORACLE_API_KEY)")
+    c.add_argument("--concurrency", type=positive_int, default=8, help="Oracle calls in flight at most")
+    c.add_argument("--timeout", type=float, default=600.0, help="seconds per attempt (socket timeout)")
+    c.add_argument("--max-retries", type=int, default=6)
+    c.add_argument("--backoff", type=float, default=1.0, help="base seconds of the exponential backoff")
+    c.add_argument("--thinking-budget", type=int,
+                   help="Gemini thinking budget (sent as extra_body.google.thinking_config.thinking_budget)")
+    c.add_argument("--extra-body", default="{}",
+                   help="JSON object merged into every request body (temperature, max_tokens, ...)")
+
+    v = stage("verify", run_verify, "check corrected answers and filter by change ratio")
+    v.add_argument("--tokenizer", help="the trainer's tokenizer (default: the built-in tiny model's)")
+    v.add_argument("--gamma", type=float, default=0.6, help="largest change ratio kept")
+
+    b = stage("build", run_build, "write the training pairs and the report")
+    b.add_argument("--tokenizer", help="for the example diffs (default: the built-in tiny model's)")
+    b.add_argument("--examples", type=int, default=3, help="marked examples in the report")
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(levelname)s: %(message)s")
+    try:
+        summary = args.run(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; finished work is saved, run the same command to resume",
+              file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError) as e:  # bad input or options (InputError is a ValueError)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.stage} summary:")
+    for what, value in summary.items():
+        print(f"  {what}: {value}")
+    return 1 if summary.get(FAILURES) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Stage 4, build: the training pairs of the kept corrections, and the report.
+
+``pairs.jsonl`` holds one line per kept correction in the SPoT format the trainer reads:
+``question`` (x), ``original_answer`` (y-, the student's wrong answer), ``gemini_corrected_answer``
+(y+, the Oracle's verified minimal edit), plus ``id``, ``answer`` and ``change_ratio``.
+"""
+from pathlib import Path
+
+from spot_fast.models import load_tokenizer
+from spot_fast.rectify import layout
+from spot_fast.rectify.jsonl import read_unique, write_jsonl_atomic
+from spot_fast.rectify.report import write_report
+from spot_fast.rectify.verify import correction_fields
+
+
+def verified_fields(line):
+    record = correction_fields(line)
+    if not isinstance(record.get("kept"), bool):
+        raise line.error("field 'kept' must be true or false")
+    if record["kept"] and not isinstance(record.get("change_ratio"), (int, float)):
+        raise line.error("field 'change_ratio' must be a number in a kept record")
+    return record
+
+
+def to_pair(record):
+    return {"id": record["id"], "question": record["question"], "original_answer": record["response"],
+            "gemini_corrected_answer": record["correction"], "answer": record["answer"],
+            "change_ratio": record["change_ratio"]}
+
+
+def build(workdir, tokenizer_name, examples=3):
+    """Write ``pairs.jsonl`` and the report; returns the stage summary."""
+    workdir = Path(workdir)
+    verified = read_unique(workdir / layout.VERIFIED, verified_fields)
+    pairs = [to_pair(r) for r in verified if r["kept"]]
+    write_jsonl_atomic(workdir / layout.PAIRS, pairs)
+    write_report(workdir, verified, pairs, load_tokenizer(tokenizer_name), examples)
+    return {f"verified records in {layout.VERIFIED}": len(verified),
+            f"pairs written to {layout.PAIRS}": len(pairs),
+            "report": str(workdir / layout.REPORT)}

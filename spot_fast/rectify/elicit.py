@@ -1,0 +1,63 @@
+"""Stage 1, elicit: sample the student model's answers to problems with known answers, keep the wrong.
+
+Input: JSONL with ``question`` (or ``prompt``), ``answer`` (or ``ground_truth``; a string or a
+number) and an optional ``id`` (default ``line<N>``). Each problem gets ``samples`` answers with ids
+``<problem id>#<k>``, graded by ``answers.grade``.
+
+Output (in the work directory): ``results.jsonl``, one record per sample, appended batch by batch
+through an ``AppendLog``: a rerun generates only the samples not yet written. At the end
+``errors.jsonl`` is rewritten from it with the wrong samples.
+"""
+from pathlib import Path
+
+from tqdm import tqdm
+
+from spot_fast.rectify import layout
+from spot_fast.rectify.answers import grade
+from spot_fast.rectify.jsonl import AppendLog, read_unique, write_jsonl_atomic
+
+
+def read_problems(path):
+    def parse(line):
+        return {"id": line.record_id(default=f"line{line.number}"),
+                "question": line.text("question", "prompt"),
+                "answer": line.text("answer", "ground_truth", numbers=True)}
+    return read_unique(path, parse)
+
+
+def elicit(problems_path, workdir, load_generator, samples=1, batch_size=8, limit=None):
+    """Sample, grade and write results; returns the stage summary.
+
+    ``load_generator()`` returns the generator (``generation``); it is called only when some sample is
+    still missing, after the problems file has been checked, so bad input fails before a model loads.
+    """
+    problems = read_problems(problems_path)[:limit]
+    workdir = Path(workdir)
+    with AppendLog(workdir / layout.RESULTS) as results:
+        pending = [(problem, k) for problem in problems for k in range(samples)
+                   if f"{problem['id']}#{k}" not in results]
+        generator = load_generator() if pending else None
+        with tqdm(total=len(pending), desc="elicit", unit="sample") as progress:
+            for start in range(0, len(pending), batch_size):
+                batch = pending[start:start + batch_size]
+                generations = generator.generate([problem["question"] for problem, _ in batch])
+                for (problem, k), generation in zip(batch, generations):
+                    predicted, correct = grade(generation.text, problem["answer"])
+                    results.append({
+                        "id": f"{problem['id']}#{k}", "problem_id": problem["id"], "sample": k,
+                        "question": problem["question"], "answer": problem["answer"],
+                        "response": generation.text, "predicted": predicted, "correct": correct,
+                        "truncated": generation.truncated})
+                progress.update(len(batch))
+        records = list(results.records.values())
+    write_jsonl_atomic(workdir / layout.ERRORS, [r for r in records if not r["correct"]])
+    return {"samples generated now": len(pending), **counts(records)}
+
+
+def counts(results):
+    """What the graded samples ``results`` hold (for the stage summary and the report)."""
+    wrong = [r for r in results if not r["correct"]]
+    return {"problems": len({r["problem_id"] for r in results}), "samples": len(results),
+            "correct": len(results) - len(wrong), "wrong": len(wrong),
+            "wrong without a boxed answer": sum(r["predicted"] is None for r in wrong),
+            "wrong and cut at the token limit": sum(r["truncated"] for r in wrong)}

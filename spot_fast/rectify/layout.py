@@ -1,0 +1,16 @@
+"""The files of a rectification work directory; each stage reads what the stage before it wrote.
+
+    elicit   problems.jsonl (anywhere) -> results.jsonl (every sample, graded), errors.jsonl (wrong ones)
+    correct  errors.jsonl              -> corrections.jsonl (one record per error id)
+    verify   corrections.jsonl         -> verified.jsonl (every correction, kept or with a drop reason)
+    build    verified.jsonl (+ the rest for counts) -> pairs.jsonl (training data), report.md,
+             report.json, change_ratio.png
+"""
+RESULTS = "results.jsonl"
+ERRORS = "errors.jsonl"
+CORRECTIONS = "corrections.jsonl"
+VERIFIED = "verified.jsonl"
+PAIRS = "pairs.jsonl"
+REPORT = "report.md"
+REPORT_JSON = "report.json"
+HISTOGRAM = "change_ratio.png"

@@ -1,0 +1,117 @@
+"""The rectification report: counts at every stage, the change-ratio histogram, marked examples.
+
+``stage_counts`` reads whichever stage files exist in the work directory (a run may start from its
+own ``errors.jsonl``), so every drop between problems and pairs is accounted for: wrong samples that
+were never corrected, corrections the Oracle declined, and each verification drop reason.
+
+``marked_diff`` shows an edit at token level in the style of ``git diff --word-diff``: text only in
+y- as ``[-...-]``, text only in y+ as ``{+...+}``, from the LCS alignment of the token ids (the same
+one the change ratio counts), each span decoded by the tokenizer.
+"""
+import io
+import json
+from itertools import groupby
+from statistics import mean, median
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+
+from spot_fast.rectify import correct, elicit, layout, verify  # noqa: E402
+from spot_fast.rectify.jsonl import read_jsonl, write_atomic  # noqa: E402
+from spot_fast.rectify.lcs import diff_spans  # noqa: E402
+
+
+def _records(path):
+    return [line.record for line in read_jsonl(path)] if path.is_file() else None
+
+
+def stage_counts(workdir, verified, pairs):
+    """{stage: {what: count}} for the stages whose files exist."""
+    counts = {}
+    results = _records(workdir / layout.RESULTS)
+    if results is not None:
+        counts["elicit"] = elicit.counts(results)
+    errors, corrections = _records(workdir / layout.ERRORS), _records(workdir / layout.CORRECTIONS)
+    if errors is not None and corrections is not None:
+        counts["correct"] = correct.counts(errors, {r["id"]: r for r in corrections})
+    counts["verify"] = verify.counts(verified)
+    counts["build"] = {"pairs": len(pairs)}
+    return counts
+
+
+def histogram_png(path, verified):
+    """Stacked histogram of the change ratio of every correction that has one."""
+    groups = {
+        "kept": [r["change_ratio"] for r in verified if r["kept"]],
+        f"dropped: {verify.TOO_CHANGED}": [r["change_ratio"] for r in verified
+                                           if r["drop_reason"] == verify.TOO_CHANGED],
+        "dropped: other reasons": [r["change_ratio"] for r in verified
+                                   if r["change_ratio"] is not None and not r["kept"]
+                                   and r["drop_reason"] != verify.TOO_CHANGED],
+    }
+    figure, axes = plt.subplots(figsize=(7, 4))
+    axes.hist(list(groups.values()), bins=[i / 20 for i in range(21)], stacked=True, label=list(groups))
+    axes.set_xlabel("change ratio R = 1 - |LCS(y-, y+)| / |y+|")
+    axes.set_ylabel("corrections")
+    axes.legend()
+    figure.tight_layout()
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=100)
+    plt.close(figure)
+    write_atomic(path, png.getvalue())
+
+
+def marked_diff(tokenizer, rejected, chosen):
+    """``rejected`` -> ``chosen`` with deleted text as ``[-...-]`` and inserted text as ``{+...+}``.
+
+    Consecutive changed spans are merged, so a replacement reads ``[-old-]{+new+}``.
+    """
+    a = tokenizer(rejected, add_special_tokens=False)["input_ids"]
+    b = tokenizer(chosen, add_special_tokens=False)["input_ids"]
+    parts = []
+    for same, run in groupby(diff_spans(a, b), key=lambda span: span[0] == "equal"):
+        run = list(run)
+        a0, b0, a1, b1 = run[0][1], run[0][3], run[-1][2], run[-1][4]
+        if same:
+            parts.append(tokenizer.decode(b[b0:b1]))
+            continue
+        if a1 > a0:
+            parts.append(f"[-{tokenizer.decode(a[a0:a1])}-]")
+        if b1 > b0:
+            parts.append(f"{{+{tokenizer.decode(b[b0:b1])}+}}")
+    return "".join(parts)
+
+
+def spread_examples(pairs, count):
+    """Up to ``count`` pairs spread evenly over the range of change ratios, lowest to highest."""
+    ranked = sorted(pairs, key=lambda p: p["change_ratio"])
+    if len(ranked) <= count:
+        return ranked
+    picks = sorted({round(i * (len(ranked) - 1) / max(1, count - 1)) for i in range(count)})
+    return [ranked[i] for i in picks]
+
+
+def write_report(workdir, verified, pairs, tokenizer, examples=3):
+    """Write ``report.md``, ``report.json`` and ``change_ratio.png`` into ``workdir``."""
+    counts = stage_counts(workdir, verified, pairs)
+    ratios = [p["change_ratio"] for p in pairs]
+    ratio_stats = {"mean": mean(ratios), "median": median(ratios), "max": max(ratios)} if ratios else {}
+    histogram_png(workdir / layout.HISTOGRAM, verified)
+    write_atomic(workdir / layout.REPORT_JSON,
+                      json.dumps({"counts": counts, "kept_change_ratio": ratio_stats}, indent=2) + "\n")
+
+    lines = ["# Rectification report", "", "## Counts", "", "| stage | what | count |", "|---|---|---:|"]
+    lines += [f"| {stage} | {what} | {n} |" for stage, table in counts.items() for what, n in table.items()]
+    lines += ["", "## Change ratio", "", f"![change ratio histogram]({layout.HISTOGRAM})", ""]
+    if ratio_stats:
+        lines.append("Kept pairs: " + ", ".join(f"{k} {v:.3f}" for k, v in ratio_stats.items()) + ".")
+    lines += ["", "## Examples", "",
+              "Token-level edits of kept pairs: `[-removed-]` was only in the original answer, "
+              "`{+added+}` only in the correction.", ""]
+    for pair in spread_examples(pairs, examples):
+        diff = marked_diff(tokenizer, pair["original_answer"], pair["gemini_corrected_answer"])
+        lines += [f"### {pair['id']} (R = {pair['change_ratio']:.3f}, answer {pair['answer']})", "",
+                  pair["question"], "", "````text", diff, "````", ""]
+    write_atomic(workdir / layout.REPORT, "\n".join(lines))

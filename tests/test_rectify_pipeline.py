@@ -1,0 +1,143 @@
+"""The four stages end to end on the bundled problems with the built-in tiny model, through the
+command line; the verify decisions; and the errors for malformed input."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from spot_fast.models import BUILTIN_MODEL, load_tokenizer
+from spot_fast.rectify import layout, verify
+from spot_fast.rectify.__main__ import main
+from spot_fast.rectify.answers import last_boxed
+from spot_fast.rectify.jsonl import read_jsonl, write_jsonl_atomic
+from spot_fast.rectify.lcs import change_ratio
+from spot_fast.rectify.report import marked_diff
+
+PROBLEMS = Path(__file__).resolve().parents[1] / "spot_fast" / "assets" / "problems.jsonl"
+
+
+def records(path):
+    return [line.record for line in read_jsonl(path)]
+
+
+def run(*argv):
+    return main([str(a) for a in argv])
+
+
+def test_pipeline_end_to_end(tmp_path, capsys):
+    elicit = ["elicit", "--workdir", tmp_path, "--problems", PROBLEMS, "--limit", 4, "--samples", 2,
+              "--batch-size", 3, "--max-new-tokens", 24]
+    assert run(*elicit) == 0
+    results = records(tmp_path / layout.RESULTS)
+    expected_ids = [f"demo-{p}#{k}" for p in range(280, 284) for k in (0, 1)]
+    assert sorted(r["id"] for r in results) == expected_ids
+    assert all(not r["correct"] for r in results)  # random weights
+    assert len(records(tmp_path / layout.ERRORS)) == 8
+    capsys.readouterr()
+    assert run(*elicit) == 0  # resumed: nothing left to generate
+    assert "samples generated now: 0" in capsys.readouterr().out
+    assert len(records(tmp_path / layout.RESULTS)) == 8
+
+    assert run("correct", "--workdir", tmp_path, "--oracle-callable", "rectify_oracles:by_truth") == 0
+    assert run("verify", "--workdir", tmp_path, "--gamma", 0.6) == 0
+    reasons = {r["id"]: r["drop_reason"] for r in records(tmp_path / layout.VERIFIED)}
+    assert reasons == {
+        "demo-280#0": verify.TOO_CHANGED, "demo-280#1": verify.TOO_CHANGED,
+        "demo-281#0": verify.WRONG, "demo-281#1": verify.WRONG,
+        "demo-282#0": verify.NO_CORRECTION, "demo-282#1": verify.NO_CORRECTION,
+        "demo-283#0": None, "demo-283#1": None}
+
+    assert run("build", "--workdir", tmp_path) == 0
+    pairs = records(tmp_path / layout.PAIRS)
+    assert [p["id"] for p in pairs] == ["demo-283#0", "demo-283#1"]
+    tokenizer = load_tokenizer(BUILTIN_MODEL)
+    by_id = {r["id"]: r for r in results}
+    for pair in pairs:
+        assert {"question", "original_answer", "gemini_corrected_answer"} <= set(pair)
+        assert pair["original_answer"] == by_id[pair["id"]]["response"]
+        assert pair["question"] == by_id[pair["id"]]["question"]
+        assert last_boxed(pair["gemini_corrected_answer"]) == "6"
+        ids = [tokenizer(t, add_special_tokens=False)["input_ids"]
+               for t in (pair["original_answer"], pair["gemini_corrected_answer"])]
+        assert pair["change_ratio"] == pytest.approx(change_ratio(*ids)) and pair["change_ratio"] <= 0.6
+
+    report = (tmp_path / layout.REPORT).read_text()
+    assert "| verify | dropped: change ratio above gamma | 2 |" in report
+    assert "| elicit | samples | 8 |" in report and "| build | pairs | 2 |" in report
+    assert "{+" in report and "demo-283#" in report
+    assert (tmp_path / layout.HISTOGRAM).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    counts = json.loads((tmp_path / layout.REPORT_JSON).read_text())["counts"]
+    assert counts["verify"]["kept"] == 2 and counts["correct"]["oracle offered no correction"] == 2
+
+
+def test_verify_decisions():
+    tokenizer = load_tokenizer(BUILTIN_MODEL)
+
+    def token_ids(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    wrong = "First, 3 * 4 = 13.\nThen 13 + 1 = 14.\nThe answer is \\boxed{14}."
+    cases = [
+        (wrong, "First, 3 * 4 = 12.\nThen 12 + 1 = 13.\nThe answer is \\boxed{13}.", None),
+        (wrong, None, verify.NO_CORRECTION),
+        (wrong, "First, 3 * 4 = 12.\nThen 12 + 1 = 13.\nThe answer is 13.", verify.NO_BOX),
+        (wrong, "First, 3 * 4 = 12.\nThen 12 + 2 = 14.\nThe answer is \\boxed{14}.", verify.WRONG),
+        ("3 * 4 + 1 = \\boxed{13}", "3 * 4 + 1 = \\boxed{13}", verify.ORIGINAL_RIGHT),
+        (wrong, "Multiplying gives twelve; adding one gives thirteen: \\boxed{13}.", verify.TOO_CHANGED),
+    ]
+    for response, correction, reason in cases:
+        record = {"id": "x", "question": "3 * 4 + 1?", "answer": "13", "response": response,
+                  "correction": correction}
+        judged = verify.judge(record, token_ids, gamma=0.6)
+        assert judged["drop_reason"] == reason, (correction, judged)
+        assert judged["kept"] == (reason is None)
+
+
+def test_marked_diff_shows_the_edit():
+    tokenizer = load_tokenizer(BUILTIN_MODEL)
+    rejected, chosen = "Tom has 12 apples. \\boxed{12}", "Tom has 13 apples. \\boxed{13}"
+    diff = marked_diff(tokenizer, rejected, chosen)
+    deleted, inserted = re.findall(r"\[-(.*?)-\]", diff), re.findall(r"\{\+(.*?)\+\}", diff)
+    assert [d.strip() for d in deleted] == ["12", "12"] and [i.strip() for i in inserted] == ["13", "13"]
+    assert re.sub(r"\{\+.*?\+\}", "", diff).replace("[-", "").replace("-]", "") == rejected
+    assert re.sub(r"\[-.*?-\]", "", diff).replace("{+", "").replace("+}", "") == chosen
+
+
+def write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+GOOD = '{"id": "p1", "question": "1 + 1?", "answer": "2"}'
+
+
+@pytest.mark.parametrize("lines, message", [
+    ([GOOD, '{"id": "p2", "question": "2 + 2?", "answer": "4"', GOOD], r"problems.jsonl:2: invalid JSON"),
+    ([GOOD, '["a list"]'], r"problems.jsonl:2: expected a JSON object, got list"),
+    ([GOOD, '{"id": "p2", "answer": "4"}'], r"problems.jsonl:2: missing field 'question' or 'prompt'"),
+    ([GOOD, '{"id": "p2", "prompt": "2 + 2?", "answer": ["4"]}'],
+     r"problems.jsonl:2: field 'answer' must be a string"),
+    ([GOOD, '{"id": "p2", "question": "  ", "answer": "4"}'], r"problems.jsonl:2: field 'question' is empty"),
+    ([GOOD, "", GOOD], r"problems.jsonl:3: duplicate id 'p1' \(first on line 1\)"),
+])
+def test_malformed_problems_are_reported_with_file_line_and_field(tmp_path, capsys, lines, message):
+    write_lines(tmp_path / "problems.jsonl", lines)
+    assert run("elicit", "--workdir", tmp_path / "work", "--problems", tmp_path / "problems.jsonl") == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "work" / layout.RESULTS).exists()
+
+
+def test_malformed_errors_file_is_reported(tmp_path, capsys):
+    write_jsonl_atomic(tmp_path / layout.ERRORS, [
+        {"id": "a", "question": "q", "answer": "1", "response": "r"},
+        {"id": "b", "question": "q", "answer": "1"}])
+    assert run("correct", "--workdir", tmp_path, "--oracle-callable", "rectify_oracles:slow_fix") == 2
+    assert f"{layout.ERRORS}:2: missing field 'response' or 'original_answer'" in capsys.readouterr().err
+
+
+def test_numeric_answers_and_default_ids_are_accepted(tmp_path, capsys):
+    write_lines(tmp_path / "problems.jsonl", ['{"prompt": "1 + 1?", "ground_truth": 2}'])
+    assert run("elicit", "--workdir", tmp_path, "--problems", tmp_path / "problems.jsonl",
+               "--max-new-tokens", 4) == 0
+    [result] = records(tmp_path / layout.RESULTS)
+    assert (result["id"], result["answer"], result["question"]) == ("line1#0", "2", "1 + 1?")
