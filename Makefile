@@ -17,6 +17,9 @@ $(STAMP): setup.py requirements/base.txt requirements/cpu-torch.txt tools/instal
 test: install
 	$(PY) -m pytest -q tests
 
+demo: install
+	$(PY) spot_fast/train.py
+
 bench: install
 	$(PY) benchmarks/bench_kernels.py
 
