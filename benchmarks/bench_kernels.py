@@ -172,7 +172,7 @@ def measure_cpu_workspace_here(method, tokens, hidden_size, vocab_size, dtype):
     hidden, weight, targets = make_inputs(tokens, hidden_size, vocab_size, dtype, device)
     _reset_peak_resident()
     baseline = _proc_status_bytes("VmRSS")
-    grads = forward_backward(loss_fn, hidden, weight, targets)
+    forward_backward(loss_fn, hidden, weight, targets)
     peak = _proc_status_bytes("VmHWM")
     grad_bytes = gradient_bytes(hidden, weight)
     return {"workspace_bytes": peak - baseline - grad_bytes, "peak_bytes": peak,
@@ -195,7 +195,7 @@ def measure_cuda_workspace(loss_fn, hidden, weight, targets):
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     baseline = torch.cuda.memory_allocated()
-    grads = forward_backward(loss_fn, hidden, weight, targets)
+    forward_backward(loss_fn, hidden, weight, targets)
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated()
     grad_bytes = gradient_bytes(hidden, weight)

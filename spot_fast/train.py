@@ -12,7 +12,6 @@ the CPU if there is no GPU. The loop, top to bottom:
    at the accumulation boundary; metrics every ``log_every`` steps; atomic checkpoints;
 6. final checkpoint, evaluation on ``eval_data``, plot.
 """
-import math
 import sys
 import time
 from pathlib import Path
@@ -44,13 +43,13 @@ def reference_logps(model, tokenizer, config, data_path, pairs, bf16, device, ra
         "tokenizer": [tokenizer.name_or_path, len(tokenizer)], "chat_template": tokenizer.chat_template,
         "dtype": "bf16" if bf16 else "fp32",
     })
-    if rank == 0 and cache.load() is None:
+    if rank == 0 and cache.path.exists():
+        print(f"reference log-probs reused from {cache.path}")
+    elif rank == 0:
         logps = compute_sequence_logps(model, pairs, 2 * config.per_device_batch, config.pack == "on",
                                        tokenizer.pad_token_id, device, desc=f"reference log-probs ({Path(data_path).name})")
         cache.save(logps)
         print(f"reference log-probs computed and cached at {cache.path}")
-    elif rank == 0:
-        print(f"reference log-probs reused from {cache.path}")
     barrier()
     return cache.load().to(device)
 
@@ -66,18 +65,18 @@ def step_loss(model, batch, ref, config, reward_shift):
         rejected_rewards = implicit_reward(logps.rejected, ref[:, 1], config.beta).detach()
         if config.loss == "spot_bco":
             delta = reward_shift.update(chosen_rewards, rejected_rewards)
-    losses = preference_loss(
+    loss = preference_loss(
         config.loss, logps.chosen, logps.rejected,
         None if ref is None else ref[:, 0], None if ref is None else ref[:, 1],
-        beta=config.beta, delta=delta, chosen_lengths=batch.chosen_lengths)
+        beta=config.beta, delta=delta, chosen_lengths=batch.chosen_lengths).mean()
     chosen_tokens = batch.seq_index < batch.num_pairs
     metrics = torch.stack([
-        losses.mean().detach(), chosen_rewards.mean(), rejected_rewards.mean(),
+        loss.detach(), chosen_rewards.mean(), rejected_rewards.mean(),
         (chosen_rewards - rejected_rewards).mean(), (chosen_rewards > rejected_rewards).float().mean(), delta.float(),
         logps.entropy[chosen_tokens].mean(), logps.target_is_argmax[chosen_tokens].float().mean(),
         torch.tensor(batch.padding_fraction, device=delta.device),
     ])
-    return losses.mean(), metrics, batch.num_tokens
+    return loss, metrics, batch.num_tokens
 
 
 METRIC_NAMES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy", "delta",
@@ -100,7 +99,8 @@ class Schedule:
     """
 
     def __init__(self, num_examples, config, world):
-        self.config, self.world = config, world
+        self.config = config
+        self.orders = {}  # epoch -> shuffled order, computed once per epoch
         self.micro = config.per_device_batch * world
         self.steps_per_epoch = num_examples // (self.micro * config.grad_accum)
         self.num_examples = num_examples
@@ -108,13 +108,16 @@ class Schedule:
         self.total_steps = min(total, config.max_steps) if config.max_steps > 0 else total
 
     def examples(self, step, micro_step, rank):
+        """Indices of the examples ``rank`` trains on at ``micro_step`` of optimizer step ``step``."""
         epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
         start = (step_in_epoch * self.config.grad_accum + micro_step) * self.micro + rank * self.config.per_device_batch
-        return epoch, epoch_order(self.num_examples, epoch, self.config.seed)[start:start + self.config.per_device_batch]
+        if epoch not in self.orders:
+            self.orders = {epoch: epoch_order(self.num_examples, epoch, self.config.seed)}
+        return self.orders[epoch][start:start + self.config.per_device_batch]
 
 
 def evaluate(model, pairs, ref, config, pad_id, device):
-    """Mean loss, rewards and accuracy on held-out pairs (no grad; delta fixed at its current value)."""
+    """Implicit rewards, margin and accuracy on held-out pairs (no grad)."""
     logps = compute_sequence_logps(model, pairs, 2 * config.per_device_batch, config.pack == "on", pad_id, device,
                                    desc="evaluation").to(device)
     chosen = implicit_reward(logps[:, 0], ref[:, 0], config.beta)
@@ -142,10 +145,9 @@ def train(config):
               f"max_length), {data_stats.truncated_completions} completions truncated, {left_out} left out per epoch; "
               f"{schedule.total_steps} optimizer steps on {world} process(es), {device.type}")
 
-    if on_when_auto(config.liger, device):
-        from liger_kernel.transformers import _apply_liger_kernel_to_instance
     model = load_model(config.model, dtype=torch.bfloat16 if bf16 else torch.float32)
     if on_when_auto(config.liger, device):
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
         _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
     model = install_logprob_head(model, config.kernel_backend).to(device)
     needs_reference = config.loss != "sft"
@@ -183,7 +185,7 @@ def train(config):
     window_metrics, window_tokens, window_micro_batches, window_start = None, 0, 0, time.perf_counter()
     for step in progress:
         for micro_step in range(config.grad_accum):
-            _, indices = schedule.examples(step, micro_step, rank)
+            indices = schedule.examples(step, micro_step, rank)
             batch = collate([pairs[i] for i in indices], config.pack == "on", tokenizer.pad_token_id).to(device)
             loss, metrics, num_tokens = step_loss(engine.module, batch, ref[indices] if ref is not None else None,
                                                   config, reward_shift)
