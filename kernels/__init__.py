@@ -3,15 +3,17 @@
     logp = linear_logprobs(hidden, lm_head.weight, targets)      # [N] fp32, logits never formed
     seq = sequence_logps(logp, seq_index, num_seqs)               # [num_seqs] sums
     loss = preference_loss("spot_bco", pc, pr, rc, rr, beta=0.1, delta=shift.update(rc_r, rr_r))
+    loss, w = pear_loss(logp, behavior_logp, seq_index, num_seqs, PearConfig(level="token"))  # PEAR SFT
 
 Depends on torch and (for the ``triton`` backend) triton only.
 """
 from .linear_logprobs import BACKENDS, TokenLogprobs, linear_logprobs, resolve_backend
 from .losses import LOSS_KINDS, implicit_reward, preference_loss, sequence_logps
+from .pear import PEAR_LEVELS, PearConfig, pear_loss, pear_weights
 from .reference import eager_linear_logprobs
 from .reward_shift import RewardShift
 
 __all__ = [
-    "BACKENDS", "LOSS_KINDS", "RewardShift", "TokenLogprobs", "eager_linear_logprobs",
-    "implicit_reward", "linear_logprobs", "preference_loss", "resolve_backend", "sequence_logps",
+    "BACKENDS", "LOSS_KINDS", "PEAR_LEVELS", "PearConfig", "RewardShift", "TokenLogprobs", "eager_linear_logprobs",
+    "implicit_reward", "linear_logprobs", "pear_loss", "pear_weights", "preference_loss", "resolve_backend", "sequence_logps",
 ]
