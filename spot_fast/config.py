@@ -13,11 +13,15 @@ from pathlib import Path
 
 import yaml
 
-from spot_kernels import BACKENDS, LOSS_KINDS
+from spot_kernels import BACKENDS, LOSS_KINDS, PEAR_LEVELS, PearConfig
 
 from .models import ASSETS, BUILTIN_MODEL
 
 DEMO_LEARNING_RATE = 2e-3
+OBJECTIVES = (*LOSS_KINDS, "pear")
+PAIRED_OBJECTIVES = ("dpo", "spot_bce", "spot_bco")      # read and score the rejected answers
+REFERENCE_OBJECTIVES = ("reward_sft", *PAIRED_OBJECTIVES)  # need reference log-probs
+PEAR_DEFAULTS = PearConfig()
 
 
 @dataclass
@@ -27,7 +31,7 @@ class TrainConfig:
     eval_data: str = field(default="", metadata={"help": "held-out pairs (JSONL), evaluated at the end"})
     output_dir: str = field(default="outputs/spot", metadata={"help": "checkpoints, metrics, plots"})
     cache_dir: str = field(default="", metadata={"help": "reference log-prob cache (default: OUTPUT_DIR/../.reference_cache)"})
-    loss: str = field(default="spot_bco", metadata={"help": "objective", "choices": LOSS_KINDS})
+    loss: str = field(default="spot_bco", metadata={"help": "objective", "choices": OBJECTIVES})
     beta: float = 0.1
     delta_mode: str = field(default="cumulative", metadata={"choices": ("cumulative", "ema"), "help": "spot_bco reward shift"})
     delta_decay: float = field(default=0.99, metadata={"help": "ema decay of the reward shift"})
@@ -45,6 +49,16 @@ class TrainConfig:
     gradient_checkpointing: str = field(default="auto", metadata={"choices": ("auto", "on", "off"), "help": "auto: on with CUDA"})
     liger: str = field(default="auto", metadata={"choices": ("auto", "on", "off"), "help": "Liger kernels for the model body; auto: on with CUDA"})
     pack: str = field(default="on", metadata={"choices": ("on", "off"), "help": "pack sequences without padding"})
+    pear_level: str = field(default=PEAR_DEFAULTS.level, metadata={"choices": PEAR_LEVELS, "help": "PEAR importance weights per token, block or sequence"})
+    pear_clip_low: float = field(default=PEAR_DEFAULTS.clip_low, metadata={"help": "PEAR: each log-ratio is clipped to [-clip_low, clip_high]"})
+    pear_clip_high: float = PEAR_DEFAULTS.clip_high
+    pear_weight_min: float = field(default=PEAR_DEFAULTS.weight_min, metadata={"help": "PEAR: each weight is clipped to [weight_min, weight_max]"})
+    pear_weight_max: float = PEAR_DEFAULTS.weight_max
+    pear_gamma: float = field(default=PEAR_DEFAULTS.gamma, metadata={"help": "PEAR: discount per token to the end (token, block)"})
+    pear_block_size: int = PEAR_DEFAULTS.block_size
+    behavior_model: str = field(default="", metadata={"help": "PEAR behaviour policy (default: the starting policy), unless the data has behavior_logps"})
+    retain_data: str = field(default="", metadata={"help": "prompt + response JSONL; logs retain NLL and KL to the start (forgetting)"})
+    retain_every: int = field(default=10, metadata={"help": "optimizer steps between retain-set measurements"})
     kernel_backend: str = field(default="auto", metadata={"choices": BACKENDS})
     zero_stage: int = field(default=2, metadata={"choices": (0, 1, 2, 3)})
     seed: int = 42
@@ -53,6 +67,18 @@ class TrainConfig:
     resume: str = field(default="", metadata={"help": "checkpoint directory, or 'latest' in OUTPUT_DIR"})
     log_every: int = 1
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0: all epochs)"})
+
+    @property
+    def needs_rejected(self):
+        return self.loss in PAIRED_OBJECTIVES
+
+    @property
+    def needs_reference(self):
+        return self.loss in REFERENCE_OBJECTIVES
+
+    def pear(self):
+        return PearConfig(self.pear_level, self.pear_clip_low, self.pear_clip_high, self.pear_weight_min,
+                          self.pear_weight_max, self.pear_gamma, self.pear_block_size)
 
     def resolved_learning_rate(self):
         if self.learning_rate > 0:
@@ -86,4 +112,11 @@ def parse_config(argv=None):
             raise SystemExit(f"error: {path}: unknown option(s) {unknown}")
         values.update(loaded)
     values.update({k: v for k, v in vars(args).items() if v is not None and k != "config"})
-    return TrainConfig(**values)
+    config = TrainConfig(**values)
+    try:
+        config.pear()
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    if config.retain_every < 1:
+        raise SystemExit(f"error: --retain-every must be >= 1; got {config.retain_every}")
+    return config

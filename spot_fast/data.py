@@ -2,15 +2,20 @@
 
 Accepted fields per line (DESIGN.md section 5):
 - prompt: ``question`` or ``prompt`` (a string, or a list of chat messages),
-- chosen y+: ``gemini_corrected_answer`` or ``chosen`` (a string, or messages ending with the assistant's),
-- rejected y-: ``original_answer`` or ``rejected`` (same).
+- chosen y+: ``gemini_corrected_answer``, ``chosen``, ``response`` or ``completion`` (a string, or
+  messages ending with the assistant's),
+- rejected y-: ``original_answer`` or ``rejected`` (same); read only when the objective compares two
+  answers (``with_rejected``), so SFT-style data (prompt + response) needs none,
+- ``behavior_logps`` (optional, for PEAR): one log-prob per chosen completion token as this tokenizer
+  splits it, end token included; on every line or on none.
 The prompt is rendered with the tokenizer's chat template and a generation prompt (Qwen3 non-thinking
 mode inserts the empty think block); each completion is the answer followed by one end token (not a
 second one when the answer already ends with it). Completions are truncated to fit ``max_length``,
 never the prompt: a prompt that does not fit leaves no room for a completion, so its pair is skipped
 and counted. A malformed line raises ``DataError`` naming the file and line.
 
-Batches hold 2B sequences (chosen 0..B-1, then rejected B..2B-1), either packed into one row without
+Batches hold 2B sequences (chosen 0..B-1, then rejected B..2B-1; only the B chosen ones when the
+pairs have no rejected answer), either packed into one row without
 padding (positions restart per sequence, so attention sees a block-diagonal causal mask) or padded.
 Only positions whose next token is a completion token are scored: ``token_positions`` index the
 flattened hidden states, ``targets`` are the next tokens, ``seq_index`` the sequence of each.
@@ -23,8 +28,9 @@ from pathlib import Path
 import torch
 
 PROMPT_FIELDS = ("question", "prompt")
-CHOSEN_FIELDS = ("gemini_corrected_answer", "chosen")
+CHOSEN_FIELDS = ("gemini_corrected_answer", "chosen", "response", "completion")
 REJECTED_FIELDS = ("original_answer", "rejected")
+BEHAVIOR_FIELD = "behavior_logps"
 
 
 class DataError(ValueError):
@@ -35,8 +41,9 @@ class DataError(ValueError):
 class Pair:
     prompt_ids: list
     chosen_ids: list
-    rejected_ids: list
+    rejected_ids: list          # None when the data is read without rejected answers
     line: int
+    behavior_logps: list = None  # per chosen token, when the data or a behaviour model supplies them
 
 
 @dataclass
@@ -97,14 +104,30 @@ def completion_ids(tokenizer, text):
     return ids
 
 
-def load_pairs(path, tokenizer, max_length):
-    """Tokenized pairs of a JSONL file and the counts of what was skipped or truncated."""
+def _behavior_logps(record, num_tokens, where):
+    values = record[BEHAVIOR_FIELD]
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise DataError(f"{where}: field {BEHAVIOR_FIELD!r} must be a list of numbers")
+    if not all(-float("inf") < v <= 0 for v in values):
+        raise DataError(f"{where}: field {BEHAVIOR_FIELD!r} must hold finite log-probs <= 0")
+    if len(values) != num_tokens:
+        raise DataError(f"{where}: field {BEHAVIOR_FIELD!r} has {len(values)} values but the chosen completion has "
+                        f"{num_tokens} tokens (end token included) under this tokenizer")
+    return [float(v) for v in values]
+
+
+def load_pairs(path, tokenizer, max_length, with_rejected=True):
+    """Tokenized pairs of a JSONL file and the counts of what was skipped or truncated.
+
+    With ``with_rejected=False`` the rejected answer is neither required nor read (``rejected_ids`` None).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
     if tokenizer.eos_token_id is None:
         raise DataError("the tokenizer has no eos token; completions need an end token")
     pairs, stats = [], DataStats()
+    first_line_behavior = None  # (line, has the behaviour field): every line must agree with it
     with open(path, encoding="utf-8") as f:
         for line_number, line in enumerate(f, start=1):
             if not line.strip():
@@ -118,20 +141,31 @@ def load_pairs(path, tokenizer, max_length):
                 raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
             prompt_field, prompt = _field(record, PROMPT_FIELDS, where)
             chosen_field, chosen = _field(record, CHOSEN_FIELDS, where)
-            rejected_field, rejected = _field(record, REJECTED_FIELDS, where)
             prompt_ids = tokenizer(render_prompt(tokenizer, _as_messages(prompt, prompt_field, where)),
                                    add_special_tokens=False)["input_ids"]
             chosen_ids = completion_ids(tokenizer, _completion_text(chosen, chosen_field, where))
-            rejected_ids = completion_ids(tokenizer, _completion_text(rejected, rejected_field, where))
+            rejected_ids = None
+            if with_rejected:
+                rejected_field, rejected = _field(record, REJECTED_FIELDS, where)
+                rejected_ids = completion_ids(tokenizer, _completion_text(rejected, rejected_field, where))
+            behavior = _behavior_logps(record, len(chosen_ids), where) if BEHAVIOR_FIELD in record else None
+            if first_line_behavior is None:
+                first_line_behavior = (line_number, behavior is not None)
+            elif first_line_behavior[1] != (behavior is not None):
+                raise DataError(f"{where}: field {BEHAVIOR_FIELD!r} is {'present' if behavior is not None else 'missing'} "
+                                f"here but {'present' if first_line_behavior[1] else 'missing'} on line "
+                                f"{first_line_behavior[0]}; give it on every line or on none")
             room = max_length - len(prompt_ids)
             if room < 1:
                 stats.skipped_long_prompt += 1
                 continue
             for ids in (chosen_ids, rejected_ids):
-                if len(ids) > room:
+                if ids is not None and len(ids) > room:
                     del ids[room:]
                     stats.truncated_completions += 1
-            pairs.append(Pair(prompt_ids, chosen_ids, rejected_ids, line_number))
+            if behavior is not None:
+                del behavior[room:]
+            pairs.append(Pair(prompt_ids, chosen_ids, rejected_ids, line_number, behavior))
     stats.pairs = len(pairs)
     if not pairs:
         reason = f" ({stats.skipped_long_prompt} prompts longer than max_length {max_length})" if stats.skipped_long_prompt else ""
@@ -146,9 +180,11 @@ class Batch:
     attention_mask: object         # [rows, length] when padded, None when packed
     token_positions: torch.Tensor  # [T] indices into the flattened [rows * length] hidden states
     targets: torch.Tensor          # [T] next-token ids (completion tokens only)
-    seq_index: torch.Tensor        # [T] in [0, 2B): chosen i -> i, rejected i -> B + i
+    seq_index: torch.Tensor        # [T] in [0, num_sequences): chosen i -> i, rejected i -> B + i
     chosen_lengths: torch.Tensor   # [B] completion tokens of each chosen answer
+    behavior_logps: object         # [T_chosen] behaviour log-probs of the chosen tokens (first in targets), or None
     num_pairs: int
+    num_sequences: int             # 2B, or B without rejected answers
     num_tokens: int                # real (non-padding) tokens
     padding_fraction: float
 
@@ -159,7 +195,13 @@ class Batch:
 
 def collate(pairs, pack, pad_id):
     """A ``Batch`` of the 2B sequences of ``pairs`` (see the module docstring)."""
-    sequences = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
+    sequences = [(p.prompt_ids, p.chosen_ids) for p in pairs]
+    sequences += [(p.prompt_ids, p.rejected_ids) for p in pairs if p.rejected_ids is not None]
+    if len(sequences) not in (len(pairs), 2 * len(pairs)):
+        raise ValueError("collate: either every pair has a rejected answer or none has")
+    has_behavior = [p.behavior_logps is not None for p in pairs]
+    if any(has_behavior) and not all(has_behavior):
+        raise ValueError("collate: either every pair has behaviour log-probs or none has")
     lengths = [len(prompt) + len(completion) for prompt, completion in sequences]
     if pack:
         rows, length = 1, sum(lengths)
@@ -185,7 +227,9 @@ def collate(pairs, pack, pad_id):
     return Batch(
         input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
         token_positions=torch.cat(token_positions), targets=torch.cat(targets), seq_index=torch.cat(seq_index),
-        chosen_lengths=torch.tensor([len(p.chosen_ids) for p in pairs]), num_pairs=len(pairs),
+        chosen_lengths=torch.tensor([len(p.chosen_ids) for p in pairs]),
+        behavior_logps=torch.tensor([v for p in pairs for v in p.behavior_logps]) if all(has_behavior) else None,
+        num_pairs=len(pairs), num_sequences=len(sequences),
         num_tokens=num_tokens, padding_fraction=1.0 - num_tokens / (rows * length),
     )
 

@@ -1,5 +1,6 @@
 """Metrics: one JSON object per logged step in ``metrics.jsonl``, TensorBoard when installed, and a
-PNG plot of loss and implicit rewards at the end."""
+PNG plot at the end: loss, and whichever of implicit rewards, PEAR weights and retain-set forgetting
+signals the run logged."""
 import json
 from pathlib import Path
 
@@ -34,23 +35,40 @@ class MetricsLog:
                 self.writer.close()
 
 
+PANELS = (
+    ("loss", (("loss", "loss"),)),
+    ("implicit rewards", (("rewards/chosen", "chosen (y+)"), ("rewards/rejected", "rejected (y-)"), ("delta", "delta"))),
+    ("PEAR weights", (("pear/weight_mean", "mean weight"), ("pear/weight_at_min", "fraction at w_min"),
+                      ("pear/weight_at_max", "fraction at w_max"))),
+    ("forgetting: KL(ref || policy) per retain token", (("retain/kl", "k1 (= NLL change)"), ("retain/kl_k3", "k3"))),
+    ("retain-set NLL per token", (("retain/nll", "NLL"),)),
+)
+
+
 def plot_metrics(metrics_path, png_path):
-    """Loss, and chosen / rejected implicit rewards, against the optimizer step."""
+    """One panel per group of ``PANELS`` that the run logged, each series against the optimizer step."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [json.loads(line) for line in open(metrics_path, encoding="utf-8") if line.strip()]
-    rows = [r for r in rows if "loss" in r]
-    steps = [r["step"] for r in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.plot(steps, [r["loss"] for r in rows])
-    left.set(title="loss", xlabel="step")
-    for key, label in (("rewards/chosen", "chosen (y+)"), ("rewards/rejected", "rejected (y-)"), ("delta", "delta")):
-        if rows and key in rows[0]:
-            right.plot(steps, [r[key] for r in rows], label=label)
-    right.set(title="implicit rewards", xlabel="step")
-    right.legend()
+    logged = {key for row in rows for key in row}
+    panels = [(title, [(key, label) for key, label in series if key in logged]) for title, series in PANELS]
+    panels = [(title, series) for title, series in panels if series]
+    if not panels:
+        return
+    columns = min(3, len(panels))
+    rows_of_panels = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows_of_panels, columns, figsize=(5.5 * columns, 4 * rows_of_panels), squeeze=False)
+    for axis in axes.flat[len(panels):]:
+        axis.set_visible(False)
+    for axis, (title, series) in zip(axes.flat, panels):
+        for key, label in series:
+            points = [(row["step"], row[key]) for row in rows if key in row]
+            axis.plot(*zip(*points), marker="." if len(points) < 30 else None, label=label)
+        axis.set(title=title, xlabel="step")
+        if len(series) > 1:
+            axis.legend()
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)

@@ -4,7 +4,8 @@
 parameters (so state dicts, checkpoints, weight tying and ZeRO-3 gathering are unchanged: DeepSpeed
 gathers a module's parameters when that module is called) but whose forward takes hidden states and
 targets and returns per-token log-probs. ``batch_logps`` runs the model body once over a batch,
-keeps only the hidden states that predict completion tokens, and sums their log-probs per sequence.
+keeps only the hidden states that predict completion tokens, and sums their log-probs per sequence
+(the per-token log-probs are returned as well, for token-level objectives and metrics).
 """
 from dataclasses import dataclass
 
@@ -41,7 +42,7 @@ def model_body(model):
 @dataclass
 class BatchLogps:
     chosen: torch.Tensor            # [B] summed completion log-probs (fp32)
-    rejected: torch.Tensor          # [B]
+    rejected: object                # [B], or None for a batch without rejected answers
     token_logps: torch.Tensor       # [T]
     entropy: torch.Tensor           # [T] (no grad)
     target_is_argmax: torch.Tensor  # [T] bool
@@ -55,5 +56,6 @@ def batch_logps(model, batch):
     ).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.token_positions)
     out = model.get_output_embeddings()(hidden, batch.targets, return_stats=True)
-    sums = sequence_logps(out.logp, batch.seq_index, 2 * batch.num_pairs)
-    return BatchLogps(sums[:batch.num_pairs], sums[batch.num_pairs:], out.logp, out.entropy, out.target_is_argmax)
+    sums = sequence_logps(out.logp, batch.seq_index, batch.num_sequences)
+    rejected = sums[batch.num_pairs:] if batch.num_sequences > batch.num_pairs else None
+    return BatchLogps(sums[:batch.num_pairs], rejected, out.logp, out.entropy, out.target_is_argmax)

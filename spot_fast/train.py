@@ -1,15 +1,18 @@
-"""Train a causal LM with SPoT (or its baselines) on DeepSpeed.
+"""Train a causal LM with SPoT (or its baselines, or PEAR) on DeepSpeed.
 
     torchrun --nproc_per_node=K spot_fast/train.py [options]      # or: python spot_fast/train.py
 
 With no options it runs the built-in demo: a tiny Qwen3-architecture model on the bundled pairs, on
 the CPU if there is no GPU. The loop, top to bottom:
-1. read and tokenize the pairs (bad input stops here, before anything is written);
+1. read and tokenize the pairs (bad input stops here, before anything is written); objectives that
+   compare two answers read the rejected ones, the others (sft, reward_sft, pear) do not;
 2. load the model and replace its LM head by the fused log-prob head (logits are never formed);
-3. reference log-probs: from the cache, or computed once with the starting weights and cached;
+3. log-probs computed once with the starting weights (or PEAR's behaviour model) and cached:
+   reference sequence sums, PEAR behaviour per token, retain-set reference per token;
 4. DeepSpeed engine (ZeRO-2 by default), AdamW, cosine schedule; resume if asked;
-5. per micro-batch: sequence log-probs -> rewards -> (delta) -> loss -> backward; the engine steps
-   at the accumulation boundary; metrics every ``log_every`` steps; atomic checkpoints;
+5. per micro-batch: log-probs -> rewards -> (delta) -> loss, or PEAR weights -> loss; backward; the
+   engine steps at the accumulation boundary; metrics every ``log_every`` steps, retain-set
+   forgetting signals every ``retain_every``; atomic checkpoints;
 6. final checkpoint, evaluation on ``eval_data``, plot.
 """
 import sys
@@ -24,70 +27,134 @@ from spot_fast.checkpoint import checkpoints, load_checkpoint, prune_checkpoints
 from spot_fast.config import parse_config
 from spot_fast.data import DataError, collate, epoch_order, file_sha256, load_pairs
 from spot_fast.engine import barrier, build_engine, start_distributed, stop_distributed
+from spot_fast.forgetting.retain import RetainSet
+from spot_fast.logprob_cache import LogprobCache, compute_sequence_logps, compute_token_logps
 from spot_fast.metrics import MetricsLog, plot_metrics
-from spot_fast.models import load_model, load_tokenizer, model_identity
+from spot_fast.models import check_model_name, load_model, load_tokenizer, model_identity
 from spot_fast.policy import batch_logps, install_logprob_head
-from spot_fast.reference_cache import ReferenceCache, compute_sequence_logps
-from spot_kernels import RewardShift, implicit_reward, preference_loss
+from spot_kernels import RewardShift, implicit_reward, pear_loss, preference_loss
 
 
 def on_when_auto(value, device):
     return value == "on" or (value == "auto" and device.type == "cuda")
 
 
-def reference_logps(model, tokenizer, config, data_path, pairs, bf16, device, rank):
-    """[num_pairs, 2] reference log-probs of ``pairs``: cached, or computed now by rank 0."""
-    cache_dir = config.cache_dir or str(Path(config.output_dir).parent / ".reference_cache")
-    cache = ReferenceCache(cache_dir, {
-        "model": model_identity(config.model), "data": file_sha256(data_path), "max_length": config.max_length,
+def cached_logps(what, config, tokenizer, data_path, model_name, bf16, rank, compute):
+    """The tensors ``compute(desc)`` returns for ``data_path`` under ``model_name``: from the cache, or
+    computed now by rank 0 and cached; every rank gets them."""
+    cache = LogprobCache(config.cache_dir or str(Path(config.output_dir).parent / ".logprob_cache"), what, {
+        "model": model_identity(model_name), "data": file_sha256(data_path), "max_length": config.max_length,
         "tokenizer": [tokenizer.name_or_path, len(tokenizer)], "chat_template": tokenizer.chat_template,
-        "dtype": "bf16" if bf16 else "fp32",
+        "dtype": "bf16" if bf16 else "fp32", "with_rejected": config.needs_rejected,
     })
-    if rank == 0 and cache.path.exists():
-        print(f"reference log-probs reused from {cache.path}")
+    label = f"{what} log-probs of {Path(data_path).name}"
+    if rank == 0 and cache.exists():
+        print(f"{label} reused from {cache.path}")
     elif rank == 0:
-        logps = compute_sequence_logps(model, pairs, 2 * config.per_device_batch, config.pack == "on",
-                                       tokenizer.pad_token_id, device, desc=f"reference log-probs ({Path(data_path).name})")
-        cache.save(logps)
-        print(f"reference log-probs computed and cached at {cache.path}")
+        cache.save(compute(label))
+        print(f"{label} computed and cached at {cache.path}")
     barrier()
-    return cache.load().to(device)
+    return cache.load()
+
+
+def reference_logps(model, tokenizer, config, data_path, pairs, bf16, device, rank):
+    """[num_pairs, 2] (chosen, rejected) reference log-probs of ``pairs`` ([num_pairs, 1] without rejected)."""
+    def compute(desc):
+        return {"logps": compute_sequence_logps(model, pairs, 2 * config.per_device_batch, config.pack == "on",
+                                                tokenizer.pad_token_id, device, desc)}
+    return cached_logps("reference", config, tokenizer, data_path, config.model, bf16, rank, compute)["logps"].to(device)
+
+
+def token_logps_of(model_name, starting_policy, what, tokenizer, config, data_path, pairs, bf16, device, rank):
+    """Per-token log-probs of the chosen answers of ``pairs``, concatenated in pair order, under
+    ``model_name`` (loaded only to compute them) or, when it is empty, the starting policy."""
+    def compute(desc):
+        model = starting_policy
+        if model_name:
+            dtype = torch.bfloat16 if bf16 else torch.float32
+            model = install_logprob_head(load_model(model_name, dtype=dtype), config.kernel_backend).to(device)
+        return {"token_logps": compute_token_logps(model, pairs, 2 * config.per_device_batch, config.pack == "on",
+                                                   tokenizer.pad_token_id, device, desc)}
+    source = model_name or config.model
+    return cached_logps(what, config, tokenizer, data_path, source, bf16, rank, compute)["token_logps"]
+
+
+def check_behavior_model(config, tokenizer):
+    """Fails early unless the behaviour model can score this tokenizer's ids (same vocabulary)."""
+    check_model_name(config.behavior_model)
+    try:
+        vocabulary = load_tokenizer(config.behavior_model).get_vocab()
+    except (OSError, ValueError):
+        print(f"warning: {config.behavior_model} has no tokenizer; its vocabulary is assumed to be the policy's")
+        return
+    if vocabulary != tokenizer.get_vocab():
+        raise DataError(f"behaviour model {config.behavior_model}: its tokenizer's vocabulary differs from "
+                        f"{config.model}'s; PEAR needs both models to score the same token ids")
+
+
+def reward_metrics(chosen, rejected, prefix=""):
+    """Mean implicit rewards (and margin and accuracy when there is a rejected side), by metric name."""
+    metrics = {f"{prefix}rewards/chosen": chosen.mean()}
+    if rejected is not None:
+        metrics.update({f"{prefix}rewards/rejected": rejected.mean(), f"{prefix}rewards/margin": (chosen - rejected).mean(),
+                        f"{prefix}rewards/accuracy": (chosen > rejected).float().mean()})
+    return metrics
+
+
+def pear_metrics(policy_logps, behavior_logps, weights, pear):
+    at_min, at_max = pear.weight_min * (1 + 1e-6), pear.weight_max * (1 - 1e-6)
+    return {"pear/weight_mean": weights.mean(), "pear/weight_at_min": (weights <= at_min).float().mean(),
+            "pear/weight_at_max": (weights >= at_max).float().mean(),
+            "pear/log_ratio": (policy_logps.detach() - behavior_logps).mean()}
 
 
 def step_loss(model, batch, ref, config, reward_shift):
-    """Loss of one micro-batch and its (detached) metrics. ``ref`` is [B, 2] or None for sft."""
+    """Loss of one micro-batch and its detached metrics (name -> 0-d tensor).
+
+    ``ref`` is [B, 2] (or [B, 1]) reference log-probs for the objectives that need them, else None;
+    ``pear`` reads the behaviour log-probs from the batch.
+    """
     logps = batch_logps(model, batch)
-    delta = torch.zeros((), device=logps.chosen.device)
-    if ref is None:
-        chosen_rewards = rejected_rewards = torch.zeros_like(logps.chosen)
-    else:
-        chosen_rewards = implicit_reward(logps.chosen, ref[:, 0], config.beta).detach()
-        rejected_rewards = implicit_reward(logps.rejected, ref[:, 1], config.beta).detach()
-        if config.loss == "spot_bco":
-            delta = reward_shift.update(chosen_rewards, rejected_rewards)
-    loss = preference_loss(
-        config.loss, logps.chosen, logps.rejected,
-        None if ref is None else ref[:, 0], None if ref is None else ref[:, 1],
-        beta=config.beta, delta=delta, chosen_lengths=batch.chosen_lengths).mean()
     chosen_tokens = batch.seq_index < batch.num_pairs
-    metrics = torch.stack([
-        loss.detach(), chosen_rewards.mean(), rejected_rewards.mean(),
-        (chosen_rewards - rejected_rewards).mean(), (chosen_rewards > rejected_rewards).float().mean(), delta.float(),
-        logps.entropy[chosen_tokens].mean(), logps.target_is_argmax[chosen_tokens].float().mean(),
-        torch.tensor(batch.padding_fraction, device=delta.device),
-    ])
+    metrics = {
+        "chosen/nll": -logps.token_logps[chosen_tokens].detach().mean(),
+        "chosen/entropy": logps.entropy[chosen_tokens].mean(),
+        "chosen/token_accuracy": logps.target_is_argmax[chosen_tokens].float().mean(),
+        "padding_fraction": torch.tensor(batch.padding_fraction, device=logps.chosen.device),
+    }
+    if config.loss == "pear":
+        per_example, weights = pear_loss(logps.token_logps, batch.behavior_logps, batch.seq_index,
+                                         batch.num_sequences, config.pear())
+        metrics.update(pear_metrics(logps.token_logps, batch.behavior_logps, weights, config.pear()))
+    elif config.loss == "sft":
+        per_example = preference_loss("sft", logps.chosen, chosen_lengths=batch.chosen_lengths)
+    else:
+        ref_rejected = ref[:, 1] if config.needs_rejected else None
+        chosen_rewards = implicit_reward(logps.chosen, ref[:, 0], config.beta).detach()
+        rejected_rewards = implicit_reward(logps.rejected, ref_rejected, config.beta).detach() if config.needs_rejected else None
+        metrics.update(reward_metrics(chosen_rewards, rejected_rewards))
+        delta = 0.0
+        if config.loss == "spot_bco":
+            delta = metrics["delta"] = reward_shift.update(chosen_rewards, rejected_rewards).float()
+        per_example = preference_loss(config.loss, logps.chosen, logps.rejected, ref[:, 0], ref_rejected,
+                                      beta=config.beta, delta=delta)
+    loss = per_example.mean()
+    metrics["loss"] = loss.detach()
     return loss, metrics, batch.num_tokens
 
 
-METRIC_NAMES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy", "delta",
-                "chosen/entropy", "chosen/token_accuracy", "padding_fraction")
+PROGRESS_METRICS = (("loss", "loss"), ("margin", "rewards/margin"), ("w", "pear/weight_mean"),
+                    ("retain_kl", "retain/kl_k3"), ("tok_s", "tokens_per_s"))
 
 
-def mean_over_ranks(values):
+def mean_over_ranks(metrics):
+    """``metrics`` (name -> 0-d tensor, the same names on every rank) averaged over ranks, as floats."""
+    names = sorted(metrics)
+    values = torch.stack([metrics[name].float() for name in names])
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(values)
         values /= dist.get_world_size()
-    return values
+    return dict(zip(names, values.tolist()))
 
 
 class Schedule:
@@ -117,20 +184,27 @@ class Schedule:
 
 
 def evaluate(model, pairs, ref, config, pad_id, device):
-    """Implicit rewards, margin and accuracy on held-out pairs (no grad)."""
+    """Held-out NLL per chosen token and, where the objective has a reference, implicit rewards (no grad)."""
     logps = compute_sequence_logps(model, pairs, 2 * config.per_device_batch, config.pack == "on", pad_id, device,
                                    desc="evaluation").to(device)
-    chosen = implicit_reward(logps[:, 0], ref[:, 0], config.beta)
-    rejected = implicit_reward(logps[:, 1], ref[:, 1], config.beta)
-    return {"eval/rewards/chosen": chosen.mean().item(), "eval/rewards/rejected": rejected.mean().item(),
-            "eval/rewards/margin": (chosen - rejected).mean().item(),
-            "eval/rewards/accuracy": (chosen > rejected).float().mean().item()}
+    results = {"eval/nll": -logps[:, 0].sum() / sum(len(p.chosen_ids) for p in pairs)}
+    if ref is not None:
+        chosen = implicit_reward(logps[:, 0], ref[:, 0], config.beta)
+        rejected = implicit_reward(logps[:, 1], ref[:, 1], config.beta) if config.needs_rejected else None
+        results.update(reward_metrics(chosen, rejected, prefix="eval/"))
+    return {name: float(value) for name, value in results.items()}
 
 
 def train(config):
     tokenizer = load_tokenizer(config.model)
-    pairs, data_stats = load_pairs(config.data, tokenizer, config.max_length)
-    eval_pairs = load_pairs(config.eval_data, tokenizer, config.max_length)[0] if config.eval_data else None
+    pairs, data_stats = load_pairs(config.data, tokenizer, config.max_length, config.needs_rejected)
+    eval_pairs = load_pairs(config.eval_data, tokenizer, config.max_length, config.needs_rejected)[0] if config.eval_data else None
+    retain_pairs = load_pairs(config.retain_data, tokenizer, config.max_length, with_rejected=False)[0] if config.retain_data else None
+    behavior_in_data = pairs[0].behavior_logps is not None
+    if config.loss == "pear" and behavior_in_data and config.behavior_model:
+        raise DataError(f"{config.data} has behavior_logps and --behavior-model is {config.behavior_model}: give one of the two")
+    if config.loss == "pear" and config.behavior_model:
+        check_behavior_model(config, tokenizer)
     rank, world, device = start_distributed()
     is_main = rank == 0
     torch.manual_seed(config.seed)
@@ -141,19 +215,30 @@ def train(config):
                         f"{schedule.micro * config.grad_accum} pairs (per_device_batch x grad_accum x world)")
     if is_main:
         left_out = len(pairs) - schedule.steps_per_epoch * schedule.micro * config.grad_accum
-        print(f"data: {data_stats.pairs} pairs, {data_stats.skipped_long_prompt} skipped (prompt longer than "
-              f"max_length), {data_stats.truncated_completions} completions truncated, {left_out} left out per epoch; "
-              f"{schedule.total_steps} optimizer steps on {world} process(es), {device.type}")
+        print(f"data: {data_stats.pairs} {'pairs' if config.needs_rejected else 'examples'}, {data_stats.skipped_long_prompt} "
+              f"skipped (prompt longer than max_length), {data_stats.truncated_completions} completions truncated, "
+              f"{left_out} left out per epoch; {schedule.total_steps} optimizer steps on {world} process(es), {device.type}")
 
     model = load_model(config.model, dtype=torch.bfloat16 if bf16 else torch.float32)
     if on_when_auto(config.liger, device):
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
         _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
     model = install_logprob_head(model, config.kernel_backend).to(device)
-    needs_reference = config.loss != "sft"
-    ref = reference_logps(model, tokenizer, config, config.data, pairs, bf16, device, rank) if needs_reference else None
-    eval_ref = (reference_logps(model, tokenizer, config, config.eval_data, eval_pairs, bf16, device, rank)
-                if eval_pairs is not None and needs_reference else None)
+    ref = eval_ref = retain = None
+    if config.needs_reference:
+        ref = reference_logps(model, tokenizer, config, config.data, pairs, bf16, device, rank)
+        if eval_pairs is not None:
+            eval_ref = reference_logps(model, tokenizer, config, config.eval_data, eval_pairs, bf16, device, rank)
+    if config.loss == "pear" and not behavior_in_data:
+        behavior = token_logps_of(config.behavior_model, model, "behaviour", tokenizer, config, config.data, pairs,
+                                  bf16, device, rank)
+        for pair, values in zip(pairs, behavior.split([len(p.chosen_ids) for p in pairs])):
+            pair.behavior_logps = values.tolist()
+    if retain_pairs is not None:
+        retain_reference = token_logps_of("", model, "retain-reference", tokenizer, config, config.retain_data,
+                                          retain_pairs, bf16, device, rank)
+        retain = RetainSet(retain_pairs, retain_reference, 2 * config.per_device_batch, config.pack == "on",
+                           tokenizer.pad_token_id)
     if on_when_auto(config.gradient_checkpointing, device):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -176,13 +261,15 @@ def train(config):
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
     log = MetricsLog(output_dir, enabled=is_main)
+    if retain is not None and start_step == 0:
+        log.log(0, retain.measure(engine.module, device))  # the starting point: KL 0 up to float noise
 
     def trainer_state(step):
         return {"step": step, "reward_shift": reward_shift.state_dict(), "config": vars(config)}
 
     progress = tqdm(range(start_step, schedule.total_steps), desc="train", unit="step", disable=not is_main,
                     initial=start_step, total=schedule.total_steps)
-    window_metrics, window_tokens, window_micro_batches, window_start = None, 0, 0, time.perf_counter()
+    window, window_tokens, window_micro_batches, window_start = {}, 0, 0, time.perf_counter()
     for step in progress:
         for micro_step in range(config.grad_accum):
             indices = schedule.examples(step, micro_step, rank)
@@ -191,20 +278,24 @@ def train(config):
                                                   config, reward_shift)
             engine.backward(loss)
             engine.step()
-            window_metrics = metrics if window_metrics is None else window_metrics + metrics
+            window = {name: window.get(name, 0) + value for name, value in metrics.items()}
             window_tokens += num_tokens
             window_micro_batches += 1
         done = step + 1
+        row = {}
         if done % config.log_every == 0 or done == schedule.total_steps:
-            averaged = mean_over_ranks(window_metrics / window_micro_batches)
-            values = dict(zip(METRIC_NAMES, averaged.tolist()))
+            row = mean_over_ranks({name: value / window_micro_batches for name, value in window.items()})
             elapsed = time.perf_counter() - window_start
-            values.update({"grad_norm": float(engine.get_global_grad_norm() or 0.0), "lr": engine.get_lr()[0],
-                           "tokens_per_s": window_tokens * world / elapsed, "epoch": step / schedule.steps_per_epoch})
-            log.log(done, values)
-            progress.set_postfix(loss=f"{values['loss']:.4f}", margin=f"{values['rewards/margin']:.3f}",
-                                 tok_s=f"{values['tokens_per_s']:.0f}")
-            window_metrics, window_tokens, window_micro_batches, window_start = None, 0, 0, time.perf_counter()
+            row.update({"grad_norm": float(engine.get_global_grad_norm() or 0.0), "lr": engine.get_lr()[0],
+                        "tokens_per_s": window_tokens * world / elapsed, "epoch": step / schedule.steps_per_epoch})
+            window, window_tokens, window_micro_batches, window_start = {}, 0, 0, time.perf_counter()
+        if retain is not None and (done % config.retain_every == 0 or done == schedule.total_steps):
+            began = time.perf_counter()
+            row.update(retain.measure(engine.module, device))
+            window_start += time.perf_counter() - began  # measuring is not training throughput
+        if row:
+            log.log(done, row)
+            progress.set_postfix({name: f"{row[key]:.4g}" for name, key in PROGRESS_METRICS if key in row})
         if config.save_every and done % config.save_every == 0 and done < schedule.total_steps:
             save_checkpoint(engine, tokenizer, output_dir, f"checkpoint-{done}", trainer_state(done), rank)
             if is_main:
@@ -212,7 +303,7 @@ def train(config):
     progress.close()
 
     final = save_checkpoint(engine, tokenizer, output_dir, "final", trainer_state(schedule.total_steps), rank)
-    if eval_ref is not None:
+    if eval_pairs is not None:
         results = evaluate(engine.module, eval_pairs, eval_ref, config, tokenizer.pad_token_id, device)
         log.log(schedule.total_steps, results)
         if is_main:

@@ -16,23 +16,23 @@ from transformers import AutoModelForCausalLM
 
 from spot_fast import train as train_module
 from spot_fast.config import TrainConfig
-from spot_fast.data import collate, load_pairs
+from spot_fast.data import DataError, collate, completion_ids, load_pairs
 from spot_fast.models import ASSETS, BUILTIN_MODEL, load_model, load_tokenizer
 from spot_fast.policy import install_logprob_head
-from spot_kernels import LOSS_KINDS, RewardShift
+from spot_kernels import LOSS_KINDS, PEAR_LEVELS, RewardShift, pear_loss
+
+from hf_logps import hf_token_logps, perturbed
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(REPO / "spot_fast" / "train.py")]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
             str(REPO / "spot_fast" / "train.py")]
 COMMON = ["--max-steps", "4", "--grad-accum", "1", "--log-every", "1", "--learning-rate", "1e-3", "--epochs", "1"]
+RETAIN = ["--retain-data", str(ASSETS / "retain.jsonl"), "--retain-every", "2"]
 
 
 def hf_sequence_logps(model, prompt, completion):
-    """Summed completion log-probs from the model's own materialized logits (independent path)."""
-    ids = torch.tensor([prompt + completion])
-    logits = model(ids).logits[0].double().log_softmax(-1)
-    return sum(logits[j, ids[0, j + 1]] for j in range(len(prompt) - 1, ids.shape[1] - 1))
+    return hf_token_logps(model, prompt, completion).sum()
 
 
 @pytest.mark.parametrize("loss", LOSS_KINDS)
@@ -40,10 +40,7 @@ def test_step_loss_equals_direct_computation(loss):
     tokenizer = load_tokenizer(BUILTIN_MODEL)
     pairs = load_pairs(ASSETS / "pairs.jsonl", tokenizer, 8192)[0][:3]
     reference_model = load_model(BUILTIN_MODEL)
-    policy = install_logprob_head(load_model(BUILTIN_MODEL))
-    with torch.no_grad():  # move the policy away from the reference so rewards are not all zero
-        for p in policy.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+    policy = install_logprob_head(perturbed(load_model(BUILTIN_MODEL)))  # rewards must not all be zero
     policy_copy = load_model(BUILTIN_MODEL)
     policy_copy.load_state_dict(policy.state_dict())
     ref = torch.tensor([[float(hf_sequence_logps(reference_model, p.prompt_ids, c)) for c in (p.chosen_ids, p.rejected_ids)]
@@ -65,9 +62,38 @@ def test_step_loss_equals_direct_computation(loss):
         "spot_bce": -logsig(r_chosen) - logsig(-r_rejected),
         "spot_bco": -logsig(r_chosen - delta) - logsig(-(r_rejected - delta)),
     }[loss].mean()
-    assert float(got) == pytest.approx(float(expected), rel=1e-4, abs=1e-5)
+    assert float(got.detach()) == pytest.approx(float(expected), rel=1e-4, abs=1e-5)
     if loss == "spot_bco":
-        assert float(metrics[5]) == pytest.approx(float(delta), abs=1e-5)
+        assert float(metrics["delta"]) == pytest.approx(float(delta), abs=1e-5)
+
+
+@pytest.mark.parametrize("level", PEAR_LEVELS)
+def test_pear_step_loss_equals_direct_computation(level):
+    """The trainer's PEAR loss equals pear_loss on per-token log-probs from the models' own logits: the
+    behaviour log-probs line up with the policy's tokens, batch after batch (formulas: test_pear.py)."""
+    tokenizer = load_tokenizer(BUILTIN_MODEL)
+    pairs = load_pairs(ASSETS / "pairs.jsonl", tokenizer, 8192, with_rejected=False)[0][:3]
+    assert all(p.rejected_ids is None for p in pairs)
+    behavior_model = load_model(BUILTIN_MODEL)
+    for pair in pairs:
+        pair.behavior_logps = hf_token_logps(behavior_model, pair.prompt_ids, pair.chosen_ids).tolist()
+    policy = install_logprob_head(perturbed(load_model(BUILTIN_MODEL), scale=0.005))
+    policy_copy = load_model(BUILTIN_MODEL)
+    policy_copy.load_state_dict(policy.state_dict())
+    config = TrainConfig(loss="pear", pear_level=level, pear_block_size=16)
+    batch = collate(pairs, pack=True, pad_id=tokenizer.pad_token_id)
+    assert batch.num_sequences == 3
+    got, metrics, _ = train_module.step_loss(policy, batch, None, config, RewardShift())
+
+    policy_tokens = torch.cat([hf_token_logps(policy_copy, p.prompt_ids, p.chosen_ids) for p in pairs])
+    seq_index = torch.cat([torch.full((len(p.chosen_ids),), i) for i, p in enumerate(pairs)])
+    per_example, weights = pear_loss(policy_tokens, torch.tensor([v for p in pairs for v in p.behavior_logps]),
+                                     seq_index, 3, config.pear())
+    assert float(got.detach()) == pytest.approx(float(per_example.mean()), rel=1e-4)
+    assert float(metrics["pear/weight_mean"]) == pytest.approx(float(weights.mean()), rel=1e-4)
+    assert 0.005 < abs(float(metrics["pear/log_ratio"])) < 1  # the policy differs from the behaviour model
+    got.backward()
+    assert policy.lm_head.weight.grad.abs().sum() > 0
 
 
 def run(command, env_extra=None, timeout=600):
@@ -86,11 +112,11 @@ def runs(tmp_path_factory):
     """A: 1 process, 4 pairs per step, checkpoint at step 2. B: resumes A from step 2.
     C: 2 processes x 2 pairs per step (the same global batch as A)."""
     root = tmp_path_factory.mktemp("runs")
-    cache = ["--cache-dir", str(root / "cache")]
-    a = run(TRAIN + COMMON + cache + ["--per-device-batch", "4", "--save-every", "2", "--output-dir", str(root / "a")])
-    b = run(TRAIN + COMMON + cache + ["--per-device-batch", "4", "--resume", str(root / "a" / "checkpoint-2"),
-                                      "--output-dir", str(root / "b")])
-    c = run(TORCHRUN + COMMON + cache + ["--per-device-batch", "2", "--output-dir", str(root / "c")])
+    common = COMMON + RETAIN + ["--cache-dir", str(root / "cache")]
+    a = run(TRAIN + common + ["--per-device-batch", "4", "--save-every", "2", "--output-dir", str(root / "a")])
+    b = run(TRAIN + common + ["--per-device-batch", "4", "--resume", str(root / "a" / "checkpoint-2"),
+                              "--output-dir", str(root / "b")])
+    c = run(TORCHRUN + common + ["--per-device-batch", "2", "--output-dir", str(root / "c")])
     return root, a, b, c
 
 
@@ -108,7 +134,7 @@ def test_run_saves_a_loadable_model_metrics_and_plot(runs):
         assert key in rows[0]
     assert rows[0]["padding_fraction"] == 0.0  # packed
     assert not list(root.glob("a/.tmp-*"))  # no partial checkpoint left
-    assert "reference log-probs computed" in a.stdout
+    assert "reference log-probs of pairs.jsonl computed" in a.stdout
 
 
 def test_resume_continues_exactly(runs):
@@ -119,7 +145,7 @@ def test_resume_continues_exactly(runs):
     for row in resumed:
         for key in ("loss", "rewards/chosen", "rewards/rejected", "delta", "lr"):
             assert row[key] == pytest.approx(uninterrupted[row["step"]][key], rel=1e-6, abs=1e-9), key
-    assert "reference log-probs reused" in b.stdout
+    assert "reference log-probs of pairs.jsonl reused" in b.stdout
     weights_a = load_file(root / "a" / "final" / "model.safetensors")
     weights_b = load_file(root / "b" / "final" / "model.safetensors")
     assert all(torch.allclose(weights_a[k], weights_b[k], atol=1e-6) for k in weights_a)
@@ -132,7 +158,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(runs):
     elements whose gradient is at float-noise level, where Adam's m / sqrt(v) turns reassociation
     noise into a step of up to +-lr; they must still differ by less than lr * steps."""
     root, _, _, c = runs
-    assert "reference log-probs reused" in c.stdout
+    assert "reference log-probs of pairs.jsonl reused" in c.stdout
     one = {r["step"]: r for r in metrics(root / "a")}
     for row in metrics(root / "c"):
         for key in ("loss", "delta", "grad_norm", "rewards/margin"):
@@ -142,6 +168,67 @@ def test_two_processes_match_one_process_with_the_same_global_batch(runs):
     differences = torch.cat([(weights_a[k] - weights_c[k]).abs().flatten() for k in weights_a])
     assert (differences > 1e-5).float().mean() < 1e-3
     assert differences.max() < 1e-3 * 4
+
+
+def retain_rows(output_dir):
+    rows = [json.loads(line) for line in open(Path(output_dir) / "metrics.jsonl")]
+    return {r["step"]: r for r in rows if "retain/kl" in r}
+
+
+def test_forgetting_signals_are_logged_and_agree_across_world_sizes(runs):
+    """Retain metrics at step 0 (KL exactly 0: the cache holds the starting model's log-probs, read
+    back token for token), every 2 steps and at the end; with 2 processes each measures half the
+    batches and they sum, which must give the 1-process values."""
+    root, a, _, _ = runs
+    assert "retain-reference log-probs of retain.jsonl computed" in a.stdout
+    one, two = retain_rows(root / "a"), retain_rows(root / "c")
+    assert sorted(one) == sorted(two) == [0, 2, 4]
+    assert one[0]["retain/kl"] == pytest.approx(0, abs=1e-6) and one[0]["retain/kl_k3"] == pytest.approx(0, abs=1e-9)
+    assert one[4]["retain/kl_k3"] > 1e-4  # it trained, so it moved away from the start
+    assert one[4]["retain/nll"] - one[0]["retain/nll"] == pytest.approx(one[4]["retain/kl"], abs=1e-6)  # k1 = NLL change
+    for step in (2, 4):
+        for key in ("retain/nll", "retain/kl", "retain/kl_k3"):
+            assert two[step][key] == pytest.approx(one[step][key], rel=1e-4, abs=1e-6), (step, key)
+    assert 4 in retain_rows(root / "b") and 0 not in retain_rows(root / "b")  # a resumed run does not restart at 0
+
+
+@pytest.fixture(scope="module")
+def pear_runs(tmp_path_factory):
+    """D: PEAR (block level) with the starting policy as behaviour policy, with retain signals.
+    E: PEAR (sequence level) with a separate behaviour model directory."""
+    root = tmp_path_factory.mktemp("pear")
+    common = COMMON + ["--loss", "pear", "--per-device-batch", "4", "--cache-dir", str(root / "cache")]
+    d = run(TRAIN + common + RETAIN + ["--pear-level", "block", "--pear-block-size", "8", "--output-dir", str(root / "d")])
+    behavior = perturbed(load_model(BUILTIN_MODEL), scale=0.05)
+    behavior.save_pretrained(root / "behavior")
+    load_tokenizer(BUILTIN_MODEL).save_pretrained(root / "behavior")
+    e = run(TRAIN + common + ["--pear-level", "sequence", "--behavior-model", str(root / "behavior"),
+                              "--output-dir", str(root / "e")])
+    return root, d, e
+
+
+def test_pear_trains_with_the_starting_policy_as_behaviour(pear_runs):
+    root, d, _ = pear_runs
+    assert "behaviour log-probs of pairs.jsonl computed" in d.stdout
+    assert "0 left out per epoch" in d.stdout and "240 examples" in d.stdout  # SFT data: no rejected side read
+    rows = metrics(root / "d")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    # Step 1 runs before any update, so the policy is the behaviour policy: every log-ratio is 0.
+    assert rows[0]["pear/log_ratio"] == pytest.approx(0, abs=1e-6)
+    assert abs(rows[-1]["pear/log_ratio"]) > 1e-3
+    assert all(0.1 <= r["pear/weight_mean"] <= 10 for r in rows)
+    assert rows[-1]["chosen/nll"] < rows[0]["chosen/nll"]  # SFT lowers the NLL of the data
+    assert "rewards/chosen" not in rows[0]
+    assert sorted(retain_rows(root / "d")) == [0, 2, 4]
+    assert (root / "d" / "training.png").stat().st_size > 0
+
+
+def test_pear_reads_a_behaviour_model(pear_runs):
+    root, _, e = pear_runs
+    assert "behaviour log-probs of pairs.jsonl computed" in e.stdout
+    assert list((root / "cache").glob("behaviour-*.pt"))
+    first = metrics(root / "e")[0]
+    assert abs(first["pear/log_ratio"]) > 1e-2  # measured against the other model, not the policy itself
 
 
 def write_lines(path, lines):
@@ -158,6 +245,12 @@ GOOD = json.dumps({"question": "1+1?", "chosen": "2", "rejected": "3"})
     ([json.dumps({"question": "x", "chosen": " ", "rejected": "y"})], r"bad\.jsonl:1: field 'chosen' is empty"),
     ([], r"bad\.jsonl: no usable pairs"),
     ([json.dumps({"question": "x " * 500, "chosen": "y", "rejected": "z"})], r"no usable pairs \(1 prompts longer than max_length 64\)"),
+    ([json.dumps({"question": "x", "chosen": "y", "rejected": "z", "behavior_logps": "x"})],
+     r"bad\.jsonl:1: field 'behavior_logps' must be a list of numbers"),
+    ([json.dumps({"question": "x", "chosen": "y", "rejected": "z", "behavior_logps": [-0.5]})],
+     r"bad\.jsonl:1: field 'behavior_logps' has 1 values but the chosen completion has \d+ tokens"),
+    ([json.dumps({"question": "x", "chosen": "y", "rejected": "z", "behavior_logps": [0.5]})],
+     r"bad\.jsonl:1: field 'behavior_logps' must hold finite log-probs <= 0"),
 ])
 def test_bad_data_is_reported_with_file_and_line(tmp_path, capsys, lines, message):
     data = write_lines(tmp_path / "bad.jsonl", lines)
@@ -175,3 +268,37 @@ def test_missing_model_and_unknown_loss(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "invalid choice: 'ipo'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_sft_style_data_with_behaviour_logps(tmp_path, capsys):
+    """prompt + response lines (no rejected) with per-token behaviour log-probs: read, truncated with
+    their completion, batched in token order; a file that gives them on some lines only is refused."""
+    tokenizer = load_tokenizer(BUILTIN_MODEL)
+    n = len(completion_ids(tokenizer, "two"))
+    line = {"prompt": "1+1?", "response": "two", "behavior_logps": [-0.25 * (i + 1) for i in range(n)]}
+    path = write_lines(tmp_path / "sft.jsonl", [json.dumps(line)] * 2)
+    pairs = load_pairs(path, tokenizer, 64, with_rejected=False)[0]
+    assert pairs[0].rejected_ids is None and pairs[0].behavior_logps == line["behavior_logps"]
+    batch = collate(pairs, pack=True, pad_id=tokenizer.pad_token_id)
+    assert batch.num_sequences == 2 and batch.targets.shape == batch.behavior_logps.shape == (2 * n,)
+    truncated = load_pairs(path, tokenizer, len(pairs[0].prompt_ids) + 2, with_rejected=False)[0]
+    assert truncated[0].behavior_logps == line["behavior_logps"][:2] and len(truncated[0].chosen_ids) == 2
+
+    mixed = write_lines(tmp_path / "mixed.jsonl", [json.dumps(line), json.dumps({"prompt": "1+1?", "response": "two"})])
+    with pytest.raises(DataError, match=r"mixed\.jsonl:2: field 'behavior_logps' is missing here but present on line 1"):
+        load_pairs(mixed, tokenizer, 64, with_rejected=False)
+    assert train_module.main(["--loss", "pear", "--data", path, "--behavior-model", BUILTIN_MODEL,
+                              "--output-dir", str(tmp_path / "out")]) == 1
+    assert "give one of the two" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--pear-gamma", "0"], "PEAR gamma must lie in (0, 1]"),
+    (["--pear-weight-min", "5", "--pear-weight-max", "1"], "weight_min <= weight_max"),
+    (["--retain-every", "0"], "--retain-every must be >= 1"),
+])
+def test_bad_pear_and_retain_options(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_module.main(flags)
+    assert message in str(exit_info.value)

@@ -1,1 +1,1 @@
-"""Forgetting analyses (two-mode mixture lab: mixture.py)."""
+"""Forgetting: signals measured during training (retain.py) and the two-mode mixture lab (mixture.py)."""
