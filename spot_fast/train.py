@@ -45,7 +45,7 @@ def cached_logps(what, config, tokenizer, data_path, model_name, bf16, rank, com
     cache = LogprobCache(config.cache_dir or str(Path(config.output_dir).parent / ".logprob_cache"), what, {
         "model": model_identity(model_name), "data": file_sha256(data_path), "max_length": config.max_length,
         "tokenizer": [tokenizer.name_or_path, len(tokenizer)], "chat_template": tokenizer.chat_template,
-        "dtype": "bf16" if bf16 else "fp32", "with_rejected": config.needs_rejected,
+        "dtype": "bf16" if bf16 else "fp32",
     })
     label = f"{what} log-probs of {Path(data_path).name}"
     if rank == 0 and cache.exists():
@@ -62,7 +62,8 @@ def reference_logps(model, tokenizer, config, data_path, pairs, bf16, device, ra
     def compute(desc):
         return {"logps": compute_sequence_logps(model, pairs, 2 * config.per_device_batch, config.pack == "on",
                                                 tokenizer.pad_token_id, device, desc)}
-    return cached_logps("reference", config, tokenizer, data_path, config.model, bf16, rank, compute)["logps"].to(device)
+    what = "reference" if config.needs_rejected else "reference-chosen"  # [P, 2] or [P, 1]
+    return cached_logps(what, config, tokenizer, data_path, config.model, bf16, rank, compute)["logps"].to(device)
 
 
 def token_logps_of(model_name, starting_policy, what, tokenizer, config, data_path, pairs, bf16, device, rank):
