@@ -5,6 +5,7 @@ warmup, 2 epochs, weight decay 0.01, Adam betas (0.9, 0.95), grad clip 1.0, glob
 length 8192, ZeRO-2, bf16 and gradient checkpointing on GPU. With no ``--model`` and ``--data`` the
 run is the built-in demo (tiny model, bundled pairs); the recipe's learning rate does not move a
 randomly initialized 2-layer model, so the demo uses ``DEMO_LEARNING_RATE`` unless one is given.
+The PEAR options default to ``spot_kernels.PearConfig()`` (this library's choice; see kernels/pear.py).
 """
 import argparse
 import dataclasses
@@ -90,7 +91,8 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="spot_fast/train.py", description="Train a causal LM with SPoT and its baselines.")
     parser.add_argument("--config", help="YAML file of options (keys as below, with underscores); flags override it")
     for f in dataclasses.fields(TrainConfig):
-        kwargs = {"help": f.metadata.get("help", ""), "default": None}
+        help_text = f.metadata.get("help", "")
+        kwargs = {"help": f"{help_text} (default: {f.default!r})".lstrip(), "default": None}
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), **kwargs)
