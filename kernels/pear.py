@@ -60,6 +60,9 @@ def _check(policy_logps, behavior_logps, seq_index, num_seqs):
         raise TypeError(f"seq_index must be int64 or int32; got {seq_index.dtype}")
     if int(num_seqs) <= 0:
         raise ValueError(f"num_seqs must be positive; got {num_seqs}")
+    if seq_index.numel() and (int(seq_index.min()) < 0 or int(seq_index.max()) >= num_seqs):
+        raise ValueError(f"seq_index values must lie in [0, {num_seqs}); got range "
+                         f"[{int(seq_index.min())}, {int(seq_index.max())}]")
 
 
 @torch.no_grad()

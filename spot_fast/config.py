@@ -31,7 +31,7 @@ class TrainConfig:
     data: str = field(default=str(ASSETS / "pairs.jsonl"), metadata={"help": "training pairs (JSONL)"})
     eval_data: str = field(default="", metadata={"help": "held-out pairs (JSONL), evaluated at the end"})
     output_dir: str = field(default="outputs/spot", metadata={"help": "checkpoints, metrics, plots"})
-    cache_dir: str = field(default="", metadata={"help": "reference log-prob cache (default: OUTPUT_DIR/../.reference_cache)"})
+    cache_dir: str = field(default="", metadata={"help": "cached reference / behaviour / retain log-probs; empty: OUTPUT_DIR/../.logprob_cache"})
     loss: str = field(default="spot_bco", metadata={"help": "objective", "choices": OBJECTIVES})
     beta: float = 0.1
     delta_mode: str = field(default="cumulative", metadata={"choices": ("cumulative", "ema"), "help": "spot_bco reward shift"})
@@ -52,11 +52,11 @@ class TrainConfig:
     pack: str = field(default="on", metadata={"choices": ("on", "off"), "help": "pack sequences without padding"})
     pear_level: str = field(default=PEAR_DEFAULTS.level, metadata={"choices": PEAR_LEVELS, "help": "PEAR importance weights per token, block or sequence"})
     pear_clip_low: float = field(default=PEAR_DEFAULTS.clip_low, metadata={"help": "PEAR: each log-ratio is clipped to [-clip_low, clip_high]"})
-    pear_clip_high: float = PEAR_DEFAULTS.clip_high
+    pear_clip_high: float = field(default=PEAR_DEFAULTS.clip_high, metadata={"help": "PEAR: upper clip of each log-ratio"})
     pear_weight_min: float = field(default=PEAR_DEFAULTS.weight_min, metadata={"help": "PEAR: each weight is clipped to [weight_min, weight_max]"})
-    pear_weight_max: float = PEAR_DEFAULTS.weight_max
+    pear_weight_max: float = field(default=PEAR_DEFAULTS.weight_max, metadata={"help": "PEAR: upper clip of each weight"})
     pear_gamma: float = field(default=PEAR_DEFAULTS.gamma, metadata={"help": "PEAR: discount per token to the end (token, block)"})
-    pear_block_size: int = PEAR_DEFAULTS.block_size
+    pear_block_size: int = field(default=PEAR_DEFAULTS.block_size, metadata={"help": "PEAR: tokens per block (block level)"})
     behavior_model: str = field(default="", metadata={"help": "PEAR behaviour policy (default: the starting policy), unless the data has behavior_logps"})
     retain_data: str = field(default="", metadata={"help": "prompt + response JSONL; logs retain NLL and KL to the start (forgetting)"})
     retain_every: int = field(default=10, metadata={"help": "optimizer steps between retain-set measurements"})

@@ -6,8 +6,8 @@ Accepted fields per line (DESIGN.md section 5):
   messages ending with the assistant's),
 - rejected y-: ``original_answer`` or ``rejected`` (same); read only when the objective compares two
   answers (``with_rejected``), so SFT-style data (prompt + response) needs none,
-- ``behavior_logps`` (optional, for PEAR): one log-prob per chosen completion token as this tokenizer
-  splits it, end token included; on every line or on none.
+- ``behavior_logps`` (optional, read for PEAR only: ``with_behavior``): one log-prob per chosen
+  completion token as this tokenizer splits it, end token included; on every line or on none.
 The prompt is rendered with the tokenizer's chat template and a generation prompt (Qwen3 non-thinking
 mode inserts the empty think block); each completion is the answer followed by one end token (not a
 second one when the answer already ends with it). Completions are truncated to fit ``max_length``,
@@ -116,10 +116,11 @@ def _behavior_logps(record, num_tokens, where):
     return [float(v) for v in values]
 
 
-def load_pairs(path, tokenizer, max_length, with_rejected=True):
+def load_pairs(path, tokenizer, max_length, with_rejected=True, with_behavior=False):
     """Tokenized pairs of a JSONL file and the counts of what was skipped or truncated.
 
-    With ``with_rejected=False`` the rejected answer is neither required nor read (``rejected_ids`` None).
+    With ``with_rejected=False`` the rejected answer is neither required nor read (``rejected_ids`` None);
+    with ``with_behavior=True`` the ``behavior_logps`` field is read and checked where present.
     """
     path = Path(path)
     if not path.is_file():
@@ -148,7 +149,9 @@ def load_pairs(path, tokenizer, max_length, with_rejected=True):
             if with_rejected:
                 rejected_field, rejected = _field(record, REJECTED_FIELDS, where)
                 rejected_ids = completion_ids(tokenizer, _completion_text(rejected, rejected_field, where))
-            behavior = _behavior_logps(record, len(chosen_ids), where) if BEHAVIOR_FIELD in record else None
+            behavior = None
+            if with_behavior and BEHAVIOR_FIELD in record:
+                behavior = _behavior_logps(record, len(chosen_ids), where)
             if first_line_behavior is None:
                 first_line_behavior = (line_number, behavior is not None)
             elif first_line_behavior[1] != (behavior is not None):

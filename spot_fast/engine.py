@@ -35,9 +35,12 @@ def start_distributed():
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def stop_distributed():
+def stop_distributed(succeeded=True):
+    """Barrier and destroy. After a failure there is no barrier: the other ranks may be anywhere (a
+    barrier would wait for them forever), and torchrun stops them when this process exits."""
     if dist.is_initialized():
-        dist.barrier()
+        if succeeded:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -58,6 +58,6 @@ def model_identity(name):
         return f"{BUILTIN_MODEL}@seed{BUILTIN_SEED}"
     if os.path.isdir(name):
         files = sorted(p for p in Path(name).iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
-        stamp = ",".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files)
+        stamp = ",".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
         return f"{os.path.abspath(name)}|{stamp}"
     return name

@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 from spot_fast.checkpoint import checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from spot_fast.config import parse_config
 from spot_fast.data import DataError, collate, epoch_order, file_sha256, load_pairs
-from spot_fast.engine import barrier, build_engine, start_distributed, stop_distributed
+from spot_fast.engine import build_engine, start_distributed, stop_distributed
 from spot_fast.forgetting.retain import RetainSet
-from spot_fast.logprob_cache import LogprobCache, compute_sequence_logps, compute_token_logps
+from spot_fast.logprob_cache import LogprobCache, compute_sequence_logps, compute_token_logps, load_or_compute
 from spot_fast.metrics import MetricsLog, plot_metrics
 from spot_fast.models import check_model_name, load_model, load_tokenizer, model_identity
 from spot_fast.policy import batch_logps, install_logprob_head
@@ -39,45 +39,41 @@ def on_when_auto(value, device):
     return value == "on" or (value == "auto" and device.type == "cuda")
 
 
-def cached_logps(what, config, tokenizer, data_path, model_name, bf16, rank, compute):
-    """The tensors ``compute(desc)`` returns for ``data_path`` under ``model_name``: from the cache, or
-    computed now by rank 0 and cached; every rank gets them."""
-    cache = LogprobCache(config.cache_dir or str(Path(config.output_dir).parent / ".logprob_cache"), what, {
+def logprob_cache(what, config, tokenizer, data_path, model_name, bf16):
+    """The cache of ``what`` log-probs of ``data_path`` under ``model_name``, keyed by all that changes them."""
+    return LogprobCache(config.cache_dir or str(Path(config.output_dir).parent / ".logprob_cache"), what, {
         "model": model_identity(model_name), "data": file_sha256(data_path), "max_length": config.max_length,
         "tokenizer": [tokenizer.name_or_path, len(tokenizer)], "chat_template": tokenizer.chat_template,
         "dtype": "bf16" if bf16 else "fp32",
     })
-    label = f"{what} log-probs of {Path(data_path).name}"
-    if rank == 0 and cache.exists():
-        print(f"{label} reused from {cache.path}")
-    elif rank == 0:
-        cache.save(compute(label))
-        print(f"{label} computed and cached at {cache.path}")
-    barrier()
-    return cache.load()
 
 
-def reference_logps(model, tokenizer, config, data_path, pairs, bf16, device, rank):
+def reference_logps(model, tokenizer, config, data_path, pairs, bf16, device):
     """[num_pairs, 2] (chosen, rejected) reference log-probs of ``pairs`` ([num_pairs, 1] without rejected)."""
-    def compute(desc):
-        return {"logps": compute_sequence_logps(model, pairs, 2 * config.per_device_batch, config.pack == "on",
+    def compute(share, desc):
+        return {"logps": compute_sequence_logps(model, share, 2 * config.per_device_batch, config.pack == "on",
                                                 tokenizer.pad_token_id, device, desc)}
     what = "reference" if config.needs_rejected else "reference-chosen"  # [P, 2] or [P, 1]
-    return cached_logps(what, config, tokenizer, data_path, config.model, bf16, rank, compute)["logps"].to(device)
+    cache = logprob_cache(what, config, tokenizer, data_path, config.model, bf16)
+    return load_or_compute(cache, pairs, compute, f"{what} log-probs of {Path(data_path).name}")["logps"].to(device)
 
 
-def token_logps_of(model_name, starting_policy, what, tokenizer, config, data_path, pairs, bf16, device, rank):
+def token_logps_of(model_name, starting_policy, what, tokenizer, config, data_path, pairs, bf16, device):
     """Per-token log-probs of the chosen answers of ``pairs``, concatenated in pair order, under
     ``model_name`` (loaded only to compute them) or, when it is empty, the starting policy."""
-    def compute(desc):
+    def compute(share, desc):
         model = starting_policy
         if model_name:
             dtype = torch.bfloat16 if bf16 else torch.float32
             model = install_logprob_head(load_model(model_name, dtype=dtype), config.kernel_backend).to(device)
-        return {"token_logps": compute_token_logps(model, pairs, 2 * config.per_device_batch, config.pack == "on",
+            vocab_size = model.get_output_embeddings().weight.shape[0]
+            if vocab_size < len(tokenizer):
+                raise DataError(f"{model_name}: its LM head scores {vocab_size} tokens but the policy's tokenizer "
+                                f"has {len(tokenizer)}; both models must score the same token ids")
+        return {"token_logps": compute_token_logps(model, share, 2 * config.per_device_batch, config.pack == "on",
                                                    tokenizer.pad_token_id, device, desc)}
-    source = model_name or config.model
-    return cached_logps(what, config, tokenizer, data_path, source, bf16, rank, compute)["token_logps"]
+    cache = logprob_cache(what, config, tokenizer, data_path, model_name or config.model, bf16)
+    return load_or_compute(cache, pairs, compute, f"{what} log-probs of {Path(data_path).name}")["token_logps"]
 
 
 def check_behavior_model(config, tokenizer):
@@ -103,10 +99,12 @@ def reward_metrics(chosen, rejected, prefix=""):
 
 
 def pear_metrics(policy_logps, behavior_logps, weights, pear):
+    """Mean weight, the fractions of weights at each clip, and the mean (absolute) log-ratio before clipping."""
     at_min, at_max = pear.weight_min * (1 + 1e-6), pear.weight_max * (1 - 1e-6)
+    log_ratio = policy_logps.detach() - behavior_logps
     return {"pear/weight_mean": weights.mean(), "pear/weight_at_min": (weights <= at_min).float().mean(),
             "pear/weight_at_max": (weights >= at_max).float().mean(),
-            "pear/log_ratio": (policy_logps.detach() - behavior_logps).mean()}
+            "pear/log_ratio": log_ratio.mean(), "pear/abs_log_ratio": log_ratio.abs().mean()}
 
 
 def step_loss(model, batch, ref, config, reward_shift):
@@ -198,7 +196,8 @@ def evaluate(model, pairs, ref, config, pad_id, device):
 
 def train(config):
     tokenizer = load_tokenizer(config.model)
-    pairs, data_stats = load_pairs(config.data, tokenizer, config.max_length, config.needs_rejected)
+    pairs, data_stats = load_pairs(config.data, tokenizer, config.max_length, config.needs_rejected,
+                                   with_behavior=config.loss == "pear")
     eval_pairs = load_pairs(config.eval_data, tokenizer, config.max_length, config.needs_rejected)[0] if config.eval_data else None
     retain_pairs = load_pairs(config.retain_data, tokenizer, config.max_length, with_rejected=False)[0] if config.retain_data else None
     behavior_in_data = pairs[0].behavior_logps is not None
@@ -227,17 +226,17 @@ def train(config):
     model = install_logprob_head(model, config.kernel_backend).to(device)
     ref = eval_ref = retain = None
     if config.needs_reference:
-        ref = reference_logps(model, tokenizer, config, config.data, pairs, bf16, device, rank)
+        ref = reference_logps(model, tokenizer, config, config.data, pairs, bf16, device)
         if eval_pairs is not None:
-            eval_ref = reference_logps(model, tokenizer, config, config.eval_data, eval_pairs, bf16, device, rank)
+            eval_ref = reference_logps(model, tokenizer, config, config.eval_data, eval_pairs, bf16, device)
     if config.loss == "pear" and not behavior_in_data:
         behavior = token_logps_of(config.behavior_model, model, "behaviour", tokenizer, config, config.data, pairs,
-                                  bf16, device, rank)
+                                  bf16, device)
         for pair, values in zip(pairs, behavior.split([len(p.chosen_ids) for p in pairs])):
             pair.behavior_logps = values.tolist()
     if retain_pairs is not None:
         retain_reference = token_logps_of("", model, "retain-reference", tokenizer, config, config.retain_data,
-                                          retain_pairs, bf16, device, rank)
+                                          retain_pairs, bf16, device)
         retain = RetainSet(retain_pairs, retain_reference, 2 * config.per_device_batch, config.pack == "on",
                            tokenizer.pad_token_id)
     if on_when_auto(config.gradient_checkpointing, device):
@@ -317,13 +316,15 @@ def train(config):
 
 def main(argv=None):
     config = parse_config(argv)
+    succeeded = False
     try:
         train(config)
+        succeeded = True
     except (DataError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:
-        stop_distributed()
+        stop_distributed(succeeded)
     return 0
 
 

@@ -19,7 +19,7 @@ from spot_fast.config import TrainConfig
 from spot_fast.data import DataError, collate, completion_ids, load_pairs
 from spot_fast.models import ASSETS, BUILTIN_MODEL, load_model, load_tokenizer
 from spot_fast.policy import install_logprob_head
-from spot_kernels import LOSS_KINDS, PEAR_LEVELS, RewardShift, pear_loss
+from spot_kernels import LOSS_KINDS, RewardShift, pear_loss
 
 from hf_logps import hf_token_logps, perturbed
 
@@ -28,7 +28,7 @@ TRAIN = [sys.executable, str(REPO / "spot_fast" / "train.py")]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
             str(REPO / "spot_fast" / "train.py")]
 COMMON = ["--max-steps", "4", "--grad-accum", "1", "--log-every", "1", "--learning-rate", "1e-3", "--epochs", "1"]
-RETAIN = ["--retain-data", str(ASSETS / "retain.jsonl"), "--retain-every", "2"]
+RETAIN = ["--retain-every", "2"]  # with --retain-data: the fixtures write 28 lines (2 ranks x 4 per batch: 7 batches)
 
 
 def hf_sequence_logps(model, prompt, completion):
@@ -67,12 +67,13 @@ def test_step_loss_equals_direct_computation(loss):
         assert float(metrics["delta"]) == pytest.approx(float(delta), abs=1e-5)
 
 
-@pytest.mark.parametrize("level", PEAR_LEVELS)
-def test_pear_step_loss_equals_direct_computation(level):
+@pytest.mark.parametrize("level, pack", [("token", True), ("block", False), ("sequence", True)])
+def test_pear_step_loss_equals_direct_computation(level, pack):
     """The trainer's PEAR loss equals pear_loss on per-token log-probs from the models' own logits: the
-    behaviour log-probs line up with the policy's tokens, batch after batch (formulas: test_pear.py)."""
+    behaviour log-probs line up with the policy's tokens, in two batches, packed or padded (the
+    formulas themselves: test_pear.py). Pairs are given in a shuffled order, as the trainer does."""
     tokenizer = load_tokenizer(BUILTIN_MODEL)
-    pairs = load_pairs(ASSETS / "pairs.jsonl", tokenizer, 8192, with_rejected=False)[0][:3]
+    pairs = load_pairs(ASSETS / "pairs.jsonl", tokenizer, 8192, with_rejected=False)[0][:5][::-1]
     assert all(p.rejected_ids is None for p in pairs)
     behavior_model = load_model(BUILTIN_MODEL)
     for pair in pairs:
@@ -81,19 +82,22 @@ def test_pear_step_loss_equals_direct_computation(level):
     policy_copy = load_model(BUILTIN_MODEL)
     policy_copy.load_state_dict(policy.state_dict())
     config = TrainConfig(loss="pear", pear_level=level, pear_block_size=16)
-    batch = collate(pairs, pack=True, pad_id=tokenizer.pad_token_id)
-    assert batch.num_sequences == 3
-    got, metrics, _ = train_module.step_loss(policy, batch, None, config, RewardShift())
+    for batch_pairs in (pairs[:3], pairs[3:]):
+        batch = collate(batch_pairs, pack=pack, pad_id=tokenizer.pad_token_id)
+        assert batch.num_sequences == len(batch_pairs)
+        got, metrics, _ = train_module.step_loss(policy, batch, None, config, RewardShift())
 
-    policy_tokens = torch.cat([hf_token_logps(policy_copy, p.prompt_ids, p.chosen_ids) for p in pairs])
-    seq_index = torch.cat([torch.full((len(p.chosen_ids),), i) for i, p in enumerate(pairs)])
-    per_example, weights = pear_loss(policy_tokens, torch.tensor([v for p in pairs for v in p.behavior_logps]),
-                                     seq_index, 3, config.pear())
-    assert float(got.detach()) == pytest.approx(float(per_example.mean()), rel=1e-4)
-    assert float(metrics["pear/weight_mean"]) == pytest.approx(float(weights.mean()), rel=1e-4)
-    assert 0.005 < abs(float(metrics["pear/log_ratio"])) < 1  # the policy differs from the behaviour model
-    got.backward()
-    assert policy.lm_head.weight.grad.abs().sum() > 0
+        policy_tokens = torch.cat([hf_token_logps(policy_copy, p.prompt_ids, p.chosen_ids) for p in batch_pairs])
+        behavior_tokens = torch.tensor([v for p in batch_pairs for v in p.behavior_logps])
+        seq_index = torch.cat([torch.full((len(p.chosen_ids),), i) for i, p in enumerate(batch_pairs)])
+        per_example, weights = pear_loss(policy_tokens, behavior_tokens, seq_index, len(batch_pairs), config.pear())
+        assert float(got.detach()) == pytest.approx(float(per_example.mean()), rel=1e-4)
+        assert float(metrics["pear/weight_mean"]) == pytest.approx(float(weights.mean()), rel=1e-4)
+        expected_abs = (policy_tokens - behavior_tokens).abs().mean()
+        assert float(metrics["pear/abs_log_ratio"]) == pytest.approx(float(expected_abs), rel=1e-3)
+        assert expected_abs > 0.005  # the policy differs from the behaviour model
+        got.backward()
+        assert policy.lm_head.weight.grad.abs().sum() > 0
 
 
 def run(command, env_extra=None, timeout=600):
@@ -107,16 +111,24 @@ def metrics(output_dir):
     return [json.loads(line) for line in open(Path(output_dir) / "metrics.jsonl") if "loss" in line]
 
 
+def retain_file(root):
+    path = root / "retain.jsonl"
+    path.write_text("".join((ASSETS / "retain.jsonl").read_text().splitlines(keepends=True)[:28]))
+    return ["--retain-data", str(path)]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A: 1 process, 4 pairs per step, checkpoint at step 2. B: resumes A from step 2.
-    C: 2 processes x 2 pairs per step (the same global batch as A)."""
+    """A: 1 process, 4 pairs per step, checkpoint at step 2. B: resumes A from step 2, reusing A's caches.
+    C: 2 processes x 2 pairs per step (the same global batch as A), computing its own caches."""
     root = tmp_path_factory.mktemp("runs")
-    common = COMMON + RETAIN + ["--cache-dir", str(root / "cache")]
+    retain = retain_file(root)
+    common = COMMON + RETAIN + retain + ["--cache-dir", str(root / "cache")]
     a = run(TRAIN + common + ["--per-device-batch", "4", "--save-every", "2", "--output-dir", str(root / "a")])
     b = run(TRAIN + common + ["--per-device-batch", "4", "--resume", str(root / "a" / "checkpoint-2"),
                               "--output-dir", str(root / "b")])
-    c = run(TORCHRUN + common + ["--per-device-batch", "2", "--output-dir", str(root / "c")])
+    c = run(TORCHRUN + COMMON + RETAIN + retain + ["--cache-dir", str(root / "cache-c"), "--per-device-batch", "2",
+                                                   "--output-dir", str(root / "c")])
     return root, a, b, c
 
 
@@ -158,7 +170,6 @@ def test_two_processes_match_one_process_with_the_same_global_batch(runs):
     elements whose gradient is at float-noise level, where Adam's m / sqrt(v) turns reassociation
     noise into a step of up to +-lr; they must still differ by less than lr * steps."""
     root, _, _, c = runs
-    assert "reference log-probs of pairs.jsonl reused" in c.stdout
     one = {r["step"]: r for r in metrics(root / "a")}
     for row in metrics(root / "c"):
         for key in ("loss", "delta", "grad_norm", "rewards/margin"):
@@ -168,6 +179,22 @@ def test_two_processes_match_one_process_with_the_same_global_batch(runs):
     differences = torch.cat([(weights_a[k] - weights_c[k]).abs().flatten() for k in weights_a])
     assert (differences > 1e-5).float().mean() < 1e-3
     assert differences.max() < 1e-3 * 4
+
+
+def test_two_processes_compute_the_same_caches_as_one(runs):
+    """With 2 processes each scores half of the data and rank 0 joins the halves in order."""
+    root, _, _, c = runs
+    assert "reference log-probs of pairs.jsonl computed on 2 process(es)" in c.stdout
+    assert "retain-reference log-probs of retain.jsonl computed on 2 process(es)" in c.stdout
+    for what in ("reference", "retain-reference"):
+        [one] = (root / "cache").glob(f"{what}-*.pt")
+        [two] = (root / "cache-c").glob(f"{what}-*.pt")
+        assert one.name == two.name  # same key
+        tensors_one = torch.load(one, weights_only=True)["tensors"]
+        tensors_two = torch.load(two, weights_only=True)["tensors"]
+        for key, value in tensors_one.items():
+            assert value.shape == tensors_two[key].shape and value.shape[0] > 32
+            torch.testing.assert_close(tensors_two[key], value, rtol=1e-5, atol=1e-5)
 
 
 def retain_rows(output_dir):
@@ -198,7 +225,7 @@ def pear_runs(tmp_path_factory):
     E: PEAR (sequence level) with a separate behaviour model directory."""
     root = tmp_path_factory.mktemp("pear")
     common = COMMON + ["--loss", "pear", "--per-device-batch", "4", "--cache-dir", str(root / "cache")]
-    d = run(TRAIN + common + RETAIN + ["--pear-level", "block", "--pear-block-size", "8", "--output-dir", str(root / "d")])
+    d = run(TRAIN + common + RETAIN + retain_file(root) + ["--pear-level", "block", "--pear-block-size", "8", "--output-dir", str(root / "d")])
     behavior = perturbed(load_model(BUILTIN_MODEL), scale=0.05)
     behavior.save_pretrained(root / "behavior")
     load_tokenizer(BUILTIN_MODEL).save_pretrained(root / "behavior")
@@ -213,10 +240,12 @@ def test_pear_trains_with_the_starting_policy_as_behaviour(pear_runs):
     assert "0 left out per epoch" in d.stdout and "240 examples" in d.stdout  # SFT data: no rejected side read
     rows = metrics(root / "d")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
-    # Step 1 runs before any update, so the policy is the behaviour policy: every log-ratio is 0.
-    assert rows[0]["pear/log_ratio"] == pytest.approx(0, abs=1e-6)
-    assert abs(rows[-1]["pear/log_ratio"]) > 1e-3
-    assert all(0.1 <= r["pear/weight_mean"] <= 10 for r in rows)
+    # Step 1 runs before any update, so the policy is the behaviour policy: every log-ratio is 0 (up to
+    # float noise from batching), token by token, so the weights are gamma^(T - end) <= 1, none clipped.
+    assert rows[0]["pear/abs_log_ratio"] < 1e-4
+    assert 0.999 ** 200 < rows[0]["pear/weight_mean"] < 1
+    assert rows[0]["pear/weight_at_min"] == rows[0]["pear/weight_at_max"] == 0
+    assert rows[-1]["pear/abs_log_ratio"] > 1e-3 and rows[-1]["pear/weight_mean"] != rows[0]["pear/weight_mean"]
     assert rows[-1]["chosen/nll"] < rows[0]["chosen/nll"]  # SFT lowers the NLL of the data
     assert "rewards/chosen" not in rows[0]
     assert sorted(retain_rows(root / "d")) == [0, 2, 4]
@@ -228,7 +257,7 @@ def test_pear_reads_a_behaviour_model(pear_runs):
     assert "behaviour log-probs of pairs.jsonl computed" in e.stdout
     assert list((root / "cache").glob("behaviour-*.pt"))
     first = metrics(root / "e")[0]
-    assert abs(first["pear/log_ratio"]) > 1e-2  # measured against the other model, not the policy itself
+    assert first["pear/abs_log_ratio"] > 1e-2  # measured against the other model, not the policy itself
 
 
 def write_lines(path, lines):
@@ -239,22 +268,24 @@ def write_lines(path, lines):
 GOOD = json.dumps({"question": "1+1?", "chosen": "2", "rejected": "3"})
 
 
-@pytest.mark.parametrize("lines, message", [
-    ([GOOD, '{"question": "2+2?", "chosen": "4", '], r"bad\.jsonl:2: invalid JSON"),
-    ([GOOD, json.dumps({"question": "x", "chosen": "y"})], r"bad\.jsonl:2: missing field: expected one of 'original_answer', 'rejected'"),
-    ([json.dumps({"question": "x", "chosen": " ", "rejected": "y"})], r"bad\.jsonl:1: field 'chosen' is empty"),
-    ([], r"bad\.jsonl: no usable pairs"),
-    ([json.dumps({"question": "x " * 500, "chosen": "y", "rejected": "z"})], r"no usable pairs \(1 prompts longer than max_length 64\)"),
-    ([json.dumps({"question": "x", "chosen": "y", "rejected": "z", "behavior_logps": "x"})],
-     r"bad\.jsonl:1: field 'behavior_logps' must be a list of numbers"),
-    ([json.dumps({"question": "x", "chosen": "y", "rejected": "z", "behavior_logps": [-0.5]})],
-     r"bad\.jsonl:1: field 'behavior_logps' has 1 values but the chosen completion has \d+ tokens"),
-    ([json.dumps({"question": "x", "chosen": "y", "rejected": "z", "behavior_logps": [0.5]})],
-     r"bad\.jsonl:1: field 'behavior_logps' must hold finite log-probs <= 0"),
+@pytest.mark.parametrize("lines, message, loss", [
+    ([GOOD, '{"question": "2+2?", "chosen": "4", '], r"bad\.jsonl:2: invalid JSON", "spot_bco"),
+    ([GOOD, json.dumps({"question": "x", "chosen": "y"})],
+     r"bad\.jsonl:2: missing field: expected one of 'original_answer', 'rejected'", "spot_bco"),
+    ([json.dumps({"question": "x", "chosen": " ", "rejected": "y"})], r"bad\.jsonl:1: field 'chosen' is empty", "spot_bco"),
+    ([], r"bad\.jsonl: no usable pairs", "spot_bco"),
+    ([json.dumps({"question": "x " * 500, "chosen": "y", "rejected": "z"})],
+     r"no usable pairs \(1 prompts longer than max_length 64\)", "spot_bco"),
+    ([json.dumps({"question": "x", "response": "y", "behavior_logps": "x"})],
+     r"bad\.jsonl:1: field 'behavior_logps' must be a list of numbers", "pear"),
+    ([json.dumps({"question": "x", "response": "y", "behavior_logps": [-0.5]})],
+     r"bad\.jsonl:1: field 'behavior_logps' has 1 values but the chosen completion has \d+ tokens", "pear"),
+    ([json.dumps({"question": "x", "response": "y", "behavior_logps": [0.5]})],
+     r"bad\.jsonl:1: field 'behavior_logps' must hold finite log-probs <= 0", "pear"),
 ])
-def test_bad_data_is_reported_with_file_and_line(tmp_path, capsys, lines, message):
+def test_bad_data_is_reported_with_file_and_line(tmp_path, capsys, lines, message, loss):
     data = write_lines(tmp_path / "bad.jsonl", lines)
-    code = train_module.main(["--data", data, "--output-dir", str(tmp_path / "out"), "--max-length", "64"])
+    code = train_module.main(["--data", data, "--output-dir", str(tmp_path / "out"), "--max-length", "64", "--loss", loss])
     assert code == 1
     assert __import__("re").search(message, capsys.readouterr().err)
     assert not (tmp_path / "out").exists()  # nothing written
@@ -277,16 +308,17 @@ def test_sft_style_data_with_behaviour_logps(tmp_path, capsys):
     n = len(completion_ids(tokenizer, "two"))
     line = {"prompt": "1+1?", "response": "two", "behavior_logps": [-0.25 * (i + 1) for i in range(n)]}
     path = write_lines(tmp_path / "sft.jsonl", [json.dumps(line)] * 2)
-    pairs = load_pairs(path, tokenizer, 64, with_rejected=False)[0]
+    pairs = load_pairs(path, tokenizer, 64, with_rejected=False, with_behavior=True)[0]
     assert pairs[0].rejected_ids is None and pairs[0].behavior_logps == line["behavior_logps"]
+    assert load_pairs(path, tokenizer, 64, with_rejected=False)[0][0].behavior_logps is None  # read for PEAR only
     batch = collate(pairs, pack=True, pad_id=tokenizer.pad_token_id)
     assert batch.num_sequences == 2 and batch.targets.shape == batch.behavior_logps.shape == (2 * n,)
-    truncated = load_pairs(path, tokenizer, len(pairs[0].prompt_ids) + 2, with_rejected=False)[0]
+    truncated = load_pairs(path, tokenizer, len(pairs[0].prompt_ids) + 2, with_rejected=False, with_behavior=True)[0]
     assert truncated[0].behavior_logps == line["behavior_logps"][:2] and len(truncated[0].chosen_ids) == 2
 
     mixed = write_lines(tmp_path / "mixed.jsonl", [json.dumps(line), json.dumps({"prompt": "1+1?", "response": "two"})])
     with pytest.raises(DataError, match=r"mixed\.jsonl:2: field 'behavior_logps' is missing here but present on line 1"):
-        load_pairs(mixed, tokenizer, 64, with_rejected=False)
+        load_pairs(mixed, tokenizer, 64, with_rejected=False, with_behavior=True)
     assert train_module.main(["--loss", "pear", "--data", path, "--behavior-model", BUILTIN_MODEL,
                               "--output-dir", str(tmp_path / "out")]) == 1
     assert "give one of the two" in capsys.readouterr().err
