@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from spot_fast.data import load_pairs
 from spot_fast.models import BUILTIN_MODEL, load_tokenizer
 from spot_fast.rectify import layout, verify
 from spot_fast.rectify.__main__ import main
@@ -38,6 +39,9 @@ def test_pipeline_end_to_end(tmp_path, capsys):
     assert run(*elicit) == 0  # resumed: nothing left to generate
     assert "samples generated now: 0" in capsys.readouterr().out
     assert len(records(tmp_path / layout.RESULTS)) == 8
+    # The elicited answers are the model's own samples: the trainer reads them as a retain set as they are.
+    retain = load_pairs(tmp_path / layout.RESULTS, load_tokenizer(BUILTIN_MODEL), 8192, with_rejected=False)[0]
+    assert len(retain) == 8 and all(p.rejected_ids is None for p in retain)
 
     assert run("correct", "--workdir", tmp_path, "--oracle-callable", "rectify_oracles:by_truth") == 0
     assert run("verify", "--workdir", tmp_path, "--gamma", 0.6) == 0
