@@ -23,18 +23,30 @@ def sequence_logps(token_logps, seq_index, num_seqs):
     ``token_logps`` [N] (ignored tokens already 0), ``seq_index`` [N] integer in [0, num_seqs).
     Returns [num_seqs] fp32, differentiable w.r.t. ``token_logps``; empty sequences sum to 0.
     """
-    if token_logps.dim() != 1 or seq_index.shape != token_logps.shape:
-        raise ValueError(f"token_logps and seq_index must both be [N]; got {tuple(token_logps.shape)} "
-                         f"and {tuple(seq_index.shape)}")
+    check_sequence_index(seq_index, num_seqs, token_logps=token_logps)
+    return segment_sum(token_logps.float(), seq_index, num_seqs)
+
+
+def check_sequence_index(seq_index, num_seqs, **per_token):
+    """Raises unless every tensor of ``per_token`` (name -> tensor) and ``seq_index`` are [N] and
+    ``seq_index`` holds integers in [0, num_seqs). One host sync (the range)."""
+    shapes = {name: tuple(t.shape) for name, t in {**per_token, "seq_index": seq_index}.items()}
+    if len(set(shapes.values())) != 1 or len(shapes["seq_index"]) != 1:
+        raise ValueError(f"{' and '.join(shapes)} must be [N] tensors of one length; got {shapes}")
     if seq_index.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"seq_index must be int64 or int32; got {seq_index.dtype}")
     if int(num_seqs) <= 0:
         raise ValueError(f"num_seqs must be positive; got {num_seqs}")
-    if seq_index.numel() and (int(seq_index.min()) < 0 or int(seq_index.max()) >= num_seqs):
-        raise ValueError(f"seq_index values must lie in [0, {num_seqs}); got range "
-                         f"[{int(seq_index.min())}, {int(seq_index.max())}]")
-    out = torch.zeros(num_seqs, dtype=torch.float32, device=token_logps.device)
-    return out.index_add(0, seq_index.long(), token_logps.float())
+    if seq_index.numel():
+        low, high = torch.stack(torch.aminmax(seq_index)).tolist()
+        if low < 0 or high >= num_seqs:
+            raise ValueError(f"seq_index values must lie in [0, {num_seqs}); got range [{low}, {high}]")
+
+
+def segment_sum(values, seq_index, num_seqs):
+    """``out[s] = sum(values[i] for i with seq_index[i] == s)``, in the dtype of ``values``; unchecked."""
+    out = torch.zeros(num_seqs, dtype=values.dtype, device=values.device)
+    return out.index_add(0, seq_index.long(), values)
 
 
 def implicit_reward(policy_logps, ref_logps, beta):

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .losses import check_sequence_index, segment_sum
+
 PEAR_LEVELS = ("token", "block", "sequence")
 
 
@@ -52,27 +54,14 @@ class PearConfig:
             raise ValueError(f"PEAR block_size must be >= 1; got {self.block_size}")
 
 
-def _check(policy_logps, behavior_logps, seq_index, num_seqs):
-    if policy_logps.dim() != 1 or behavior_logps.shape != policy_logps.shape or seq_index.shape != policy_logps.shape:
-        raise ValueError(f"policy_logps, behavior_logps and seq_index must all be [N]; got {tuple(policy_logps.shape)}, "
-                         f"{tuple(behavior_logps.shape)} and {tuple(seq_index.shape)}")
-    if seq_index.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"seq_index must be int64 or int32; got {seq_index.dtype}")
-    if int(num_seqs) <= 0:
-        raise ValueError(f"num_seqs must be positive; got {num_seqs}")
-    if seq_index.numel() and (int(seq_index.min()) < 0 or int(seq_index.max()) >= num_seqs):
-        raise ValueError(f"seq_index values must lie in [0, {num_seqs}); got range "
-                         f"[{int(seq_index.min())}, {int(seq_index.max())}]")
-
-
 @torch.no_grad()
 def pear_weights(policy_logps, behavior_logps, seq_index, num_seqs, config=PearConfig()):
     """[N] fp32 detached PEAR weights (see the module docstring) of tokens in sequences ``seq_index``."""
-    _check(policy_logps, behavior_logps, seq_index, num_seqs)
+    check_sequence_index(seq_index, num_seqs, policy_logps=policy_logps, behavior_logps=behavior_logps)
     seq = seq_index.long()
     ratios = (policy_logps.double() - behavior_logps.double()).clamp(-config.clip_low, config.clip_high)
+    totals = segment_sum(ratios, seq, num_seqs)  # sum_j l_j per sequence
     if config.level == "sequence":
-        totals = torch.zeros(num_seqs, dtype=torch.float64, device=seq.device).index_add(0, seq, ratios)
         log_weights = totals[seq]
     else:
         # Sort by sequence (stable: keeps position order), so each sequence is one contiguous run.
@@ -83,7 +72,6 @@ def pear_weights(policy_logps, behavior_logps, seq_index, num_seqs, config=PearC
         position = torch.arange(seq.numel(), device=seq.device) - starts[sorted_seq]  # t - 1
         length = counts[sorted_seq]                                                    # T
         running = ratios[order].cumsum(0)
-        totals = torch.zeros(num_seqs, dtype=torch.float64, device=seq.device).index_add(0, seq, ratios)
         offsets = totals.cumsum(0) - totals                                # sum of the earlier sequences
         prefix = running - offsets[sorted_seq]                             # sum_{j<=t} l_j
         suffix = totals[sorted_seq] - prefix                               # S(t)
@@ -103,5 +91,4 @@ def pear_loss(policy_logps, behavior_logps, seq_index, num_seqs, config=PearConf
     Differentiable w.r.t. ``policy_logps`` only through the NLL: ``d loss / d policy_logps[t] = -w_t``.
     """
     weights = pear_weights(policy_logps, behavior_logps, seq_index, num_seqs, config)
-    out = torch.zeros(num_seqs, dtype=torch.float32, device=policy_logps.device)
-    return out.index_add(0, seq_index.long(), -weights * policy_logps.float()), weights
+    return segment_sum(-weights * policy_logps.float(), seq_index, num_seqs), weights

@@ -108,7 +108,7 @@ def test_weights_are_detached(level):
 
 
 def test_bad_inputs_are_named():
-    with pytest.raises(ValueError, match=r"must all be \[N\]"):
+    with pytest.raises(ValueError, match=r"policy_logps and behavior_logps and seq_index must be \[N\] tensors of one length"):
         pear_weights(torch.zeros(3), torch.zeros(4), torch.zeros(3, dtype=torch.long), 1)
     with pytest.raises(ValueError, match=r"seq_index values must lie in \[0, 2\); got range \[0, 2\]"):
         pear_weights(torch.zeros(3), torch.zeros(3), torch.tensor([0, 1, 2]), 2)
