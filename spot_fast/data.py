@@ -43,7 +43,7 @@ class Pair:
     chosen_ids: list
     rejected_ids: list          # None when the data is read without rejected answers
     line: int
-    behavior_logps: list = None  # per chosen token, when the data or a behaviour model supplies them
+    behavior_logps: torch.Tensor = None  # [len(chosen_ids)] fp32, when the data or a behaviour model supplies them
 
 
 @dataclass
@@ -113,7 +113,7 @@ def _behavior_logps(record, num_tokens, where):
     if len(values) != num_tokens:
         raise DataError(f"{where}: field {BEHAVIOR_FIELD!r} has {len(values)} values but the chosen completion has "
                         f"{num_tokens} tokens (end token included) under this tokenizer")
-    return [float(v) for v in values]
+    return torch.tensor(values, dtype=torch.float32)
 
 
 def load_pairs(path, tokenizer, max_length, with_rejected=True, with_behavior=False):
@@ -167,7 +167,7 @@ def load_pairs(path, tokenizer, max_length, with_rejected=True, with_behavior=Fa
                     del ids[room:]
                     stats.truncated_completions += 1
             if behavior is not None:
-                del behavior[room:]
+                behavior = behavior[:room]
             pairs.append(Pair(prompt_ids, chosen_ids, rejected_ids, line_number, behavior))
     stats.pairs = len(pairs)
     if not pairs:
@@ -231,7 +231,7 @@ def collate(pairs, pack, pad_id):
         input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
         token_positions=torch.cat(token_positions), targets=torch.cat(targets), seq_index=torch.cat(seq_index),
         chosen_lengths=torch.tensor([len(p.chosen_ids) for p in pairs]),
-        behavior_logps=torch.tensor([v for p in pairs for v in p.behavior_logps]) if all(has_behavior) else None,
+        behavior_logps=torch.cat([p.behavior_logps for p in pairs]) if all(has_behavior) else None,
         num_pairs=len(pairs), num_sequences=len(sequences),
         num_tokens=num_tokens, padding_fraction=1.0 - num_tokens / (rows * length),
     )

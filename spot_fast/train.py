@@ -122,9 +122,10 @@ def step_loss(model, batch, ref, config, reward_shift):
         "padding_fraction": torch.tensor(batch.padding_fraction, device=logps.chosen.device),
     }
     if config.loss == "pear":
+        pear = config.pear()
         per_example, weights = pear_loss(logps.token_logps, batch.behavior_logps, batch.seq_index,
-                                         batch.num_sequences, config.pear())
-        metrics.update(pear_metrics(logps.token_logps, batch.behavior_logps, weights, config.pear()))
+                                         batch.num_sequences, pear)
+        metrics.update(pear_metrics(logps.token_logps, batch.behavior_logps, weights, pear))
     elif config.loss == "sft":
         per_example = preference_loss("sft", logps.chosen, chosen_lengths=batch.chosen_lengths)
     else:
@@ -233,7 +234,7 @@ def train(config):
         behavior = token_logps_of(config.behavior_model, model, "behaviour", tokenizer, config, config.data, pairs,
                                   bf16, device)
         for pair, values in zip(pairs, behavior.split([len(p.chosen_ids) for p in pairs])):
-            pair.behavior_logps = values.tolist()
+            pair.behavior_logps = values  # a view: the pairs share one fp32 tensor
     if retain_pairs is not None:
         retain_reference = token_logps_of("", model, "retain-reference", tokenizer, config, config.retain_data,
                                           retain_pairs, bf16, device)

@@ -77,7 +77,7 @@ def test_pear_step_loss_equals_direct_computation(level, pack):
     assert all(p.rejected_ids is None for p in pairs)
     behavior_model = load_model(BUILTIN_MODEL)
     for pair in pairs:
-        pair.behavior_logps = hf_token_logps(behavior_model, pair.prompt_ids, pair.chosen_ids).tolist()
+        pair.behavior_logps = hf_token_logps(behavior_model, pair.prompt_ids, pair.chosen_ids).float()
     policy = install_logprob_head(perturbed(load_model(BUILTIN_MODEL), scale=0.005))
     policy_copy = load_model(BUILTIN_MODEL)
     policy_copy.load_state_dict(policy.state_dict())
@@ -88,7 +88,7 @@ def test_pear_step_loss_equals_direct_computation(level, pack):
         got, metrics, _ = train_module.step_loss(policy, batch, None, config, RewardShift())
 
         policy_tokens = torch.cat([hf_token_logps(policy_copy, p.prompt_ids, p.chosen_ids) for p in batch_pairs])
-        behavior_tokens = torch.tensor([v for p in batch_pairs for v in p.behavior_logps])
+        behavior_tokens = torch.cat([p.behavior_logps for p in batch_pairs])
         seq_index = torch.cat([torch.full((len(p.chosen_ids),), i) for i, p in enumerate(batch_pairs)])
         per_example, weights = pear_loss(policy_tokens, behavior_tokens, seq_index, len(batch_pairs), config.pear())
         assert float(got.detach()) == pytest.approx(float(per_example.mean()), rel=1e-4)
@@ -309,12 +309,13 @@ def test_sft_style_data_with_behaviour_logps(tmp_path, capsys):
     line = {"prompt": "1+1?", "response": "two", "behavior_logps": [-0.25 * (i + 1) for i in range(n)]}
     path = write_lines(tmp_path / "sft.jsonl", [json.dumps(line)] * 2)
     pairs = load_pairs(path, tokenizer, 64, with_rejected=False, with_behavior=True)[0]
-    assert pairs[0].rejected_ids is None and pairs[0].behavior_logps == line["behavior_logps"]
+    assert pairs[0].rejected_ids is None and pairs[0].behavior_logps.tolist() == line["behavior_logps"]
     assert load_pairs(path, tokenizer, 64, with_rejected=False)[0][0].behavior_logps is None  # read for PEAR only
     batch = collate(pairs, pack=True, pad_id=tokenizer.pad_token_id)
     assert batch.num_sequences == 2 and batch.targets.shape == batch.behavior_logps.shape == (2 * n,)
+    assert batch.behavior_logps.tolist() == line["behavior_logps"] * 2
     truncated = load_pairs(path, tokenizer, len(pairs[0].prompt_ids) + 2, with_rejected=False, with_behavior=True)[0]
-    assert truncated[0].behavior_logps == line["behavior_logps"][:2] and len(truncated[0].chosen_ids) == 2
+    assert truncated[0].behavior_logps.tolist() == line["behavior_logps"][:2] and len(truncated[0].chosen_ids) == 2
 
     mixed = write_lines(tmp_path / "mixed.jsonl", [json.dumps(line), json.dumps({"prompt": "1+1?", "response": "two"})])
     with pytest.raises(DataError, match=r"mixed\.jsonl:2: field 'behavior_logps' is missing here but present on line 1"):

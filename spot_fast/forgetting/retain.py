@@ -49,10 +49,8 @@ class RetainSet:
             raise ValueError(f"retain set: {sum(lengths)} completion tokens but {reference_logps.numel()} reference log-probs")
         self.pairs, self.pack, self.pad_id = pairs, pack, pad_id
         self.batches = [range(start, min(start + batch_size, len(pairs))) for start in range(0, len(pairs), batch_size)]
-        offsets = [0]
-        for n in lengths:
-            offsets.append(offsets[-1] + n)
-        self.reference = [reference_logps[offsets[b.start]:offsets[b.stop]] for b in self.batches]
+        per_pair = reference_logps.split(lengths)
+        self.reference = [torch.cat(per_pair[b.start:b.stop]) for b in self.batches]
 
     @torch.no_grad()
     def measure(self, model, device):
