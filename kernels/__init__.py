@@ -7,13 +7,13 @@
 
 Depends on torch and (for the ``triton`` backend) triton only.
 """
-from .linear_logprobs import BACKENDS, TokenLogprobs, linear_logprobs, resolve_backend
-from .losses import LOSS_KINDS, implicit_reward, preference_loss, sequence_logps
+from .linear_logprobs import BACKENDS, TokenLogprobs, linear_logprobs, linear_logprobs_unchecked, resolve_backend
+from .losses import LOSS_KINDS, implicit_reward, preference_loss, segment_sum, sequence_logps
 from .pear import PEAR_LEVELS, PearConfig, pear_loss, pear_weights
 from .reference import eager_linear_logprobs
 from .reward_shift import RewardShift
 
 __all__ = [
     "BACKENDS", "LOSS_KINDS", "PEAR_LEVELS", "PearConfig", "RewardShift", "TokenLogprobs", "eager_linear_logprobs",
-    "implicit_reward", "linear_logprobs", "pear_loss", "pear_weights", "preference_loss", "resolve_backend", "sequence_logps",
+    "implicit_reward", "linear_logprobs", "linear_logprobs_unchecked", "pear_loss", "pear_weights", "preference_loss", "resolve_backend", "segment_sum", "sequence_logps",
 ]

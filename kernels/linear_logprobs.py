@@ -51,8 +51,10 @@ class _FusedLinearLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, ignore_index, backend, with_stats):
         forward_fn, _ = _backend_functions(backend)
-        keep = targets != ignore_index
-        kept = None if bool(keep.all()) else keep.nonzero().squeeze(1)
+        kept = None
+        if ignore_index is not None:  # None: the caller guarantees no ignored token (no host sync)
+            keep = targets != ignore_index
+            kept = None if bool(keep.all()) else keep.nonzero().squeeze(1)
         h, t = (hidden, targets) if kept is None else (hidden.index_select(0, kept), targets.index_select(0, kept))
         if h.shape[0] == 0:  # every token ignored: nothing to compute
             zeros = h.new_zeros(0, dtype=torch.float32)
@@ -170,11 +172,29 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     """
     _validate(hidden, weight, targets, bias, backend)
     _check_targets(targets, weight.shape[0], ignore_index)
+    return _dispatch(hidden, weight, targets, bias, ignore_index, backend, return_stats)
+
+
+def linear_logprobs_unchecked(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                              bias: Optional[torch.Tensor] = None, backend: str = "auto",
+                              return_stats: bool = False):
+    """``linear_logprobs`` for a caller that guarantees valid input, without validation and without
+    host synchronisation: the trainer's hot path.
+
+    The caller guarantees what ``linear_logprobs`` would check (shapes, dtypes, one device) and that
+    every target lies in [0, V): there are no ignored tokens (drop them before calling). Invalid input
+    gives undefined results, not an error.
+    """
+    return _dispatch(hidden, weight, targets, bias, None, backend, return_stats)
+
+
+def _dispatch(hidden, weight, targets, bias, ignore_index, backend, return_stats):
     backend = resolve_backend(backend, hidden.device, hidden.dtype)
     hidden, weight, targets = hidden.contiguous(), weight.contiguous(), targets.contiguous()
     bias = bias.contiguous() if bias is not None else None
     if backend == "eager":
-        logp, entropy, target_is_argmax = eager_linear_logprobs(hidden, weight, targets, bias, ignore_index, return_stats)
+        logp, entropy, target_is_argmax = eager_linear_logprobs(
+            hidden, weight, targets, bias, -100 if ignore_index is None else ignore_index, return_stats)
     else:
         logp, entropy, target_is_argmax = _FusedLinearLogprobs.apply(
             hidden, weight, bias, targets, ignore_index, backend, return_stats)
