@@ -1,9 +1,14 @@
-"""Checkpoints: a Hugging Face model directory (safetensors + config + tokenizer) that
-``AutoModelForCausalLM.from_pretrained`` loads, plus the full training state under ``deepspeed/``
-(optimizer, scheduler) and ``trainer_state.json`` (step, reward shift, RNG states).
+"""Checkpoints and the training state a resume needs.
 
-Atomic: everything is written into ``.tmp-NAME`` and renamed to ``NAME`` only when complete, so a
-crash leaves either the previous checkpoint or the new one, never a partial one.
+A checkpoint directory holds a Hugging Face model (safetensors + config + tokenizer) that
+``AutoModelForCausalLM.from_pretrained`` loads, the engine's state under ``deepspeed/`` (weights,
+optimizer, LR scheduler) with the ``TrainingState`` inside it, and ``trainer_state.json``, a readable
+copy of the training state (without RNG) and of the run's configuration.
+
+Atomic: everything is written into ``.tmp-NAME``, fsynced, and renamed to ``NAME`` only when
+complete, so a crash leaves either the previous checkpoint or the new one, never a partial one under
+a name that ``checkpoints`` lists. Pruning renames a checkpoint to ``.deleting-NAME`` before deleting
+it, for the same reason.
 """
 import json
 import os
@@ -34,14 +39,49 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class TrainingState:
+    """What must survive a resume besides the engine's state: the optimizer steps taken, the data
+    position they imply (epoch and step within it, checked against this run's example order on
+    load), the reward shift (spot_bco's delta) and the RNG states."""
+
+    def __init__(self, order, reward_shift):
+        self.order, self.reward_shift, self.step = order, reward_shift, 0
+
+    def data_position(self, step):
+        epoch, step_in_epoch = divmod(step, self.order.steps_per_epoch)
+        return {"epoch": epoch, "step_in_epoch": step_in_epoch}
+
+    def state_dict(self):
+        return {"step": self.step, "data_position": self.data_position(self.step),
+                "reward_shift": self.reward_shift.state_dict(), "rng": rng_state()}
+
+    def load_state_dict(self, state):
+        if state["data_position"] != self.data_position(state["step"]):
+            raise ValueError(f"the checkpoint stopped at {state['data_position']} (step {state['step']}) but this run's "
+                             f"example order puts step {state['step']} at {self.data_position(state['step'])}: "
+                             f"the data or the batch settings changed")
+        self.step = state["step"]
+        self.reward_shift.load_state_dict(state["reward_shift"])
+        set_rng_state(state["rng"])
+
+
 def _fsync_tree(path):
     for file in Path(path).rglob("*"):
         if file.is_file():
             with open(file, "rb") as f:
                 os.fsync(f.fileno())
+    _fsync_dir(path)
 
 
-def save_checkpoint(engine, tokenizer, output_dir, name, trainer_state, rank):
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(engine, tokenizer, output_dir, name, state, config, rank):
     """Writes OUTPUT_DIR/NAME atomically; every rank must call it. Returns its path."""
     output_dir = Path(output_dir)
     final, tmp = output_dir / name, output_dir / f".tmp-{name}"
@@ -49,40 +89,48 @@ def save_checkpoint(engine, tokenizer, output_dir, name, trainer_state, rank):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    engine.save_checkpoint(str(tmp / "deepspeed"), tag="state", client_state={"rng": rng_state()})
-    state_dict = engine._zero3_consolidated_16bit_state_dict() if engine.zero_optimization_stage() == 3 else None
+    state_dict = state.state_dict()
+    engine.save_checkpoint(str(tmp / "deepspeed"), tag="state", client_state={"training_state": state_dict})
+    weights = engine._zero3_consolidated_16bit_state_dict() if engine.zero_optimization_stage() == 3 else None
     if rank == 0:
-        engine.module.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        engine.module.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
+        readable = {key: value for key, value in state_dict.items() if key != "rng"}
+        (tmp / STATE_FILE).write_text(json.dumps({**readable, "config": vars(config)}, indent=2))
         _fsync_tree(tmp)
         if final.exists():
             old = output_dir / f".old-{name}"
+            shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old)
         else:
             os.replace(tmp, final)
+        _fsync_dir(output_dir)
     barrier()
     return final
 
 
-def load_checkpoint(engine, path):
-    """Restores the engine (weights, optimizer, scheduler) and RNG; returns the trainer state."""
+def load_checkpoint(engine, path, state):
+    """Restores the engine (weights, optimizer, scheduler) and ``state`` from checkpoint ``path``."""
     path = Path(path)
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"{path} is not a checkpoint (no {STATE_FILE})")
     _, client_state = engine.load_checkpoint(str(path / "deepspeed"), tag="state")
-    set_rng_state(client_state["rng"])
-    return json.loads((path / STATE_FILE).read_text())
+    state.load_state_dict(client_state["training_state"])
 
 
 def checkpoints(output_dir):
-    """Step checkpoints in OUTPUT_DIR, oldest first."""
+    """Complete step checkpoints in OUTPUT_DIR, oldest first."""
     found = [p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
 def prune_checkpoints(output_dir, keep_last):
-    for path in checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []:
+    """Deletes all but the newest ``keep_last`` step checkpoints (0 keeps them all), and any
+    deletion a crash interrupted."""
+    doomed = checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []
+    for path in doomed:
+        os.replace(path, path.with_name(f".deleting-{path.name}"))  # never a half-deleted checkpoint under its name
+    for path in Path(output_dir).glob(".deleting-checkpoint-*"):
         shutil.rmtree(path)

@@ -17,11 +17,10 @@ import yaml
 from spot_kernels import BACKENDS, LOSS_KINDS, PEAR_LEVELS, PearConfig
 
 from .models import ASSETS, BUILTIN_MODEL
+from .objective import PAIRED_OBJECTIVES, REFERENCE_OBJECTIVES
 
 DEMO_LEARNING_RATE = 2e-3
 OBJECTIVES = (*LOSS_KINDS, "pear")
-PAIRED_OBJECTIVES = ("dpo", "spot_bce", "spot_bco")      # read and score the rejected answers
-REFERENCE_OBJECTIVES = ("reward_sft", *PAIRED_OBJECTIVES)  # need reference log-probs
 PEAR_DEFAULTS = PearConfig()
 
 

@@ -20,7 +20,6 @@ padding (positions restart per sequence, so attention sees a block-diagonal caus
 Only positions whose next token is a completion token are scored: ``token_positions`` index the
 flattened hidden states, ``targets`` are the next tokens, ``seq_index`` the sequence of each.
 """
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,14 +50,6 @@ class DataStats:
     pairs: int = 0
     skipped_long_prompt: int = 0
     truncated_completions: int = 0
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _field(record, names, where):
@@ -184,6 +175,7 @@ class Batch:
     token_positions: torch.Tensor  # [T] indices into the flattened [rows * length] hidden states
     targets: torch.Tensor          # [T] next-token ids (completion tokens only)
     seq_index: torch.Tensor        # [T] in [0, num_sequences): chosen i -> i, rejected i -> B + i
+    num_chosen_tokens: int         # the first num_chosen_tokens of targets are the chosen answers'
     chosen_lengths: torch.Tensor   # [B] completion tokens of each chosen answer
     behavior_logps: object         # [T_chosen] behaviour log-probs of the chosen tokens (first in targets), or None
     num_pairs: int
@@ -230,14 +222,9 @@ def collate(pairs, pack, pad_id):
     return Batch(
         input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
         token_positions=torch.cat(token_positions), targets=torch.cat(targets), seq_index=torch.cat(seq_index),
+        num_chosen_tokens=sum(len(p.chosen_ids) for p in pairs),
         chosen_lengths=torch.tensor([len(p.chosen_ids) for p in pairs]),
         behavior_logps=torch.cat([p.behavior_logps for p in pairs]) if all(has_behavior) else None,
         num_pairs=len(pairs), num_sequences=len(sequences),
         num_tokens=num_tokens, padding_fraction=1.0 - num_tokens / (rows * length),
     )
-
-
-def epoch_order(num_examples, epoch, seed):
-    """The shuffled example order of ``epoch``; the same on every rank and every world size."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(num_examples, generator=generator).tolist()

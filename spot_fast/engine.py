@@ -49,15 +49,22 @@ def barrier():
         dist.barrier()
 
 
+def warmup_steps(total_steps, warmup_ratio):
+    """``ceil(warmup_ratio * total_steps)``, as transformers' ``TrainingArguments.get_warmup_steps``."""
+    return math.ceil(warmup_ratio * total_steps)
+
+
 def cosine_schedule(optimizer, total_steps, warmup_ratio):
-    """Linear warmup over ``ceil(warmup_ratio * total_steps)`` steps, then cosine decay to 0."""
-    warmup = math.ceil(warmup_ratio * total_steps)
+    """transformers' ``get_cosine_schedule_with_warmup``, step for step (the SPoT recipe ran on it):
+    the factor of step ``s`` is ``s / warmup`` during the warmup (step 0 trains at rate 0), then
+    ``0.5 * (1 + cos(pi * progress))`` with ``progress = (s - warmup) / (total - warmup)``."""
+    warmup = warmup_steps(total_steps, warmup_ratio)
 
     def factor(step):
         if step < warmup:
-            return (step + 1) / warmup
+            return step / max(1, warmup)
         progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

@@ -1,112 +1,124 @@
-"""Log-probs computed once before training, without gradients, and cached on disk.
+"""Log-probs computed once (without gradients) and cached on disk, keyed by what determines them.
 
-Three things are computed this way, all by one scoring loop (``score``) through the fused head:
-- the reference sequence log-probs of the preference objectives (``compute_sequence_logps``); the
-  reference model is the starting policy, so no second model is ever held;
-- PEAR's behaviour log-probs per chosen token, from a behaviour model or the starting policy;
-- the retain set's reference log-probs per token, for the forgetting signals
-  (both ``compute_token_logps``).
-A cache file is named by what it holds and a hash of everything that changes the values (model
-identity, data file hash, tokenizer, chat template, max length, dtype) and written atomically
-(temp file + rename), so a crash never leaves a half-written cache that a later run would trust.
-With several processes each scores a contiguous share of the data and rank 0 writes the whole
-(``load_or_compute``); every rank then reads the file, so the cache directory must be shared.
+Four things are scored once this way, all by ``scoring.Scorer``: the reference sequence log-probs of
+the preference objectives (the reference model is the starting policy, so no second model is held),
+PEAR's behaviour log-probs per chosen token, the retain set's reference log-probs per token, and the
+reference log-probs of the evaluation pairs.
+
+A cache file ``<what>-<hash>.pt`` is keyed by everything its values depend on and nothing else:
+a hash of the **token ids** scored (so any change of data, chat template, tokenizer or truncation
+gives a new key, and stale log-probs can never be reused), the model's identity, the dtype and the
+kernel backend. The file stores its key and its row count; a file whose key or row count differs
+from what the run expects, or that cannot be read, is refused with an error naming it. Writes are
+atomic (temp file + fsync + rename). Only rank 0 touches the file: it decides whether the cache
+exists, reads it and sends the values to the other ranks, or, after all ranks have scored, writes it.
 """
 import hashlib
 import json
-import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
-from .data import collate
-from .engine import barrier
-from .policy import batch_logps
+from .models import model_identity
+from .scoring import Scorer, rank_and_world
+
+
+class CacheError(RuntimeError):
+    """A cache file that cannot be used; the message names the file and what to do."""
+
+
+def token_digest(pairs, with_rejected):
+    """sha256 of the token ids that scoring ``pairs`` reads: prompt and chosen (and rejected) of each."""
+    digest = hashlib.sha256()
+    for pair in pairs:
+        sides = (pair.prompt_ids, pair.chosen_ids, pair.rejected_ids if with_rejected else None)
+        for ids in sides:
+            array = np.asarray(ids if ids is not None else [], dtype=np.int64)
+            digest.update(np.int64(array.size).tobytes())  # lengths make the encoding unambiguous
+            digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 class LogprobCache:
-    """A dict of CPU tensors in ``cache_dir/<what>-<hash of key_fields>.pt``."""
+    """One cached fp32 tensor at ``cache_dir/<what>-<hash of key>.pt``."""
 
-    def __init__(self, cache_dir, what, key_fields):
-        self.key_fields = dict(key_fields)
-        digest = hashlib.sha256(json.dumps(self.key_fields, sort_keys=True).encode()).hexdigest()[:24]
-        self.path = Path(cache_dir) / f"{what}-{digest}.pt"
+    def __init__(self, cache_dir, what, key):
+        self.key = json.dumps({"what": what, **key}, sort_keys=True)
+        self.path = Path(cache_dir) / f"{what}-{hashlib.sha256(self.key.encode()).hexdigest()[:24]}.pt"
 
     def exists(self):
         return self.path.exists()
 
-    def load(self):
-        return torch.load(self.path, map_location="cpu", weights_only=True)["tensors"]
+    def load(self, rows):
+        """The cached tensor, checked against this cache's key and the ``rows`` the run expects."""
+        remedy = "delete it to recompute"
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+            key, values = saved["key"], saved["logps"]
+        except Exception as error:  # a truncated or foreign file: torch raises many kinds
+            raise CacheError(f"log-prob cache {self.path} cannot be read ({type(error).__name__}: {error}); "
+                             f"{remedy}") from None
+        if key != self.key:
+            raise CacheError(f"log-prob cache {self.path} was computed from other inputs than this run's "
+                             f"(its key {key} differs from {self.key}); {remedy}")
+        if values.shape[0] != rows:
+            raise CacheError(f"log-prob cache {self.path} holds {values.shape[0]} rows but this run expects "
+                             f"{rows}; {remedy}")
+        return values
 
-    def save(self, tensors):
+    def save(self, values):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"tensors": {k: v.cpu() for k, v in tensors.items()},
-                    "key": json.dumps(self.key_fields, sort_keys=True)}, tmp)
+        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        with open(tmp, "wb") as f:
+            torch.save({"key": self.key, "logps": values.cpu()}, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
 
-def load_or_compute(cache, pairs, compute, label):
-    """The tensors in ``cache``, computed first if it does not exist yet (all ranks must call this).
-
-    Computing: rank r scores the r-th contiguous share of ``pairs`` with ``compute(share, desc)``
-    (a dict of tensors whose first dimension runs over the share's pairs or tokens, in order; ``desc``
-    is None on ranks that show no progress bar); rank 0 joins the shares in rank order, which is the
-    order of ``pairs``, and writes the cache.
-    """
-    distributed = dist.is_initialized() and dist.get_world_size() > 1
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    exists = [cache.exists()]
-    if distributed:
-        dist.broadcast_object_list(exists, src=0)  # rank 0 decides, so every rank takes the same branch
-    if exists[0]:
+def cached(cache, rows, compute, label):
+    """The cached log-probs, computed first with ``compute()`` (every rank takes part; it must return
+    the whole result on every rank, as ``Scorer.score`` does) when rank 0 has no cache file yet.
+    Every rank must call this together and gets the values."""
+    rank, world = rank_and_world()
+    found = [cache.exists()]
+    if world > 1:
+        dist.broadcast_object_list(found, src=0)  # rank 0 decides, so every rank takes the same branch
+    if found[0]:
+        values = [cache.load(rows) if rank == 0 else None]
+        if world > 1:
+            dist.broadcast_object_list(values, src=0)
         if rank == 0:
             print(f"{label} reused from {cache.path}")
-    else:
-        per_rank = math.ceil(len(pairs) / world)
-        share = pairs[rank * per_rank:(rank + 1) * per_rank]
-        part = compute(share, label if rank == 0 else None) if share else None
-        parts = [part]
-        if distributed:
-            parts = [None] * world if rank == 0 else None
-            dist.gather_object(part, parts, dst=0)
-        if rank == 0:
-            parts = [p for p in parts if p is not None]
-            cache.save({key: torch.cat([p[key] for p in parts]) for key in parts[0]})
-            print(f"{label} computed on {world} process(es) and cached at {cache.path}")
-    barrier()
-    return cache.load()
+        return values[0]
+    values = compute()
+    if values.shape[0] != rows:
+        raise CacheError(f"{label}: scored {values.shape[0]} rows, expected {rows}")
+    if rank == 0:
+        cache.save(values)
+        print(f"{label} computed on {world} process(es) and cached at {cache.path}")
+    return values
 
 
-@torch.no_grad()
-def score(model, pairs, batch_size, pack, pad_id, device, desc):
-    """Yields ``(start, BatchLogps)`` for consecutive batches of ``pairs`` under ``model`` in eval mode
-    (with a progress bar named ``desc``, none when it is None)."""
-    was_training = model.training
-    model.eval()
-    try:
-        for start in tqdm(range(0, len(pairs), batch_size), desc=desc, unit="batch", leave=False, disable=desc is None):
-            yield start, batch_logps(model, collate(pairs[start:start + batch_size], pack, pad_id).to(device))
-    finally:
-        model.train(was_training)
+@dataclass(frozen=True)
+class ScoredOnce:
+    """Log-probs scored once by ``scorer`` and cached in ``directory`` (see the module docstring)."""
+    scorer: Scorer
+    directory: str
+    dtype: torch.dtype
+    kernel_backend: str  # the resolved backend (``triton``, ``chunked`` or ``eager``)
 
-
-def compute_sequence_logps(model, pairs, batch_size, pack, pad_id, device, desc="reference log-probs"):
-    """[len(pairs), 2] (chosen, rejected) summed log-probs, or [len(pairs), 1] for pairs without rejected."""
-    out = []
-    for _, logps in score(model, pairs, batch_size, pack, pad_id, device, desc):
-        sides = [logps.chosen] if logps.rejected is None else [logps.chosen, logps.rejected]
-        out.append(torch.stack(sides, dim=1).float().cpu())
-    return torch.cat(out)
-
-
-def compute_token_logps(model, pairs, batch_size, pack, pad_id, device, desc):
-    """Log-probs of every chosen completion token of ``pairs``, concatenated in pair order (fp32, CPU)."""
-    out = []
-    for start, logps in score(model, pairs, batch_size, pack, pad_id, device, desc):
-        chosen_tokens = sum(len(p.chosen_ids) for p in pairs[start:start + batch_size])
-        out.append(logps.token_logps[:chosen_tokens].float().cpu())  # chosen sequences come first
-    return torch.cat(out)
+    def get(self, what, source, model_name, pairs, per_token, load):
+        """Log-probs of ``pairs`` (read from the file ``source``) under the model ``model_name`` that
+        ``load()`` returns (called only when the cache misses): ``Scorer.score``'s result."""
+        with_rejected = not per_token and pairs[0].rejected_ids is not None
+        cache = LogprobCache(self.directory, what, {
+            "tokens": token_digest(pairs, with_rejected), "model": model_identity(model_name),
+            "dtype": str(self.dtype), "kernel_backend": self.kernel_backend})
+        rows = sum(len(p.chosen_ids) for p in pairs) if per_token else len(pairs)
+        label = f"{what} log-probs of {Path(source).name}"
+        return cached(cache, rows, lambda: self.scorer.score(load(), pairs, per_token, desc=label), label)

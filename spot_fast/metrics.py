@@ -2,7 +2,46 @@
 PNG plot at the end: loss, and whichever of implicit rewards, PEAR weights and retain-set forgetting
 signals the run logged."""
 import json
+import time
 from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+def mean_over_ranks(metrics):
+    """``metrics`` (name -> 0-d tensor or number, the same names on every rank) averaged over ranks, as floats."""
+    names = sorted(metrics)
+    distributed = dist.is_initialized() and dist.get_world_size() > 1
+    device = "cuda" if distributed and dist.get_backend() == "nccl" else "cpu"  # NCCL reduces device tensors only
+    values = torch.stack([torch.as_tensor(metrics[name], dtype=torch.float32).reshape(()).to(device) for name in names])
+    if distributed:
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return dict(zip(names, values.tolist()))
+
+
+class MetricsWindow:
+    """The metrics of the micro-batches between two logged steps: ``row`` averages them over
+    micro-batches and ranks and adds the throughput (time spent measuring, ``exclude``d, not counted)."""
+
+    def __init__(self):
+        self.sums, self.micro_batches, self.tokens, self.started = {}, 0, 0, time.perf_counter()
+
+    def add(self, metrics, tokens):
+        self.sums = {name: self.sums.get(name, 0) + value for name, value in metrics.items()}
+        self.micro_batches += 1
+        self.tokens += tokens
+
+    def exclude(self, seconds):
+        self.started += seconds
+
+    def row(self, world):
+        """The averaged metrics and ``tokens_per_s`` (over all ranks), then an empty window."""
+        row = mean_over_ranks({name: value / self.micro_batches for name, value in self.sums.items()})
+        row["tokens_per_s"] = self.tokens * world / (time.perf_counter() - self.started)
+        self.__init__()
+        return row
 
 
 class MetricsLog:

@@ -3,77 +3,84 @@
     torchrun --nproc_per_node=K spot_fast/train.py [options]      # or: python spot_fast/train.py
 
 With no options it runs the built-in demo: a tiny Qwen3-architecture model on the bundled pairs, on
-the CPU if there is no GPU. The loop, top to bottom:
-1. read and tokenize the pairs (bad input stops here, before anything is written); objectives that
-   compare two answers read the rejected ones, the others (sft, reward_sft, pear) do not;
-2. load the model and replace its LM head by the fused log-prob head (logits are never formed);
-3. log-probs computed once with the starting weights (or PEAR's behaviour model) and cached:
-   reference sequence sums, PEAR behaviour per token, retain-set reference per token;
-4. DeepSpeed engine (ZeRO-2 by default), AdamW, cosine schedule; resume if asked;
-5. per micro-batch: log-probs -> rewards -> (delta) -> loss, or PEAR weights -> loss; backward; the
-   engine steps at the accumulation boundary; metrics every ``log_every`` steps, retain-set
-   forgetting signals every ``retain_every``; atomic checkpoints;
-6. final checkpoint, evaluation on ``eval_data``, plot.
+the CPU if there is no GPU. Read it top to bottom:
+- ``set_up``: read and tokenize the data (bad input stops here, before anything is loaded or
+  written); load the model with the fused log-prob head (logits are never formed); score once with
+  the starting weights and cache what the objective needs (reference sums, PEAR behaviour per token,
+  retain and evaluation references); DeepSpeed engine (ZeRO-2 by default), AdamW, transformers'
+  cosine schedule; resume if asked. Returns a ``Run``.
+- ``train``: the loop, one ``optimizer_step`` per step: per micro-batch log-probs -> rewards ->
+  (delta) -> loss, or PEAR weights -> loss; backward; the engine steps at the accumulation boundary.
+  Metrics every ``log_every`` steps, retain-set forgetting signals every ``retain_every``, atomic
+  checkpoints every ``save_every``.
+- ``finish``: final checkpoint, evaluation on ``eval_data``, plot.
 """
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from spot_fast.checkpoint import checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
-from spot_fast.config import parse_config
-from spot_fast.data import DataError, collate, epoch_order, file_sha256, load_pairs
+from spot_fast.checkpoint import TrainingState, checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
+from spot_fast.config import TrainConfig, parse_config
+from spot_fast.data import DataError, collate, load_pairs
 from spot_fast.engine import build_engine, start_distributed, stop_distributed
+from spot_fast.example_order import ExampleOrder
 from spot_fast.forgetting.retain import RetainSet
-from spot_fast.logprob_cache import LogprobCache, compute_sequence_logps, compute_token_logps, load_or_compute
-from spot_fast.metrics import MetricsLog, plot_metrics
-from spot_fast.models import check_model_name, load_model, load_tokenizer, model_identity
-from spot_fast.policy import batch_logps, install_logprob_head
-from spot_kernels import RewardShift, implicit_reward, pear_loss, preference_loss
+from spot_fast.logprob_cache import CacheError, ScoredOnce
+from spot_fast.logprob_head import install_logprob_head
+from spot_fast.metrics import MetricsLog, MetricsWindow, plot_metrics
+from spot_fast.models import check_model_name, load_model, load_tokenizer
+from spot_fast.objective import Objective, micro_batch_loss, reward_metrics
+from spot_fast.scoring import Scorer
+from spot_kernels import RewardShift, implicit_reward, resolve_backend
+
+PROGRESS_METRICS = (("loss", "loss"), ("margin", "rewards/margin"), ("w", "pear/weight_mean"),
+                    ("retain_kl", "retain/kl_k3"), ("tok_s", "tokens_per_s"))
 
 
 def on_when_auto(value, device):
     return value == "on" or (value == "auto" and device.type == "cuda")
 
 
-def logprob_cache(what, config, tokenizer, data_path, model_name, bf16):
-    """The cache of ``what`` log-probs of ``data_path`` under ``model_name``, keyed by all that changes them."""
-    return LogprobCache(config.cache_dir or str(Path(config.output_dir).parent / ".logprob_cache"), what, {
-        "model": model_identity(model_name), "data": file_sha256(data_path), "max_length": config.max_length,
-        "tokenizer": [tokenizer.name_or_path, len(tokenizer)], "chat_template": tokenizer.chat_template,
-        "dtype": "bf16" if bf16 else "fp32",
-    })
+@dataclass
+class Run:
+    """Everything the loop needs, built once by ``set_up``."""
+    config: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    tokenizer: object
+    pairs: list
+    order: ExampleOrder
+    objective: Objective
+    reference: object        # [P, 2] or [P, 1] reference sums on the device, or None
+    engine: object
+    state: TrainingState
+    scorer: Scorer
+    log: MetricsLog
+    output_dir: Path
+    retain: object = None    # RetainSet
+    eval_pairs: list = None
+    eval_reference: object = None
+
+    @property
+    def is_main(self):
+        return self.rank == 0
 
 
-def reference_logps(model, tokenizer, config, data_path, pairs, bf16, device):
-    """[num_pairs, 2] (chosen, rejected) reference log-probs of ``pairs`` ([num_pairs, 1] without rejected)."""
-    def compute(share, desc):
-        return {"logps": compute_sequence_logps(model, share, 2 * config.per_device_batch, config.pack == "on",
-                                                tokenizer.pad_token_id, device, desc)}
-    what = "reference" if config.needs_rejected else "reference-chosen"  # [P, 2] or [P, 1]
-    cache = logprob_cache(what, config, tokenizer, data_path, config.model, bf16)
-    return load_or_compute(cache, pairs, compute, f"{what} log-probs of {Path(data_path).name}")["logps"].to(device)
-
-
-def token_logps_of(model_name, starting_policy, what, tokenizer, config, data_path, pairs, bf16, device):
-    """Per-token log-probs of the chosen answers of ``pairs``, concatenated in pair order, under
-    ``model_name`` (loaded only to compute them) or, when it is empty, the starting policy."""
-    def compute(share, desc):
-        model = starting_policy
-        if model_name:
-            dtype = torch.bfloat16 if bf16 else torch.float32
-            model = install_logprob_head(load_model(model_name, dtype=dtype), config.kernel_backend).to(device)
-            vocab_size = model.get_output_embeddings().weight.shape[0]
-            if vocab_size < len(tokenizer):
-                raise DataError(f"{model_name}: its LM head scores {vocab_size} tokens but the policy's tokenizer "
-                                f"has {len(tokenizer)}; both models must score the same token ids")
-        return {"token_logps": compute_token_logps(model, share, 2 * config.per_device_batch, config.pack == "on",
-                                                   tokenizer.pad_token_id, device, desc)}
-    cache = logprob_cache(what, config, tokenizer, data_path, model_name or config.model, bf16)
-    return load_or_compute(cache, pairs, compute, f"{what} log-probs of {Path(data_path).name}")["token_logps"]
+def read_data(config, tokenizer):
+    """Training, evaluation and retain pairs (the last two None when not asked for); prints what was read."""
+    pairs, stats = load_pairs(config.data, tokenizer, config.max_length, config.needs_rejected,
+                              with_behavior=config.loss == "pear")
+    eval_pairs = load_pairs(config.eval_data, tokenizer, config.max_length, config.needs_rejected)[0] if config.eval_data else None
+    retain_pairs = load_pairs(config.retain_data, tokenizer, config.max_length, with_rejected=False)[0] if config.retain_data else None
+    if config.loss == "pear" and pairs[0].behavior_logps is not None and config.behavior_model:
+        raise DataError(f"{config.data} has behavior_logps and --behavior-model is {config.behavior_model}: give one of the two")
+    return pairs, stats, eval_pairs, retain_pairs
 
 
 def check_behavior_model(config, tokenizer):
@@ -89,230 +96,160 @@ def check_behavior_model(config, tokenizer):
                         f"{config.model}'s; PEAR needs both models to score the same token ids")
 
 
-def reward_metrics(chosen, rejected, prefix=""):
-    """Mean implicit rewards (and margin and accuracy when there is a rejected side), by metric name."""
-    metrics = {f"{prefix}rewards/chosen": chosen.mean()}
-    if rejected is not None:
-        metrics.update({f"{prefix}rewards/rejected": rejected.mean(), f"{prefix}rewards/margin": (chosen - rejected).mean(),
-                        f"{prefix}rewards/accuracy": (chosen > rejected).float().mean()})
-    return metrics
-
-
-def pear_metrics(policy_logps, behavior_logps, weights, pear):
-    """Mean weight, the fractions of weights at each clip, and the mean (absolute) log-ratio before clipping."""
-    at_min, at_max = pear.weight_min * (1 + 1e-6), pear.weight_max * (1 - 1e-6)
-    log_ratio = policy_logps.detach() - behavior_logps
-    return {"pear/weight_mean": weights.mean(), "pear/weight_at_min": (weights <= at_min).float().mean(),
-            "pear/weight_at_max": (weights >= at_max).float().mean(),
-            "pear/log_ratio": log_ratio.mean(), "pear/abs_log_ratio": log_ratio.abs().mean()}
-
-
-def step_loss(model, batch, ref, config, reward_shift):
-    """Loss of one micro-batch and its detached metrics (name -> 0-d tensor).
-
-    ``ref`` is [B, 2] (or [B, 1]) reference log-probs for the objectives that need them, else None;
-    ``pear`` reads the behaviour log-probs from the batch.
-    """
-    logps = batch_logps(model, batch)
-    chosen_tokens = batch.seq_index < batch.num_pairs
-    metrics = {
-        "chosen/nll": -logps.token_logps[chosen_tokens].detach().mean(),
-        "chosen/entropy": logps.entropy[chosen_tokens].mean(),
-        "chosen/token_accuracy": logps.target_is_argmax[chosen_tokens].float().mean(),
-        "padding_fraction": torch.tensor(batch.padding_fraction, device=logps.chosen.device),
-    }
-    if config.loss == "pear":
-        pear = config.pear()
-        per_example, weights = pear_loss(logps.token_logps, batch.behavior_logps, batch.seq_index,
-                                         batch.num_sequences, pear)
-        metrics.update(pear_metrics(logps.token_logps, batch.behavior_logps, weights, pear))
-    elif config.loss == "sft":
-        per_example = preference_loss("sft", logps.chosen, chosen_lengths=batch.chosen_lengths)
-    else:
-        ref_rejected = ref[:, 1] if config.needs_rejected else None
-        chosen_rewards = implicit_reward(logps.chosen, ref[:, 0], config.beta).detach()
-        rejected_rewards = implicit_reward(logps.rejected, ref_rejected, config.beta).detach() if config.needs_rejected else None
-        metrics.update(reward_metrics(chosen_rewards, rejected_rewards))
-        delta = 0.0
-        if config.loss == "spot_bco":
-            delta = metrics["delta"] = reward_shift.update(chosen_rewards, rejected_rewards).float()
-        per_example = preference_loss(config.loss, logps.chosen, logps.rejected, ref[:, 0], ref_rejected,
-                                      beta=config.beta, delta=delta)
-    loss = per_example.mean()
-    metrics["loss"] = loss.detach()
-    return loss, metrics, batch.num_tokens
-
-
-PROGRESS_METRICS = (("loss", "loss"), ("margin", "rewards/margin"), ("w", "pear/weight_mean"),
-                    ("retain_kl", "retain/kl_k3"), ("tok_s", "tokens_per_s"))
-
-
-def mean_over_ranks(metrics):
-    """``metrics`` (name -> 0-d tensor, the same names on every rank) averaged over ranks, as floats."""
-    names = sorted(metrics)
-    values = torch.stack([metrics[name].float() for name in names])
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(values)
-        values /= dist.get_world_size()
-    return dict(zip(names, values.tolist()))
-
-
-class Schedule:
-    """Which examples each rank sees at each micro-step: the same global order for any world size.
-
-    A global micro-batch is ``per_device_batch * world`` consecutive examples of the epoch's shuffled
-    order; rank r takes its r-th slice. An optimizer step is ``grad_accum`` global micro-batches.
-    The tail of an epoch that does not fill a whole optimizer step is left out (reported).
-    """
-
-    def __init__(self, num_examples, config, world):
-        self.config = config
-        self.orders = {}  # epoch -> shuffled order, computed once per epoch
-        self.micro = config.per_device_batch * world
-        self.steps_per_epoch = num_examples // (self.micro * config.grad_accum)
-        self.num_examples = num_examples
-        total = self.steps_per_epoch * config.epochs
-        self.total_steps = min(total, config.max_steps) if config.max_steps > 0 else total
-
-    def examples(self, step, micro_step, rank):
-        """Indices of the examples ``rank`` trains on at ``micro_step`` of optimizer step ``step``."""
-        epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
-        start = (step_in_epoch * self.config.grad_accum + micro_step) * self.micro + rank * self.config.per_device_batch
-        if epoch not in self.orders:
-            self.orders = {epoch: epoch_order(self.num_examples, epoch, self.config.seed)}
-        return self.orders[epoch][start:start + self.config.per_device_batch]
-
-
-def evaluate(model, pairs, ref, config, pad_id, device):
-    """Held-out NLL per chosen token and, where the objective has a reference, implicit rewards (no grad)."""
-    logps = compute_sequence_logps(model, pairs, 2 * config.per_device_batch, config.pack == "on", pad_id, device,
-                                   desc="evaluation").to(device)
-    results = {"eval/nll": -logps[:, 0].sum() / sum(len(p.chosen_ids) for p in pairs)}
-    if ref is not None:
-        chosen = implicit_reward(logps[:, 0], ref[:, 0], config.beta)
-        rejected = implicit_reward(logps[:, 1], ref[:, 1], config.beta) if config.needs_rejected else None
-        results.update(reward_metrics(chosen, rejected, prefix="eval/"))
-    return {name: float(value) for name, value in results.items()}
-
-
-def train(config):
-    tokenizer = load_tokenizer(config.model)
-    pairs, data_stats = load_pairs(config.data, tokenizer, config.max_length, config.needs_rejected,
-                                   with_behavior=config.loss == "pear")
-    eval_pairs = load_pairs(config.eval_data, tokenizer, config.max_length, config.needs_rejected)[0] if config.eval_data else None
-    retain_pairs = load_pairs(config.retain_data, tokenizer, config.max_length, with_rejected=False)[0] if config.retain_data else None
-    behavior_in_data = pairs[0].behavior_logps is not None
-    if config.loss == "pear" and behavior_in_data and config.behavior_model:
-        raise DataError(f"{config.data} has behavior_logps and --behavior-model is {config.behavior_model}: give one of the two")
-    if config.loss == "pear" and config.behavior_model:
-        check_behavior_model(config, tokenizer)
-    rank, world, device = start_distributed()
-    is_main = rank == 0
-    torch.manual_seed(config.seed)
-    bf16 = on_when_auto(config.bf16, device)
-    schedule = Schedule(len(pairs), config, world)
-    if schedule.steps_per_epoch == 0:
-        raise DataError(f"{config.data}: {len(pairs)} pairs do not fill one optimizer step of "
-                        f"{schedule.micro * config.grad_accum} pairs (per_device_batch x grad_accum x world)")
-    if is_main:
-        left_out = len(pairs) - schedule.steps_per_epoch * schedule.micro * config.grad_accum
-        print(f"data: {data_stats.pairs} {'pairs' if config.needs_rejected else 'examples'}, {data_stats.skipped_long_prompt} "
-              f"skipped (prompt longer than max_length), {data_stats.truncated_completions} completions truncated, "
-              f"{left_out} left out per epoch; {schedule.total_steps} optimizer steps on {world} process(es), {device.type}")
-
-    model = load_model(config.model, dtype=torch.bfloat16 if bf16 else torch.float32)
+def load_policy(name, config, dtype, device):
+    """A model with the fused log-prob head, on ``device``."""
+    model = load_model(name, dtype=dtype)
     if on_when_auto(config.liger, device):
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
         _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
-    model = install_logprob_head(model, config.kernel_backend).to(device)
-    ref = eval_ref = retain = None
+    return install_logprob_head(model, config.kernel_backend).to(device)
+
+
+def set_up(config):
+    tokenizer = load_tokenizer(config.model)
+    pairs, stats, eval_pairs, retain_pairs = read_data(config, tokenizer)
+    if config.loss == "pear" and config.behavior_model:
+        check_behavior_model(config, tokenizer)
+    rank, world, device = start_distributed()
+    torch.manual_seed(config.seed)
+    bf16 = on_when_auto(config.bf16, device)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    order = ExampleOrder(len(pairs), config.per_device_batch, config.grad_accum, world, config.epochs, config.seed,
+                         config.max_steps)
+    if order.steps_per_epoch == 0:
+        raise DataError(f"{config.data}: {len(pairs)} pairs do not fill one optimizer step of "
+                        f"{order.global_batch} pairs (per_device_batch x grad_accum x world)")
+    if rank == 0:
+        print(f"data: {stats.pairs} {'pairs' if config.needs_rejected else 'examples'}, {stats.skipped_long_prompt} "
+              f"skipped (prompt longer than max_length), {stats.truncated_completions} completions truncated, "
+              f"{order.left_out_per_epoch} left out per epoch; {order.total_steps} optimizer steps on {world} "
+              f"process(es), {device.type}")
+
+    model = load_policy(config.model, config, dtype, device)
+    scorer = Scorer(2 * config.per_device_batch, config.pack == "on", tokenizer.pad_token_id, device)
+    scored = ScoredOnce(scorer, config.cache_dir or str(Path(config.output_dir).parent / ".logprob_cache"), dtype,
+                        resolve_backend(config.kernel_backend, device, dtype))
+    starting_policy = lambda: model  # noqa: E731
+    reference = eval_reference = retain = None
     if config.needs_reference:
-        ref = reference_logps(model, tokenizer, config, config.data, pairs, bf16, device)
+        reference = scored.get("reference", config.data, config.model, pairs, False, starting_policy).to(device)
         if eval_pairs is not None:
-            eval_ref = reference_logps(model, tokenizer, config, config.eval_data, eval_pairs, bf16, device)
-    if config.loss == "pear" and not behavior_in_data:
-        behavior = token_logps_of(config.behavior_model, model, "behaviour", tokenizer, config, config.data, pairs,
-                                  bf16, device)
+            eval_reference = scored.get("reference", config.eval_data, config.model, eval_pairs, False, starting_policy)
+    if config.loss == "pear" and pairs[0].behavior_logps is None:
+        load = (lambda: load_behavior_model(config, tokenizer, dtype, device)) if config.behavior_model else starting_policy
+        behavior = scored.get("behaviour", config.data, config.behavior_model or config.model, pairs, True, load)
         for pair, values in zip(pairs, behavior.split([len(p.chosen_ids) for p in pairs])):
             pair.behavior_logps = values  # a view: the pairs share one fp32 tensor
     if retain_pairs is not None:
-        retain_reference = token_logps_of("", model, "retain-reference", tokenizer, config, config.retain_data,
-                                          retain_pairs, bf16, device)
-        retain = RetainSet(retain_pairs, retain_reference, 2 * config.per_device_batch, config.pack == "on",
-                           tokenizer.pad_token_id)
+        retain_reference = scored.get("retain-reference", config.retain_data, config.model, retain_pairs, True,
+                                      starting_policy)
+        retain = RetainSet(retain_pairs, retain_reference, scorer)
+
     if on_when_auto(config.gradient_checkpointing, device):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    engine = build_engine(model, config, config.resolved_learning_rate(), schedule.total_steps, bf16, device)
-    reward_shift = RewardShift(config.delta_mode, config.delta_decay,
-                               all_reduce=dist.all_reduce if world > 1 else None)
-
+    engine = build_engine(model, config, config.resolved_learning_rate(), order.total_steps, bf16, device)
+    reward_shift = RewardShift(config.delta_mode, config.delta_decay, all_reduce=dist.all_reduce if world > 1 else None)
+    objective = Objective(config.loss, config.beta, reward_shift, config.pear() if config.loss == "pear" else None)
+    state = TrainingState(order, reward_shift)
     output_dir = Path(config.output_dir)
-    start_step = 0
     if config.resume:
         found = checkpoints(output_dir)
         path = (found[-1] if found else None) if config.resume == "latest" else Path(config.resume)
         if path is None:
             raise FileNotFoundError(f"--resume latest: no checkpoint in {output_dir}")
-        state = load_checkpoint(engine, path)
-        start_step = state["step"]
-        reward_shift.load_state_dict(state["reward_shift"])
-        if is_main:
-            print(f"resumed from {path} at step {start_step}")
-    if is_main:
+        load_checkpoint(engine, path, state)
+        if rank == 0:
+            print(f"resumed from {path} at step {state.step}")
+    if rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
-    log = MetricsLog(output_dir, enabled=is_main)
-    if retain is not None and start_step == 0:
-        log.log(0, retain.measure(engine.module, device))  # the starting point: KL 0 up to float noise
+    return Run(config, rank, world, device, tokenizer, pairs, order, objective, reference, engine, state, scorer,
+               MetricsLog(output_dir, enabled=rank == 0), output_dir, retain, eval_pairs, eval_reference)
 
-    def trainer_state(step):
-        return {"step": step, "reward_shift": reward_shift.state_dict(), "config": vars(config)}
 
-    progress = tqdm(range(start_step, schedule.total_steps), desc="train", unit="step", disable=not is_main,
-                    initial=start_step, total=schedule.total_steps)
-    window, window_tokens, window_micro_batches, window_start = {}, 0, 0, time.perf_counter()
+def load_behavior_model(config, tokenizer, dtype, device):
+    model = load_policy(config.behavior_model, config, dtype, device)
+    vocab_size = model.get_output_embeddings().weight.shape[0]
+    if vocab_size < len(tokenizer):
+        raise DataError(f"{config.behavior_model}: its LM head scores {vocab_size} tokens but the policy's tokenizer "
+                        f"has {len(tokenizer)}; both models must score the same token ids")
+    return model
+
+
+def optimizer_step(run, step, window):
+    """One optimizer step: ``grad_accum`` micro-batches forward and backward, the engine steps at the
+    boundary. Adds each micro-batch's metrics to ``window``; returns the learning rate the step used."""
+    learning_rate = run.engine.get_lr()[0]  # the scheduler moves on inside the last engine.step()
+    for micro_step in range(run.config.grad_accum):
+        indices = run.order.examples(step, micro_step, run.rank)
+        batch = collate([run.pairs[i] for i in indices], run.config.pack == "on", run.tokenizer.pad_token_id).to(run.device)
+        reference = run.reference[indices] if run.reference is not None else None
+        loss, metrics = micro_batch_loss(run.engine.module, batch, reference, run.objective)
+        run.engine.backward(loss)
+        run.engine.step()
+        window.add(metrics, batch.num_tokens)
+    return learning_rate
+
+
+def measure_retain(run, window):
+    began = time.perf_counter()
+    row = run.retain.measure(run.engine.module)
+    window.exclude(time.perf_counter() - began)  # measuring is not training throughput
+    return row
+
+
+def train(config):
+    run = set_up(config)
+    config, order = run.config, run.order
+    if run.retain is not None and run.state.step == 0:
+        run.log.log(0, run.retain.measure(run.engine.module))  # the starting point: KL 0 up to float noise
+    window = MetricsWindow()
+    progress = tqdm(range(run.state.step, order.total_steps), desc="train", unit="step", disable=not run.is_main,
+                    initial=run.state.step, total=order.total_steps)
     for step in progress:
-        for micro_step in range(config.grad_accum):
-            indices = schedule.examples(step, micro_step, rank)
-            batch = collate([pairs[i] for i in indices], config.pack == "on", tokenizer.pad_token_id).to(device)
-            loss, metrics, num_tokens = step_loss(engine.module, batch, ref[indices] if ref is not None else None,
-                                                  config, reward_shift)
-            engine.backward(loss)
-            engine.step()
-            window = {name: window.get(name, 0) + value for name, value in metrics.items()}
-            window_tokens += num_tokens
-            window_micro_batches += 1
-        done = step + 1
+        learning_rate = optimizer_step(run, step, window)
+        run.state.step = done = step + 1
         row = {}
-        if done % config.log_every == 0 or done == schedule.total_steps:
-            row = mean_over_ranks({name: value / window_micro_batches for name, value in window.items()})
-            elapsed = time.perf_counter() - window_start
-            row.update({"grad_norm": float(engine.get_global_grad_norm() or 0.0), "lr": engine.get_lr()[0],
-                        "tokens_per_s": window_tokens * world / elapsed, "epoch": step / schedule.steps_per_epoch})
-            window, window_tokens, window_micro_batches, window_start = {}, 0, 0, time.perf_counter()
-        if retain is not None and (done % config.retain_every == 0 or done == schedule.total_steps):
-            began = time.perf_counter()
-            row.update(retain.measure(engine.module, device))
-            window_start += time.perf_counter() - began  # measuring is not training throughput
+        if done % config.log_every == 0 or done == order.total_steps:
+            row = window.row(run.world)
+            row.update({"grad_norm": float(run.engine.get_global_grad_norm() or 0.0), "lr": learning_rate,
+                        "epoch": step / order.steps_per_epoch})
+        if run.retain is not None and (done % config.retain_every == 0 or done == order.total_steps):
+            row.update(measure_retain(run, window))
         if row:
-            log.log(done, row)
+            run.log.log(done, row)
             progress.set_postfix({name: f"{row[key]:.4g}" for name, key in PROGRESS_METRICS if key in row})
-        if config.save_every and done % config.save_every == 0 and done < schedule.total_steps:
-            save_checkpoint(engine, tokenizer, output_dir, f"checkpoint-{done}", trainer_state(done), rank)
-            if is_main:
-                prune_checkpoints(output_dir, config.keep_last)
+        if config.save_every and done % config.save_every == 0 and done < order.total_steps:
+            save_checkpoint(run.engine, run.tokenizer, run.output_dir, f"checkpoint-{done}", run.state, config, run.rank)
+            if run.is_main:
+                prune_checkpoints(run.output_dir, config.keep_last)
     progress.close()
+    finish(run)
 
-    final = save_checkpoint(engine, tokenizer, output_dir, "final", trainer_state(schedule.total_steps), rank)
-    if eval_pairs is not None:
-        results = evaluate(engine.module, eval_pairs, eval_ref, config, tokenizer.pad_token_id, device)
-        log.log(schedule.total_steps, results)
-        if is_main:
+
+def evaluate(run):
+    """Held-out NLL per chosen token and, where the objective has a reference, implicit rewards (no grad)."""
+    logps = run.scorer.score(run.engine.module, run.eval_pairs, desc="evaluation" if run.is_main else None)
+    results = {"eval/nll": -logps[:, 0].sum() / sum(len(p.chosen_ids) for p in run.eval_pairs)}
+    if run.eval_reference is not None:
+        beta, reference = run.config.beta, run.eval_reference
+        chosen = implicit_reward(logps[:, 0], reference[:, 0], beta)
+        rejected = implicit_reward(logps[:, 1], reference[:, 1], beta) if run.config.needs_rejected else None
+        results.update(reward_metrics(chosen, rejected, prefix="eval/"))
+    return {name: float(value) for name, value in results.items()}
+
+
+def finish(run):
+    final = save_checkpoint(run.engine, run.tokenizer, run.output_dir, "final", run.state, run.config, run.rank)
+    if run.eval_pairs is not None:
+        results = evaluate(run)
+        run.log.log(run.state.step, results)
+        if run.is_main:
             print("evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
-    log.close()
-    if is_main:
-        plot_metrics(log.path, output_dir / "training.png")
-        print(f"model saved to {final}; metrics in {log.path}; plot in {output_dir / 'training.png'}")
+    run.log.close()
+    if run.is_main:
+        plot_metrics(run.log.path, run.output_dir / "training.png")
+        print(f"model saved to {final}; metrics in {run.log.path}; plot in {run.output_dir / 'training.png'}")
 
 
 def main(argv=None):
@@ -321,7 +258,7 @@ def main(argv=None):
     try:
         train(config)
         succeeded = True
-    except (DataError, FileNotFoundError) as error:
+    except (DataError, FileNotFoundError, CacheError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:

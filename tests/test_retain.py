@@ -7,9 +7,9 @@ import torch
 
 from spot_fast.data import load_pairs
 from spot_fast.forgetting.retain import RetainSet, forgetting_metrics, forgetting_sums
-from spot_fast.logprob_cache import compute_token_logps
 from spot_fast.models import ASSETS, BUILTIN_MODEL, load_model, load_tokenizer
-from spot_fast.policy import install_logprob_head
+from spot_fast.logprob_head import install_logprob_head
+from spot_fast.scoring import Scorer
 
 from hf_logps import hf_token_logps, perturbed
 
@@ -31,23 +31,24 @@ def test_estimators_match_their_formulas():
 
 @pytest.mark.parametrize("pack", [True, False])
 def test_measure_equals_the_models_own_logits(pack):
-    """Reference per-token log-probs through compute_token_logps, then the signals of a perturbed
+    """Reference per-token log-probs through the Scorer, then the signals of a perturbed
     policy, in batches of 3 (the last one short), equal the same numbers from materialized logits."""
     tokenizer = load_tokenizer(BUILTIN_MODEL)
     pairs = load_pairs(ASSETS / "retain.jsonl", tokenizer, 8192, with_rejected=False)[0][:7]
     reference_model = install_logprob_head(load_model(BUILTIN_MODEL))
-    reference = compute_token_logps(reference_model, pairs, 3, pack, tokenizer.pad_token_id, torch.device("cpu"), "test")
+    scorer = Scorer(3, pack, tokenizer.pad_token_id, torch.device("cpu"))
+    reference = scorer.score(reference_model, pairs, per_token=True)
     plain_reference = load_model(BUILTIN_MODEL)
     expected_reference = torch.cat([hf_token_logps(plain_reference, p.prompt_ids, p.chosen_ids) for p in pairs])
     torch.testing.assert_close(reference.double(), expected_reference, rtol=1e-5, atol=1e-5)
 
-    retain = RetainSet(pairs, reference, 3, pack, tokenizer.pad_token_id)
-    assert retain.measure(reference_model, torch.device("cpu"))["retain/kl_k3"] == pytest.approx(0, abs=1e-9)
+    retain = RetainSet(pairs, reference, scorer)
+    assert retain.measure(reference_model)["retain/kl_k3"] == pytest.approx(0, abs=1e-9)
     policy = install_logprob_head(perturbed(load_model(BUILTIN_MODEL), scale=0.05))
     plain_policy = load_model(BUILTIN_MODEL)
     plain_policy.load_state_dict(policy.state_dict())
     policy.train()
-    got = retain.measure(policy, torch.device("cpu"))
+    got = retain.measure(policy)
     assert policy.training  # restored after measuring
     expected = forgetting_metrics(forgetting_sums(
         torch.cat([hf_token_logps(plain_policy, p.prompt_ids, p.chosen_ids) for p in pairs]), expected_reference))
@@ -60,4 +61,4 @@ def test_reference_of_the_wrong_length_is_refused():
     tokenizer = load_tokenizer(BUILTIN_MODEL)
     pairs = load_pairs(ASSETS / "retain.jsonl", tokenizer, 8192, with_rejected=False)[0][:2]
     with pytest.raises(ValueError, match="completion tokens but"):
-        RetainSet(pairs, torch.zeros(3), 2, True, tokenizer.pad_token_id)
+        RetainSet(pairs, torch.zeros(3), Scorer(2, True, tokenizer.pad_token_id, torch.device("cpu")))

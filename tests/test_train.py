@@ -18,7 +18,8 @@ from spot_fast import train as train_module
 from spot_fast.config import TrainConfig
 from spot_fast.data import DataError, collate, completion_ids, load_pairs
 from spot_fast.models import ASSETS, BUILTIN_MODEL, load_model, load_tokenizer
-from spot_fast.policy import install_logprob_head
+from spot_fast.logprob_head import install_logprob_head
+from spot_fast.objective import Objective, micro_batch_loss
 from spot_kernels import LOSS_KINDS, RewardShift, pear_loss
 
 from hf_logps import hf_token_logps, perturbed
@@ -36,7 +37,7 @@ def hf_sequence_logps(model, prompt, completion):
 
 
 @pytest.mark.parametrize("loss", LOSS_KINDS)
-def test_step_loss_equals_direct_computation(loss):
+def test_micro_batch_loss_equals_direct_computation(loss):
     tokenizer = load_tokenizer(BUILTIN_MODEL)
     pairs = load_pairs(ASSETS / "pairs.jsonl", tokenizer, 8192)[0][:3]
     reference_model = load_model(BUILTIN_MODEL)
@@ -45,9 +46,8 @@ def test_step_loss_equals_direct_computation(loss):
     policy_copy.load_state_dict(policy.state_dict())
     ref = torch.tensor([[float(hf_sequence_logps(reference_model, p.prompt_ids, c)) for c in (p.chosen_ids, p.rejected_ids)]
                         for p in pairs])
-    config = TrainConfig(loss=loss, beta=0.1)
     batch = collate(pairs, pack=True, pad_id=tokenizer.pad_token_id)
-    got, metrics, _ = train_module.step_loss(policy, batch, ref, config, RewardShift())
+    got, metrics = micro_batch_loss(policy, batch, ref, Objective(loss, 0.1, RewardShift()))
 
     with torch.no_grad():
         chosen = torch.stack([hf_sequence_logps(policy_copy, p.prompt_ids, p.chosen_ids) for p in pairs])
@@ -68,7 +68,7 @@ def test_step_loss_equals_direct_computation(loss):
 
 
 @pytest.mark.parametrize("level, pack", [("token", True), ("block", False), ("sequence", True)])
-def test_pear_step_loss_equals_direct_computation(level, pack):
+def test_pear_micro_batch_loss_equals_direct_computation(level, pack):
     """The trainer's PEAR loss equals pear_loss on per-token log-probs from the models' own logits: the
     behaviour log-probs line up with the policy's tokens, in two batches, packed or padded (the
     formulas themselves: test_pear.py). Pairs are given in a shuffled order, as the trainer does."""
@@ -85,7 +85,7 @@ def test_pear_step_loss_equals_direct_computation(level, pack):
     for batch_pairs in (pairs[:3], pairs[3:]):
         batch = collate(batch_pairs, pack=pack, pad_id=tokenizer.pad_token_id)
         assert batch.num_sequences == len(batch_pairs)
-        got, metrics, _ = train_module.step_loss(policy, batch, None, config, RewardShift())
+        got, metrics = micro_batch_loss(policy, batch, None, Objective("pear", pear=config.pear()))
 
         policy_tokens = torch.cat([hf_token_logps(policy_copy, p.prompt_ids, p.chosen_ids) for p in batch_pairs])
         behavior_tokens = torch.cat([p.behavior_logps for p in batch_pairs])
@@ -190,11 +190,10 @@ def test_two_processes_compute_the_same_caches_as_one(runs):
         [one] = (root / "cache").glob(f"{what}-*.pt")
         [two] = (root / "cache-c").glob(f"{what}-*.pt")
         assert one.name == two.name  # same key
-        tensors_one = torch.load(one, weights_only=True)["tensors"]
-        tensors_two = torch.load(two, weights_only=True)["tensors"]
-        for key, value in tensors_one.items():
-            assert value.shape == tensors_two[key].shape and value.shape[0] > 32
-            torch.testing.assert_close(tensors_two[key], value, rtol=1e-5, atol=1e-5)
+        values_one = torch.load(one, weights_only=True)["logps"]
+        values_two = torch.load(two, weights_only=True)["logps"]
+        assert values_one.shape == values_two.shape and values_one.shape[0] > 32
+        torch.testing.assert_close(values_two, values_one, rtol=1e-5, atol=1e-5)
 
 
 def retain_rows(output_dir):

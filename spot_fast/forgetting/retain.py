@@ -10,17 +10,11 @@ the rectification ``elicit`` stage). With ``y`` teacher-forced, per completion t
     retain/kl_k3   mean_t (r - 1 - log r)                     k3 estimate: never negative, lower variance
 
 Both estimates are unbiased for KL(pi_ref || pi_theta) when ``y ~ pi_ref``, which is why the retain
-answers should come from the starting model. One no-grad forward through the fused head, no logits.
-Several ranks split the batches and sum their token statistics (all-reduce); every rank runs the
-same number of forwards, because ZeRO-3 gathers parameters inside each forward.
+answers should come from the starting model. The policy's log-probs come from the same ``Scorer`` as
+every other no-grad pass (one forward per batch through the fused head, no logits; ranks split the
+batches and each receives the whole result).
 """
-import math
-
 import torch
-import torch.distributed as dist
-
-from spot_fast.data import collate
-from spot_fast.policy import batch_logps
 
 RETAIN_METRICS = ("retain/nll", "retain/kl", "retain/kl_k3")
 
@@ -35,38 +29,21 @@ def forgetting_sums(policy_logps, reference_logps):
 
 
 def forgetting_metrics(sums):
-    """The per-token means of ``forgetting_sums`` (summed over batches and ranks) by metric name."""
+    """The per-token means of ``forgetting_sums`` (summed over batches) by metric name."""
     count, nll, k1, k3 = sums.tolist()
     return dict(zip(RETAIN_METRICS, (nll / count, k1 / count, k3 / count)))
 
 
 class RetainSet:
-    """Retain pairs (chosen answer only) with their reference per-token log-probs, measured in batches."""
+    """Retain pairs (chosen answer only) with their reference per-token log-probs."""
 
-    def __init__(self, pairs, reference_logps, batch_size, pack, pad_id):
-        lengths = [len(p.chosen_ids) for p in pairs]
-        if sum(lengths) != reference_logps.numel():
-            raise ValueError(f"retain set: {sum(lengths)} completion tokens but {reference_logps.numel()} reference log-probs")
-        self.pairs, self.pack, self.pad_id = pairs, pack, pad_id
-        self.batches = [range(start, min(start + batch_size, len(pairs))) for start in range(0, len(pairs), batch_size)]
-        per_pair = reference_logps.split(lengths)
-        self.reference = [torch.cat(per_pair[b.start:b.stop]) for b in self.batches]
+    def __init__(self, pairs, reference_logps, scorer):
+        tokens = sum(len(p.chosen_ids) for p in pairs)
+        if tokens != reference_logps.numel():
+            raise ValueError(f"retain set: {tokens} completion tokens but {reference_logps.numel()} reference log-probs")
+        self.pairs, self.reference, self.scorer = pairs, reference_logps, scorer
 
-    @torch.no_grad()
-    def measure(self, model, device):
+    def measure(self, model):
         """``RETAIN_METRICS`` of ``model`` now, over the whole set (all ranks must call this together)."""
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        sums = torch.zeros(4, dtype=torch.float64, device=device)
-        was_training = model.training
-        model.eval()
-        for round_start in range(0, math.ceil(len(self.batches) / world) * world, world):
-            index = round_start + rank
-            mine = index < len(self.batches)  # a rank without a batch this round repeats batch 0, uncounted
-            batch = collate([self.pairs[i] for i in self.batches[index if mine else 0]], self.pack, self.pad_id)
-            logps = batch_logps(model, batch.to(device))
-            if mine:
-                sums += forgetting_sums(logps.token_logps, self.reference[index].to(device))
-        model.train(was_training)
-        if world > 1:
-            dist.all_reduce(sums)
-        return forgetting_metrics(sums)
+        policy = self.scorer.score(model, self.pairs, per_token=True)
+        return forgetting_metrics(forgetting_sums(policy, self.reference))

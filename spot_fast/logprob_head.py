@@ -1,18 +1,23 @@
-"""Sequence log-probs of a batch under a causal LM, through ``spot_kernels`` instead of logits.
+"""The model's LM head as a log-prob head, and per-sequence log-probs of a batch through it.
 
 ``install_logprob_head`` swaps the model's LM head for a ``LogprobHead`` that owns the very same
 parameters (so state dicts, checkpoints, weight tying and ZeRO-3 gathering are unchanged: DeepSpeed
-gathers a module's parameters when that module is called) but whose forward takes hidden states and
-targets and returns per-token log-probs. ``batch_logps`` runs the model body once over a batch,
-keeps only the hidden states that predict completion tokens, and sums their log-probs per sequence
-(the per-token log-probs are returned as well, for token-level objectives and metrics).
+gathers a module's parameters when that module is called). Called with targets it returns per-token
+log-probs through ``spot_kernels`` (logits never formed); called without, it is the plain linear head,
+so ``model(input_ids).logits`` and ``model.generate()`` keep working on the training model.
+
+``batch_logps`` runs the model body once over a batch, keeps only the hidden states that predict
+completion tokens, scores them with the fused head and sums their log-probs per sequence. The batch
+guarantees what the kernel's public entry would check (every target a real token id, sequence
+indices in range), so it calls ``linear_logprobs_unchecked`` and ``segment_sum``: no host
+synchronisation on the hot path.
 """
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from spot_kernels import linear_logprobs, sequence_logps
+from spot_kernels import linear_logprobs_unchecked, segment_sum
 
 
 class LogprobHead(nn.Module):
@@ -22,8 +27,13 @@ class LogprobHead(nn.Module):
         self.bias = lm_head.bias
         self.backend = backend
 
-    def forward(self, hidden, targets, return_stats=False):
-        return linear_logprobs(hidden, self.weight, targets, self.bias, backend=self.backend, return_stats=return_stats)
+    def forward(self, hidden, targets=None, return_stats=False):
+        """Logits ``[..., V]`` without targets; with targets ([N] real token ids, ``hidden`` [N, H]),
+        per-token log-probs (a ``TokenLogprobs`` when ``return_stats``)."""
+        if targets is None:
+            return nn.functional.linear(hidden, self.weight, self.bias)
+        return linear_logprobs_unchecked(hidden, self.weight, targets, self.bias, backend=self.backend,
+                                         return_stats=return_stats)
 
 
 def install_logprob_head(model, backend="auto"):
@@ -43,19 +53,19 @@ def model_body(model):
 class BatchLogps:
     chosen: torch.Tensor            # [B] summed completion log-probs (fp32)
     rejected: object                # [B], or None for a batch without rejected answers
-    token_logps: torch.Tensor       # [T]
+    token_logps: torch.Tensor       # [T] fp32, in the batch's token order (chosen sequences first)
     entropy: torch.Tensor           # [T] (no grad)
     target_is_argmax: torch.Tensor  # [T] bool
 
 
 def batch_logps(model, batch):
-    """Per-sequence log-probs of ``batch`` (a ``data.Batch`` on the model's device)."""
+    """Per-sequence and per-token log-probs of ``batch`` (a ``data.Batch`` on the model's device)."""
     hidden = model_body(model)(
         input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=batch.attention_mask,
         use_cache=False,
     ).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.token_positions)
     out = model.get_output_embeddings()(hidden, batch.targets, return_stats=True)
-    sums = sequence_logps(out.logp, batch.seq_index, batch.num_sequences)
+    sums = segment_sum(out.logp, batch.seq_index, batch.num_sequences)
     rejected = sums[batch.num_pairs:] if batch.num_sequences > batch.num_pairs else None
     return BatchLogps(sums[:batch.num_pairs], rejected, out.logp, out.entropy, out.target_is_argmax)
