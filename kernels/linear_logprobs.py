@@ -78,7 +78,7 @@ class _FusedLinearLogprobs(torch.autograd.Function):
         _, backward_fn = _backend_functions(ctx.backend)
         needs = ctx.needs_input_grad[:3]
         num_tokens, hidden_size = hidden.shape
-        grad = grad_logp.float().contiguous()
+        grad = grad_logp.to(lse.dtype).contiguous()  # fp32 (float64 for float64 inputs), as the forward
         if kept is not None:
             hidden, targets, grad = hidden.index_select(0, kept), targets.index_select(0, kept), grad.index_select(0, kept)
         if lse.numel() == 0:

@@ -1,6 +1,7 @@
 """Sequence sums and the preference objectives of DESIGN.md section 4, as pure PyTorch functions.
 
-With r = beta * (logp_policy(y|x) - logp_ref(y|x)) (sequence sums of completion-token log-probs, fp32):
+With r = beta * (logp_policy(y|x) - logp_ref(y|x)) (sequence sums of completion-token log-probs, fp32;
+float64 where the inputs are float64, so that tests can hold the whole path to a float64 reference):
 
     sft         -logp(y+) / |y+|
     reward_sft  -log sigmoid(r+)
@@ -24,7 +25,7 @@ def sequence_logps(token_logps, seq_index, num_seqs):
     Returns [num_seqs] fp32, differentiable w.r.t. ``token_logps``; empty sequences sum to 0.
     """
     check_sequence_index(seq_index, num_seqs, token_logps=token_logps)
-    return segment_sum(token_logps.float(), seq_index, num_seqs)
+    return segment_sum(at_least_fp32(token_logps), seq_index, num_seqs)
 
 
 def check_sequence_index(seq_index, num_seqs, **per_token):
@@ -49,9 +50,14 @@ def segment_sum(values, seq_index, num_seqs):
     return out.index_add(0, seq_index.long(), values)
 
 
+def at_least_fp32(values):
+    """``values`` in fp32, or unchanged when wider (float64)."""
+    return values.to(torch.promote_types(values.dtype, torch.float32))
+
+
 def implicit_reward(policy_logps, ref_logps, beta):
     """r = beta * (logp_policy - logp_ref), per sequence."""
-    return beta * (policy_logps.float() - ref_logps.float())
+    return beta * (at_least_fp32(policy_logps) - at_least_fp32(ref_logps))
 
 
 def _require(kind, **tensors):
@@ -74,7 +80,7 @@ def preference_loss(kind, policy_chosen, policy_rejected=None, ref_chosen=None, 
         raise ValueError(f"unknown loss {kind!r}; expected one of {LOSS_KINDS}")
     if kind == "sft":
         _require(kind, policy_chosen=policy_chosen, chosen_lengths=chosen_lengths)
-        return -policy_chosen.float() / chosen_lengths.clamp(min=1).float()
+        return -at_least_fp32(policy_chosen) / chosen_lengths.clamp(min=1)
     if kind == "reward_sft":
         _require(kind, policy_chosen=policy_chosen, ref_chosen=ref_chosen)
         return -F.logsigmoid(implicit_reward(policy_chosen, ref_chosen, beta))

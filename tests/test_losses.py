@@ -19,7 +19,8 @@ def test_sequence_logps_sums_per_sequence():
     seq_index[seq_index == 3] = 4  # sequence 3 is empty
     out = sequence_logps(token_logps, seq_index, 7)
     expected = [sum(float(token_logps.detach()[i]) for i in range(50) if seq_index[i] == s) for s in range(7)]
-    assert out.dtype == torch.float32 and out[3] == 0
+    assert out.dtype == torch.float64 and out[3] == 0  # float64 stays float64; narrower inputs sum in fp32
+    assert sequence_logps(token_logps.detach().bfloat16(), seq_index, 7).dtype == torch.float32
     torch.testing.assert_close(out.double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-6, atol=1e-6)
     out.sum().backward()
     assert torch.equal(token_logps.grad, torch.ones(50, dtype=torch.float64))
