@@ -2,6 +2,7 @@
 PNG plot at the end: loss, and whichever of implicit rewards, PEAR weights and retain-set forgetting
 signals the run logged."""
 import json
+import os
 import time
 from pathlib import Path
 
@@ -45,18 +46,30 @@ class MetricsWindow:
 
 
 class MetricsLog:
-    def __init__(self, output_dir, enabled):
+    """``metrics.jsonl`` (and TensorBoard) of one run. A resumed run first drops the rows logged after
+    the checkpoint it resumes from, so no step is logged twice."""
+
+    def __init__(self, output_dir, enabled, resumed_step=None):
         self.enabled = enabled
         self.path = Path(output_dir) / "metrics.jsonl"
         self.writer = None
         if not enabled:
             return
+        if resumed_step is not None and self.path.exists():
+            self._truncate_after(resumed_step)
         self.file = open(self.path, "a", encoding="utf-8")
         try:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(Path(output_dir) / "tensorboard"))
         except ImportError:
             pass
+
+    def _truncate_after(self, step):
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, self.path)
 
     def log(self, step, values):
         if not self.enabled:

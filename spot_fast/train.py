@@ -164,7 +164,8 @@ def set_up(config):
     if rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
     return Run(config, rank, world, device, tokenizer, pairs, order, objective, reference, engine, state, scorer,
-               MetricsLog(output_dir, enabled=rank == 0), output_dir, retain, eval_pairs, eval_reference)
+               MetricsLog(output_dir, enabled=rank == 0, resumed_step=state.step if config.resume else None),
+               output_dir, retain, eval_pairs, eval_reference)
 
 
 def load_behavior_model(config, tokenizer, dtype, device):

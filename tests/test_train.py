@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 
 from spot_fast import train as train_module
 from spot_fast.config import TrainConfig
@@ -145,6 +145,15 @@ def test_run_saves_a_loadable_model_metrics_and_plot(runs):
                 "grad_norm", "lr", "tokens_per_s", "padding_fraction"):
         assert key in rows[0]
     assert rows[0]["padding_fraction"] == 0.0  # packed
+    # the logged rate is the one each step trained with: transformers' schedule at step k - 1 (0 first)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    schedule = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=1, num_training_steps=4)
+    used = []
+    for _ in rows:
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert [r["lr"] for r in rows] == pytest.approx(used, rel=1e-9) and used[0] == 0 and used[-1] > 0
     assert not list(root.glob("a/.tmp-*"))  # no partial checkpoint left
     assert "reference log-probs of pairs.jsonl computed" in a.stdout
 

@@ -1,0 +1,75 @@
+"""Checkpoints under interruption: a save that raises or is SIGKILLed part-way never leaves a
+checkpoint that ``--resume latest`` trusts; resuming from the last complete one reproduces the
+uninterrupted run (metrics and final weights); ``keep_last`` keeps the newest checkpoints."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from spot_fast.checkpoint import checkpoints, prune_checkpoints
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = [sys.executable, str(REPO / "spot_fast" / "train.py")]
+INTERRUPTED = [sys.executable, str(REPO / "tests" / "interrupt_save.py")]
+ARGS = ["--max-steps", "4", "--grad-accum", "2", "--per-device-batch", "2", "--log-every", "1", "--learning-rate", "1e-3",
+        "--save-every", "1", "--keep-last", "2"]
+
+
+def run(command, expect_success=True):
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert (result.returncode == 0) == expect_success, f"{command}: exit {result.returncode}\n{result.stderr[-4000:]}"
+    return result
+
+
+def rows(output_dir):
+    return [json.loads(line) for line in open(output_dir / "metrics.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    run(TRAIN + ARGS + ["--cache-dir", str(root / "cache"), "--output-dir", str(root / "run")])
+    return root
+
+
+def test_keep_last_keeps_the_newest_checkpoints(uninterrupted):
+    assert [p.name for p in checkpoints(uninterrupted / "run")] == ["checkpoint-2", "checkpoint-3"]
+    assert not list((uninterrupted / "run").glob(".*"))  # no temporary or half-deleted directory left
+
+
+@pytest.mark.parametrize("point, how", [("save_pretrained", "raise"), ("fsync", "kill")])
+def test_an_interrupted_save_is_never_resumed_from(uninterrupted, point, how):
+    root = uninterrupted
+    output_dir = root / f"{point}-{how}"
+    run(INTERRUPTED + ["checkpoint-3", point, how] + ARGS + ["--cache-dir", str(root / "cache"),
+                                                             "--output-dir", str(output_dir)], expect_success=False)
+    assert [p.name for p in checkpoints(output_dir)] == ["checkpoint-1", "checkpoint-2"]
+    assert not (output_dir / "final").exists()
+
+    resumed = run(TRAIN + ARGS + ["--cache-dir", str(root / "cache"), "--output-dir", str(output_dir), "--resume", "latest"])
+    assert f"resumed from {output_dir / 'checkpoint-2'} at step 2" in resumed.stdout
+    expected, got = rows(root / "run"), rows(output_dir)
+    assert [r["step"] for r in got] == [1, 2, 3, 4]  # the steps after the checkpoint are logged once
+    for mine, theirs in zip(got, expected):
+        for key in ("loss", "delta", "rewards/margin", "grad_norm", "lr"):
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-6, abs=1e-9), (mine["step"], key)
+    weights, reference = load_file(output_dir / "final" / "model.safetensors"), load_file(root / "run" / "final" / "model.safetensors")
+    for name, value in reference.items():
+        torch.testing.assert_close(weights[name], value, rtol=0, atol=1e-6)
+    assert [p.name for p in checkpoints(output_dir)] == ["checkpoint-2", "checkpoint-3"]
+
+
+def test_pruning_deletes_the_oldest_and_finishes_an_interrupted_deletion(tmp_path):
+    for step in (1, 2, 10, 3):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    (tmp_path / ".deleting-checkpoint-0").mkdir()  # a deletion a crash interrupted
+    prune_checkpoints(tmp_path, keep_last=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-3"]
+    prune_checkpoints(tmp_path, keep_last=0)  # 0 keeps all
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-3"]
