@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from .engine import barrier
 
@@ -96,7 +97,8 @@ def save_checkpoint(engine, tokenizer, output_dir, name, state, config, rank):
         engine.module.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         readable = {key: value for key, value in state_dict.items() if key != "rng"}
-        (tmp / STATE_FILE).write_text(json.dumps({**readable, "config": vars(config)}, indent=2))
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        (tmp / STATE_FILE).write_text(json.dumps({**readable, "world_size": world, "config": vars(config)}, indent=2))
         _fsync_tree(tmp)
         if final.exists():
             old = output_dir / f".old-{name}"
@@ -113,9 +115,6 @@ def save_checkpoint(engine, tokenizer, output_dir, name, state, config, rank):
 
 def load_checkpoint(engine, path, state):
     """Restores the engine (weights, optimizer, scheduler) and ``state`` from checkpoint ``path``."""
-    path = Path(path)
-    if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"{path} is not a checkpoint (no {STATE_FILE})")
     _, client_state = engine.load_checkpoint(str(path / "deepspeed"), tag="state")
     state.load_state_dict(client_state["training_state"])
 

@@ -6,6 +6,12 @@ length 8192, ZeRO-2, bf16 and gradient checkpointing on GPU. With no ``--model``
 run is the built-in demo (tiny model, bundled pairs); the recipe's learning rate does not move a
 randomly initialized 2-layer model, so the demo uses ``DEMO_LEARNING_RATE`` unless one is given.
 The PEAR options default to ``spot_kernels.PearConfig()`` (this library's choice; see kernels/pear.py).
+
+Every option is validated once, from the flags and the YAML alike, before anything is loaded or
+written: its type (YAML numbers such as ``1e-6``, which YAML reads as a string, are converted), its
+choices and its range (``RANGES``); an error names the option and, for a YAML value, the file.
+``RESUME_SAFE`` lists the options a resumed run may change; any other change is refused
+(``changed_on_resume``).
 """
 import argparse
 import dataclasses
@@ -65,6 +71,7 @@ class TrainConfig:
     save_every: int = field(default=0, metadata={"help": "optimizer steps between checkpoints (0: only at the end)"})
     keep_last: int = 2
     resume: str = field(default="", metadata={"help": "checkpoint directory, or 'latest' in OUTPUT_DIR"})
+    overwrite: bool = field(default=False, metadata={"help": "start afresh in an OUTPUT_DIR that holds another run's results, deleting them"})
     log_every: int = 1
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0: all epochs)"})
 
@@ -86,38 +93,132 @@ class TrainConfig:
         return DEMO_LEARNING_RATE if self.model == BUILTIN_MODEL else 1e-6
 
 
+# option -> (the test a value must pass, what it must be); options not listed take any value of their type
+RANGES = {
+    "beta": (lambda v: v > 0, "> 0"),
+    "delta_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "learning_rate": (lambda v: v >= 0, ">= 0 (0: the default)"),
+    "warmup_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "epochs": (lambda v: v >= 1, ">= 1"),
+    "per_device_batch": (lambda v: v >= 1, ">= 1"),
+    "grad_accum": (lambda v: v >= 1, ">= 1"),
+    "max_length": (lambda v: v >= 2, ">= 2"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "adam_beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "adam_beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "grad_clip": (lambda v: v >= 0, ">= 0 (0: no clipping)"),
+    "pear_block_size": (lambda v: v >= 1, ">= 1"),
+    "retain_every": (lambda v: v >= 1, ">= 1"),
+    "seed": (lambda v: v >= 0, ">= 0"),
+    "save_every": (lambda v: v >= 0, ">= 0 (0: only at the end)"),
+    "keep_last": (lambda v: v >= 0, ">= 0 (0: keep all)"),
+    "log_every": (lambda v: v >= 1, ">= 1"),
+    "max_steps": (lambda v: v >= 0, ">= 0 (0: all epochs)"),
+}
+
+# Options a resumed run may change: they decide where results go, how often they are written or
+# measured, and how long the run goes on (a new max_steps also stretches or shortens the cosine).
+# Every other option changes what the run computes, and a resume that changes it is refused.
+RESUME_SAFE = ("output_dir", "cache_dir", "resume", "overwrite", "log_every", "save_every", "keep_last", "max_steps",
+               "retain_data", "retain_every", "eval_data", "gradient_checkpointing")
+
+
+def changed_on_resume(saved, config):
+    """``[(option, saved value, value now)]`` for the options outside ``RESUME_SAFE`` that differ."""
+    now = dataclasses.asdict(config)
+    return [(name, saved.get(name), now[name]) for name in now
+            if name not in RESUME_SAFE and saved.get(name) != now[name]]
+
+
+class ConfigError(ValueError):
+    """An option with a bad value; the message names the option (and the YAML file it came from)."""
+
+
+def _typed(f, value, option):
+    """``value`` as the type of option ``f``, or ConfigError."""
+    kind = type(f.default)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif isinstance(value, str):
+        return value
+    raise ConfigError(f"{option}: expected {kind.__name__}, got {value!r}")
+
+
+def validate(values, sources):
+    """A ``TrainConfig`` from ``values`` (option -> value), each checked for type, choices and range;
+    ``sources`` names where each value came from (a YAML file) for the error messages."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    checked = {}
+    for name, value in values.items():
+        option = f"{sources[name]}: option {name}" if name in sources else "--" + name.replace("_", "-")
+        value = checked[name] = _typed(fields[name], value, option)
+        choices = fields[name].metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{option}: {value!r} is not one of {list(choices)}")
+        if name in RANGES and not RANGES[name][0](value):
+            raise ConfigError(f"{option} must be {RANGES[name][1]}; got {value!r}")
+    config = TrainConfig(**checked)
+    try:
+        config.pear()
+    except ValueError as error:
+        raise ConfigError(f"PEAR options: {error}") from None
+    return config
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="spot_fast/train.py", description="Train a causal LM with SPoT and its baselines.")
     parser.add_argument("--config", help="YAML file of options (keys as below, with underscores); flags override it")
     for f in dataclasses.fields(TrainConfig):
         help_text = f.metadata.get("help", "")
         kwargs = {"help": f"{help_text} (default: {f.default!r})".lstrip(), "default": None}
+        if isinstance(f.default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = type(f.default)
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), **kwargs)
+        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
     return parser
 
 
 def parse_config(argv=None):
-    """TrainConfig from defaults < YAML (``--config``) < flags; unknown YAML keys are an error."""
+    """TrainConfig from defaults < YAML (``--config``) < flags, validated; a bad value exits with a
+    message naming the option (and the file)."""
     args = build_parser().parse_args(argv)
-    values = {}
+    values, sources = {}, {}
     if args.config:
         path = Path(args.config)
         if not path.is_file():
             raise SystemExit(f"error: config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            raise SystemExit(f"error: {path}: not valid YAML: {error}") from None
+        if not isinstance(loaded, dict):
+            raise SystemExit(f"error: {path}: expected a mapping of option: value, got {type(loaded).__name__}")
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         unknown = sorted(set(loaded) - known)
         if unknown:
             raise SystemExit(f"error: {path}: unknown option(s) {unknown}")
         values.update(loaded)
-    values.update({k: v for k, v in vars(args).items() if v is not None and k != "config"})
-    config = TrainConfig(**values)
+        sources.update({name: str(path) for name in loaded})
+    flags = {k: v for k, v in vars(args).items() if v is not None and k != "config"}
+    values.update(flags)
+    for name in flags:
+        sources.pop(name, None)
     try:
-        config.pear()
-    except ValueError as error:
+        return validate(values, sources)
+    except ConfigError as error:
         raise SystemExit(f"error: {error}") from None
-    if config.retain_every < 1:
-        raise SystemExit(f"error: --retain-every must be >= 1; got {config.retain_every}")
-    return config

@@ -120,11 +120,16 @@ def load_pairs(path, tokenizer, max_length, with_rejected=True, with_behavior=Fa
         raise DataError("the tokenizer has no eos token; completions need an end token")
     pairs, stats = [], DataStats()
     first_line_behavior = None  # (line, has the behaviour field): every line must agree with it
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            where = f"{path}:{line_number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(f"{where}: not UTF-8 text (byte 0x{raw[error.start]:02x} at column {error.start + 1}); "
+                                f"re-encode the file as UTF-8") from None
             if not line.strip():
                 continue
-            where = f"{path}:{line_number}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN_MODEL = "builtin:tiny-qwen3"
 BUILTIN_SEED = 1234
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 def tiny_qwen3_config(vocab_size):
@@ -24,19 +25,44 @@ def tiny_qwen3_config(vocab_size):
     )
 
 
+class ModelError(ValueError):
+    """A model or tokenizer that cannot be used; the message names it and what to do."""
+
+
 def check_model_name(name):
-    """Raises FileNotFoundError unless ``name`` is the built-in model, a directory, or a hub id."""
+    """Raises ModelError when ``name`` is written as a path (or is not ``owner/name``) and no such
+    directory exists. A hub id is left to transformers, which also finds it in the local cache
+    offline (``HF_HUB_OFFLINE=1``)."""
     if name == BUILTIN_MODEL or os.path.isdir(name):
         return
-    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") != 1
-    if looks_like_path or os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise FileNotFoundError(f"model {name!r}: no such directory (and not a hub id 'owner/name')")
+    if name.startswith(("/", ".", "~")) or name.count("/") != 1:
+        raise ModelError(f"model {name!r}: no such directory (and not a hub id 'owner/name')")
 
 
-def load_tokenizer(name):
+def _loaded(what, name, load):
+    """``load()``, with transformers' errors for ``name`` turned into one line that says what to do."""
+    try:
+        return load()
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        where = "the directory" if os.path.isdir(name) else "the local Hugging Face cache or the hub"
+        raise ModelError(f"{what} of {name!r} could not be loaded from {where}: {first_line}") from None
+
+
+def load_tokenizer(name, need_chat_template=True):
+    """The tokenizer of model ``name``; with ``need_chat_template``, one that has a chat template
+    (training and scoring render prompts with it)."""
     check_model_name(name)
     path = ASSETS / "tokenizer" if name == BUILTIN_MODEL else name
-    return AutoTokenizer.from_pretrained(path)
+    if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        # transformers would build an empty tokenizer from config.json alone
+        raise ModelError(f"{name!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): save the tokenizer "
+                         f"into it with tokenizer.save_pretrained")
+    tokenizer = _loaded("the tokenizer", name, lambda: AutoTokenizer.from_pretrained(path))
+    if need_chat_template and not tokenizer.chat_template:
+        raise ModelError(f"the tokenizer of {name!r} has no chat template; prompts are rendered with it: add one "
+                         f"(tokenizer.chat_template, saved with save_pretrained) or use an instruct model's tokenizer")
+    return tokenizer
 
 
 def load_model(name, dtype=torch.float32, attn_implementation=None):
@@ -49,7 +75,7 @@ def load_model(name, dtype=torch.float32, attn_implementation=None):
         return model.to(dtype)
     check_model_name(name)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    return AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
+    return _loaded("the model", name, lambda: AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs))
 
 
 def model_identity(name):

@@ -15,6 +15,7 @@ the CPU if there is no GPU. Read it top to bottom:
   checkpoints every ``save_every``.
 - ``finish``: final checkpoint, evaluation on ``eval_data``, plot.
 """
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -24,8 +25,9 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from spot_fast.checkpoint import TrainingState, checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
-from spot_fast.config import TrainConfig, parse_config
+from spot_fast import run_dir
+from spot_fast.checkpoint import TrainingState, load_checkpoint, prune_checkpoints, save_checkpoint
+from spot_fast.config import ConfigError, TrainConfig, parse_config
 from spot_fast.data import DataError, collate, load_pairs
 from spot_fast.engine import build_engine, start_distributed, stop_distributed
 from spot_fast.example_order import ExampleOrder
@@ -33,7 +35,7 @@ from spot_fast.forgetting.retain import RetainSet
 from spot_fast.logprob_cache import CacheError, ScoredOnce
 from spot_fast.logprob_head import install_logprob_head
 from spot_fast.metrics import MetricsLog, MetricsWindow, plot_metrics
-from spot_fast.models import check_model_name, load_model, load_tokenizer
+from spot_fast.models import ModelError, check_model_name, load_model, load_tokenizer
 from spot_fast.objective import Objective, micro_batch_loss, reward_metrics
 from spot_fast.scoring import Scorer
 from spot_kernels import RewardShift, implicit_reward, resolve_backend
@@ -87,8 +89,8 @@ def check_behavior_model(config, tokenizer):
     """Fails early unless the behaviour model can score this tokenizer's ids (same vocabulary)."""
     check_model_name(config.behavior_model)
     try:
-        vocabulary = load_tokenizer(config.behavior_model).get_vocab()
-    except (OSError, ValueError):
+        vocabulary = load_tokenizer(config.behavior_model, need_chat_template=False).get_vocab()
+    except ModelError:
         print(f"warning: {config.behavior_model} has no tokenizer; its vocabulary is assumed to be the policy's")
         return
     if vocabulary != tokenizer.get_vocab():
@@ -106,11 +108,14 @@ def load_policy(name, config, dtype, device):
 
 
 def set_up(config):
+    resume_from = run_dir.prepare(config, world=int(os.environ.get("WORLD_SIZE", "1")))
     tokenizer = load_tokenizer(config.model)
     pairs, stats, eval_pairs, retain_pairs = read_data(config, tokenizer)
     if config.loss == "pear" and config.behavior_model:
         check_behavior_model(config, tokenizer)
     rank, world, device = start_distributed()
+    if rank == 0 and resume_from is None and config.overwrite:
+        run_dir.delete_previous_results(config.output_dir)
     torch.manual_seed(config.seed)
     bf16 = on_when_auto(config.bf16, device)
     dtype = torch.bfloat16 if bf16 else torch.float32
@@ -152,20 +157,13 @@ def set_up(config):
     reward_shift = RewardShift(config.delta_mode, config.delta_decay, all_reduce=dist.all_reduce if world > 1 else None)
     objective = Objective(config.loss, config.beta, reward_shift, config.pear() if config.loss == "pear" else None)
     state = TrainingState(order, reward_shift)
-    output_dir = Path(config.output_dir)
-    if config.resume:
-        found = checkpoints(output_dir)
-        path = (found[-1] if found else None) if config.resume == "latest" else Path(config.resume)
-        if path is None:
-            raise FileNotFoundError(f"--resume latest: no checkpoint in {output_dir}")
-        load_checkpoint(engine, path, state)
+    if resume_from is not None:
+        load_checkpoint(engine, resume_from, state)
         if rank == 0:
-            print(f"resumed from {path} at step {state.step}")
-    if rank == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
+            print(f"resumed from {resume_from} at step {state.step}")
+    log = MetricsLog(config.output_dir, enabled=rank == 0, resumed_step=state.step if resume_from else None)
     return Run(config, rank, world, device, tokenizer, pairs, order, objective, reference, engine, state, scorer,
-               MetricsLog(output_dir, enabled=rank == 0, resumed_step=state.step if config.resume else None),
-               output_dir, retain, eval_pairs, eval_reference)
+               log, Path(config.output_dir), retain, eval_pairs, eval_reference)
 
 
 def load_behavior_model(config, tokenizer, dtype, device):
@@ -259,7 +257,7 @@ def main(argv=None):
     try:
         train(config)
         succeeded = True
-    except (DataError, FileNotFoundError, CacheError) as error:
+    except (ConfigError, DataError, ModelError, CacheError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:

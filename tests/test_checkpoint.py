@@ -73,3 +73,12 @@ def test_pruning_deletes_the_oldest_and_finishes_an_interrupted_deletion(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-3"]
     prune_checkpoints(tmp_path, keep_last=0)  # 0 keeps all
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-3"]
+
+
+def test_a_resume_with_a_changed_setting_is_refused_before_any_work(uninterrupted, capsys):
+    from spot_fast.train import main
+    argv = ARGS + ["--cache-dir", str(uninterrupted / "cache"), "--output-dir", str(uninterrupted / "run"),
+                   "--resume", "latest", "--learning-rate", "2e-3"]
+    assert main(argv) == 1
+    error = capsys.readouterr().err
+    assert "learning_rate: 0.001 in the checkpoint, 0.002 now" in error and "checkpoint-3 was trained with other settings" in error

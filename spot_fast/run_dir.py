@@ -1,0 +1,83 @@
+"""The output directory of a run, checked before anything long starts.
+
+A fresh run refuses a directory that holds another run's results (``metrics.jsonl``, ``final/``,
+checkpoints, the plot), so that two runs never mix their metrics or overwrite each other's model;
+``--overwrite`` deletes those results first. A resume (``--resume latest`` or a checkpoint path)
+continues in place, and only if the settings that decide what the run computes are the
+checkpoint's (``config.changed_on_resume``) and the world size is the same. The directory must be
+writable, which is tried, not assumed.
+"""
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .checkpoint import STATE_FILE, checkpoints
+from .config import RESUME_SAFE, ConfigError, changed_on_resume
+
+RESULT_NAMES = ("metrics.jsonl", "training.png", "tensorboard", "final")
+
+
+def previous_results(output_dir):
+    """The paths in ``output_dir`` that belong to a run's results."""
+    output_dir = Path(output_dir)
+    named = [output_dir / name for name in RESULT_NAMES if (output_dir / name).exists()]
+    return named + checkpoints(output_dir)
+
+
+def check_writable(output_dir):
+    output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"--output-dir {output_dir} is not writable: {error.strerror or error}") from None
+
+
+def resume_checkpoint(config, world):
+    """The checkpoint directory to resume from (None for a fresh run), after checking that it exists
+    and that this run's settings match it."""
+    if not config.resume:
+        return None
+    output_dir = Path(config.output_dir)
+    if config.resume == "latest":
+        found = checkpoints(output_dir)
+        if not found:
+            raise ConfigError(f"--resume latest: no checkpoint in {output_dir}")
+        path = found[-1]
+    else:
+        path = Path(config.resume)
+    state_file = path / STATE_FILE
+    if not state_file.is_file():
+        raise ConfigError(f"--resume {config.resume}: {path} is not a checkpoint (no {STATE_FILE})")
+    saved = json.loads(state_file.read_text())
+    differences = changed_on_resume(saved["config"], config)
+    if saved.get("world_size", world) != world:
+        differences.append(("world size (processes)", saved["world_size"], world))
+    if differences:
+        listed = "; ".join(f"{name}: {before!r} in the checkpoint, {now!r} now" for name, before, now in differences)
+        raise ConfigError(f"--resume {config.resume}: {path} was trained with other settings ({listed}). A resume "
+                          f"may change only {', '.join(RESUME_SAFE)}; start a new run in a new --output-dir instead")
+    return path
+
+
+def prepare(config, world):
+    """Checks ``config.output_dir`` (and the checkpoint to resume from); returns that checkpoint or
+    None. Rank 0 deletes a previous run's results when ``--overwrite`` asks for it."""
+    output_dir = Path(config.output_dir)
+    checkpoint = resume_checkpoint(config, world)
+    if checkpoint is None:
+        found = previous_results(output_dir)
+        if found and not config.overwrite:
+            raise ConfigError(f"--output-dir {output_dir} holds another run's results "
+                              f"({', '.join(p.name for p in found)}): choose a new --output-dir, continue that run "
+                              f"with --resume latest, or pass --overwrite to delete them")
+    check_writable(output_dir)
+    return checkpoint
+
+
+def delete_previous_results(output_dir):
+    for path in previous_results(output_dir):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -1,0 +1,151 @@
+"""What a user hits first, refused early with one line that names the problem: bad options (flags
+and YAML), a resume with other settings, an output directory that holds another run, an unwritable
+output directory, undecodable data, a model directory without a tokenizer or chat template, and
+hub names resolved offline from the local cache."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spot_fast import run_dir
+from spot_fast import train as train_module
+from spot_fast.config import RESUME_SAFE, ConfigError, TrainConfig, parse_config
+from spot_fast.data import DataError, load_pairs
+from spot_fast.models import BUILTIN_MODEL, ModelError, load_model, load_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--learning-rate=-1e-6"], "--learning-rate must be >= 0"),
+    (["--beta", "-0.1"], "--beta must be > 0"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--max-steps", "-3"], "--max-steps must be >= 0"),
+    (["--warmup-ratio", "1.5"], "--warmup-ratio must be in [0, 1]"),
+    (["--per-device-batch", "0"], "--per-device-batch must be >= 1"),
+    (["--grad-accum", "0"], "--grad-accum must be >= 1"),
+    (["--delta-decay", "1"], "--delta-decay must be in [0, 1)"),
+    (["--adam-beta2", "1.0"], "--adam-beta2 must be in [0, 1)"),
+    (["--pear-weight-min", "5", "--pear-weight-max", "1"], "PEAR options"),
+])
+def test_bad_flags_are_refused_naming_the_option(argv, message):
+    with pytest.raises(SystemExit) as refused:
+        parse_config(argv)
+    assert message in str(refused.value)
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("learning_rate: -1\n", "option learning_rate must be >= 0"),
+    ("epochs: two\n", "option epochs: expected int, got 'two'"),
+    ("epochs: 1.5\n", "option epochs: expected int, got 1.5"),
+    ("loss: ipo\n", "option loss: 'ipo' is not one of"),
+    ("beta: [1]\n", "option beta: expected float"),
+    ("per_device_batch: 0\n", "option per_device_batch must be >= 1"),
+    ("overwrite: 1\n", "option overwrite: expected bool"),
+    ("- a list\n", "expected a mapping"),
+])
+def test_bad_yaml_values_are_refused_naming_the_file_and_option(tmp_path, yaml_text, message):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(SystemExit) as refused:
+        parse_config(["--config", str(path)])
+    assert str(path) in str(refused.value) and message in str(refused.value)
+
+
+def test_yaml_numbers_are_typed_and_flags_win(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("learning_rate: 1e-6\nbeta: 1\nepochs: 3\nloss: dpo\n")  # YAML reads 1e-6 as a string
+    config = parse_config(["--config", str(path), "--epochs", "1"])
+    assert config.learning_rate == 1e-6 and isinstance(config.beta, float) and config.epochs == 1 and config.loss == "dpo"
+
+
+def fake_checkpoint(output_dir, step, world=1, **settings):
+    path = Path(output_dir) / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    config = TrainConfig(output_dir=str(output_dir), **settings)
+    (path / "trainer_state.json").write_text(json.dumps({"step": step, "world_size": world, "config": vars(config)}))
+    return path
+
+
+def test_a_resume_with_other_settings_is_refused_naming_each(tmp_path):
+    fake_checkpoint(tmp_path, 2, learning_rate=1e-6, loss="spot_bco", grad_accum=8)
+    changed = TrainConfig(output_dir=str(tmp_path), resume="latest", learning_rate=2e-6, loss="dpo", grad_accum=8)
+    with pytest.raises(ConfigError) as refused:
+        run_dir.prepare(changed, world=1)
+    message = str(refused.value)
+    assert "learning_rate: 1e-06 in the checkpoint, 2e-06 now" in message and "loss: 'spot_bco'" in message
+    assert "grad_accum" not in message
+    with pytest.raises(ConfigError, match=r"world size \(processes\): 1 in the checkpoint, 2 now"):
+        run_dir.prepare(TrainConfig(output_dir=str(tmp_path), resume="latest", learning_rate=1e-6, grad_accum=8), world=2)
+
+
+def test_a_resume_may_change_the_safe_settings(tmp_path):
+    fake_checkpoint(tmp_path, 2, learning_rate=1e-6)
+    safe = TrainConfig(output_dir=str(tmp_path), resume="latest", learning_rate=1e-6, max_steps=50, log_every=5,
+                       save_every=10, keep_last=4, cache_dir=str(tmp_path / "c"), retain_every=3)
+    assert run_dir.prepare(safe, world=1) == tmp_path / "checkpoint-2"
+    assert {"max_steps", "log_every", "save_every", "keep_last"} <= set(RESUME_SAFE)
+    with pytest.raises(ConfigError, match="--resume latest: no checkpoint in"):
+        run_dir.prepare(TrainConfig(output_dir=str(tmp_path / "empty"), resume="latest"), world=1)
+
+
+def test_a_fresh_run_refuses_another_runs_results_unless_overwrite(tmp_path, capsys):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+    (tmp_path / "final").mkdir()
+    fake_checkpoint(tmp_path, 3)
+    assert train_module.main(["--output-dir", str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert f"--output-dir {tmp_path} holds another run's results (metrics.jsonl, final, checkpoint-3)" in error
+    assert "--overwrite" in error and "log-probs" not in error  # refused before any work
+    config = TrainConfig(output_dir=str(tmp_path), overwrite=True)
+    assert run_dir.prepare(config, world=1) is None
+    run_dir.delete_previous_results(tmp_path)
+    assert run_dir.previous_results(tmp_path) == []
+
+
+def test_an_unwritable_output_dir_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("")
+    assert train_module.main(["--output-dir", str(tmp_path / "a-file" / "run")]) == 1
+    assert f"--output-dir {tmp_path / 'a-file' / 'run'} is not writable" in capsys.readouterr().err
+
+
+def test_bytes_that_are_not_utf8_are_reported_with_their_line(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}).encode() + b"\n"
+                     + b'{"prompt": "caf\xe9", "chosen": "b", "rejected": "c"}\n')
+    with pytest.raises(DataError, match=rf"{path}:2: not UTF-8 text \(byte 0xe9 at column 16\)"):
+        load_pairs(path, load_tokenizer(BUILTIN_MODEL), 64)
+
+
+def test_a_model_directory_without_tokenizer_or_chat_template(tmp_path):
+    load_model(BUILTIN_MODEL).save_pretrained(tmp_path / "model")
+    with pytest.raises(ModelError, match=rf"'{tmp_path / 'model'}' has no tokenizer \(none of tokenizer.json"):
+        load_tokenizer(str(tmp_path / "model"))
+    tokenizer = load_tokenizer(BUILTIN_MODEL)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(ModelError, match="has no chat template"):
+        load_tokenizer(str(tmp_path / "model"))
+
+
+def test_hub_names_resolve_from_the_local_cache_offline(tmp_path):
+    """With HF_HUB_OFFLINE=1 an 'owner/name' in the local cache loads as transformers would load it;
+    one that is not there is one line that says where it looked."""
+    snapshot = tmp_path / "hub" / "models--spotfast--tiny" / "snapshots" / ("0" * 40)
+    load_model(BUILTIN_MODEL).save_pretrained(snapshot)
+    load_tokenizer(BUILTIN_MODEL).save_pretrained(snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    script = ("from spot_fast.models import load_model, load_tokenizer, ModelError\n"
+              "print(len(load_tokenizer('spotfast/tiny')), load_model('spotfast/tiny').config.num_hidden_layers)\n"
+              "try:\n    load_model('spotfast/absent')\nexcept ModelError as e:\n    print(e)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "HF_HUB_CACHE": str(tmp_path / "hub")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == f"{len(load_tokenizer(BUILTIN_MODEL))} 2"
+    assert lines[-1].startswith("the model of 'spotfast/absent' could not be loaded from the local Hugging Face cache")
