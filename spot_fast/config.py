@@ -55,6 +55,9 @@ class TrainConfig:
     gradient_checkpointing: str = field(default="auto", metadata={"choices": ("auto", "on", "off"), "help": "auto: on with CUDA"})
     liger: str = field(default="auto", metadata={"choices": ("auto", "on", "off"), "help": "Liger kernels for the model body; auto: on with CUDA"})
     pack: str = field(default="on", metadata={"choices": ("on", "off"), "help": "pack sequences without padding"})
+    share_prefix: str = field(default="on", metadata={"choices": ("on", "off"), "help": "forward each pair as a tree: prompt and common answer prefix once"})
+    attention: str = field(default="auto", metadata={"choices": ("auto", "sdpa", "flex"), "help": "attention kernel; auto: sdpa (flex: FlexAttention block masks, CUDA)"})
+    max_tokens_per_batch: int = field(default=0, metadata={"help": "form micro-batches of whole pairs up to this many tokens (0: per_device_batch pairs each)"})
     pear_level: str = field(default=PEAR_DEFAULTS.level, metadata={"choices": PEAR_LEVELS, "help": "PEAR importance weights per token, block or sequence"})
     pear_clip_low: float = field(default=PEAR_DEFAULTS.clip_low, metadata={"help": "PEAR: each log-ratio is clipped to [-clip_low, clip_high]"})
     pear_clip_high: float = field(default=PEAR_DEFAULTS.clip_high, metadata={"help": "PEAR: upper clip of each log-ratio"})
@@ -114,6 +117,7 @@ RANGES = {
     "keep_last": (lambda v: v >= 0, ">= 0 (0: keep all)"),
     "log_every": (lambda v: v >= 1, ">= 1"),
     "max_steps": (lambda v: v >= 0, ">= 0 (0: all epochs)"),
+    "max_tokens_per_batch": (lambda v: v >= 0, ">= 0 (0: per_device_batch pairs per micro-batch)"),
 }
 
 # Options a resumed run may change: they decide where results go, how often they are written or

@@ -12,13 +12,8 @@ The prompt is rendered with the tokenizer's chat template and a generation promp
 mode inserts the empty think block); each completion is the answer followed by one end token (not a
 second one when the answer already ends with it). Completions are truncated to fit ``max_length``,
 never the prompt: a prompt that does not fit leaves no room for a completion, so its pair is skipped
-and counted. A malformed line raises ``DataError`` naming the file and line.
-
-Batches hold 2B sequences (chosen 0..B-1, then rejected B..2B-1; only the B chosen ones when the
-pairs have no rejected answer), either packed into one row without
-padding (positions restart per sequence, so attention sees a block-diagonal causal mask) or padded.
-Only positions whose next token is a completion token are scored: ``token_positions`` index the
-flattened hidden states, ``targets`` are the next tokens, ``seq_index`` the sequence of each.
+and counted. A malformed line raises ``DataError`` naming the file and line. Batching is in
+``batching.py``.
 """
 import json
 from dataclasses import dataclass
@@ -170,66 +165,3 @@ def load_pairs(path, tokenizer, max_length, with_rejected=True, with_behavior=Fa
         reason = f" ({stats.skipped_long_prompt} prompts longer than max_length {max_length})" if stats.skipped_long_prompt else ""
         raise DataError(f"{path}: no usable pairs{reason}")
     return pairs, stats
-
-
-@dataclass
-class Batch:
-    input_ids: torch.Tensor        # [rows, length]
-    position_ids: torch.Tensor     # [rows, length]
-    attention_mask: object         # [rows, length] when padded, None when packed
-    token_positions: torch.Tensor  # [T] indices into the flattened [rows * length] hidden states
-    targets: torch.Tensor          # [T] next-token ids (completion tokens only)
-    seq_index: torch.Tensor        # [T] in [0, num_sequences): chosen i -> i, rejected i -> B + i
-    num_chosen_tokens: int         # the first num_chosen_tokens of targets are the chosen answers'
-    chosen_lengths: torch.Tensor   # [B] completion tokens of each chosen answer
-    behavior_logps: object         # [T_chosen] behaviour log-probs of the chosen tokens (first in targets), or None
-    num_pairs: int
-    num_sequences: int             # 2B, or B without rejected answers
-    num_tokens: int                # real (non-padding) tokens
-    padding_fraction: float
-
-    def to(self, device):
-        move = lambda t: t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t  # noqa: E731
-        return Batch(**{k: move(v) for k, v in self.__dict__.items()})
-
-
-def collate(pairs, pack, pad_id):
-    """A ``Batch`` of the 2B sequences of ``pairs`` (see the module docstring)."""
-    sequences = [(p.prompt_ids, p.chosen_ids) for p in pairs]
-    sequences += [(p.prompt_ids, p.rejected_ids) for p in pairs if p.rejected_ids is not None]
-    if len(sequences) not in (len(pairs), 2 * len(pairs)):
-        raise ValueError("collate: either every pair has a rejected answer or none has")
-    has_behavior = [p.behavior_logps is not None for p in pairs]
-    if any(has_behavior) and not all(has_behavior):
-        raise ValueError("collate: either every pair has behaviour log-probs or none has")
-    lengths = [len(prompt) + len(completion) for prompt, completion in sequences]
-    if pack:
-        rows, length = 1, sum(lengths)
-        starts = [(0, sum(lengths[:i])) for i in range(len(sequences))]
-    else:
-        rows, length = len(sequences), max(lengths)
-        starts = [(i, 0) for i in range(len(sequences))]
-    input_ids = torch.full((rows, length), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((rows, length), dtype=torch.long)
-    attention_mask = None if pack else torch.zeros((rows, length), dtype=torch.long)
-    token_positions, targets, seq_index = [], [], []
-    for index, ((prompt, completion), (row, offset)) in enumerate(zip(sequences, starts)):
-        ids = prompt + completion
-        input_ids[row, offset:offset + len(ids)] = torch.tensor(ids)
-        position_ids[row, offset:offset + len(ids)] = torch.arange(len(ids))
-        if attention_mask is not None:
-            attention_mask[row, offset:offset + len(ids)] = 1
-        first = row * length + offset + len(prompt) - 1  # hidden state that predicts the first completion token
-        token_positions.append(torch.arange(first, first + len(completion)))
-        targets.append(torch.tensor(completion))
-        seq_index.append(torch.full((len(completion),), index))
-    num_tokens = sum(lengths)
-    return Batch(
-        input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-        token_positions=torch.cat(token_positions), targets=torch.cat(targets), seq_index=torch.cat(seq_index),
-        num_chosen_tokens=sum(len(p.chosen_ids) for p in pairs),
-        chosen_lengths=torch.tensor([len(p.chosen_ids) for p in pairs]),
-        behavior_logps=torch.cat([p.behavior_logps for p in pairs]) if all(has_behavior) else None,
-        num_pairs=len(pairs), num_sequences=len(sequences),
-        num_tokens=num_tokens, padding_fraction=1.0 - num_tokens / (rows * length),
-    )

@@ -6,8 +6,9 @@ gathers a module's parameters when that module is called). Called with targets i
 log-probs through ``spot_kernels`` (logits never formed); called without, it is the plain linear head,
 so ``model(input_ids).logits`` and ``model.generate()`` keep working on the training model.
 
-``batch_logps`` runs the model body once over a batch, keeps only the hidden states that predict
-completion tokens, scores them with the fused head and sums their log-probs per sequence. The batch
+``batch_logps`` runs the model body once over a batch (sequences or pair trees, ``batching.py``),
+keeps only the hidden states that predict completion tokens, scores them with the fused head and sums
+their log-probs per sequence. The batch
 guarantees what the kernel's public entry would check (every target a real token id, sequence
 indices in range), so it calls ``linear_logprobs_unchecked`` and ``segment_sum``: no host
 synchronisation on the hot path.
@@ -18,6 +19,8 @@ import torch
 from torch import nn
 
 from spot_kernels import linear_logprobs_unchecked, segment_sum
+
+from .attention import attention_mask
 
 
 class LogprobHead(nn.Module):
@@ -59,13 +62,16 @@ class BatchLogps:
 
 
 def batch_logps(model, batch):
-    """Per-sequence and per-token log-probs of ``batch`` (a ``data.Batch`` on the model's device)."""
+    """Per-sequence and per-token log-probs of ``batch`` (a ``batching.Batch`` on the model's device).
+    A shared token of a pair tree is scored once and added to both of its sequences' sums."""
+    mask = attention_mask(batch, model.config._attn_implementation)
     hidden = model_body(model)(
-        input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=batch.attention_mask,
-        use_cache=False,
+        input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask, use_cache=False,
     ).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.token_positions)
     out = model.get_output_embeddings()(hidden, batch.targets, return_stats=True)
     sums = segment_sum(out.logp, batch.seq_index, batch.num_sequences)
+    if batch.shares_prefix:
+        sums = sums.index_add(0, batch.also_seq_index, out.logp.index_select(0, batch.also_token_index))
     rejected = sums[batch.num_pairs:] if batch.num_sequences > batch.num_pairs else None
     return BatchLogps(sums[:batch.num_pairs], rejected, out.logp, out.entropy, out.target_is_argmax)

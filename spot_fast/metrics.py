@@ -24,23 +24,29 @@ def mean_over_ranks(metrics):
 
 class MetricsWindow:
     """The metrics of the micro-batches between two logged steps: ``row`` averages them over
-    micro-batches and ranks and adds the throughput (time spent measuring, ``exclude``d, not counted)."""
+    micro-batches (weighted by their pairs) and ranks, and adds the tokens forwarded, the tokens the
+    unshared layout would have forwarded, and the throughput (time spent measuring, ``exclude``d,
+    not counted)."""
 
     def __init__(self):
-        self.sums, self.micro_batches, self.tokens, self.started = {}, 0, 0, time.perf_counter()
+        self.sums, self.weight, self.tokens, self.unshared_tokens = {}, 0, 0, 0
+        self.started = time.perf_counter()
 
-    def add(self, metrics, tokens):
-        self.sums = {name: self.sums.get(name, 0) + value for name, value in metrics.items()}
-        self.micro_batches += 1
+    def add(self, metrics, pairs, tokens, unshared_tokens):
+        self.sums = {name: self.sums.get(name, 0) + value * pairs for name, value in metrics.items()}
+        self.weight += pairs
         self.tokens += tokens
+        self.unshared_tokens += unshared_tokens
 
     def exclude(self, seconds):
         self.started += seconds
 
     def row(self, world):
         """The averaged metrics and ``tokens_per_s`` (over all ranks), then an empty window."""
-        row = mean_over_ranks({name: value / self.micro_batches for name, value in self.sums.items()})
+        row = mean_over_ranks({name: value / self.weight for name, value in self.sums.items()})
         row["tokens_per_s"] = self.tokens * world / (time.perf_counter() - self.started)
+        row["tokens/forwarded"] = self.tokens * world
+        row["tokens/shared_fraction"] = 1.0 - self.tokens / self.unshared_tokens
         self.__init__()
         return row
 

@@ -72,6 +72,8 @@ def load_model(name, dtype=torch.float32, attn_implementation=None):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(BUILTIN_SEED)
             model = Qwen3ForCausalLM(tiny_qwen3_config(vocab_size))
+        if attn_implementation:
+            model.set_attn_implementation(attn_implementation)
         return model.to(dtype)
     check_model_name(name)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}

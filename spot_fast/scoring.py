@@ -3,7 +3,8 @@
 ``Scorer.score`` runs a model without gradients over pairs in batches of ``batch_size`` (packed or
 padded, exactly as training batches them) and returns, in pair order, either the summed log-probs of
 each scored sequence (``[P, 2]`` chosen and rejected, ``[P, 1]`` for pairs without a rejected answer)
-or the per-token log-probs of every chosen answer, concatenated (``per_token=True``).
+or the per-token log-probs of every chosen answer, concatenated (``per_token=True``). Pairs are
+forwarded as trees when ``share_prefix`` (``batching.py``): the same values, fewer tokens.
 
 With several ranks the batches are split into contiguous shares, one per rank; a rank whose share
 is short runs its first batch again (or the first batch of all) and drops the result, so every rank
@@ -18,7 +19,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .data import collate
+from .batching import collate
 from .logprob_head import batch_logps
 
 
@@ -34,6 +35,7 @@ class Scorer:
     pack: bool
     pad_id: int
     device: torch.device
+    share_prefix: bool = False
 
     @torch.no_grad()
     def score(self, model, pairs, per_token=False, desc=None):
@@ -49,7 +51,7 @@ class Scorer:
         try:
             for index in tqdm(range(per_rank), desc=desc, unit="batch", leave=False, disable=desc is None or rank != 0):
                 batch = mine[index] if index < len(mine) else batches[0]  # a repeat keeps the forwards in step
-                values = self._values(batch_logps(model, collate(batch, self.pack, self.pad_id).to(self.device)),
+                values = self._values(batch_logps(model, collate(batch, self.pack, self.pad_id, self.share_prefix).to(self.device)),
                                       batch, per_token)
                 if index < len(mine):
                     parts.append(values)

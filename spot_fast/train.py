@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from spot_fast import run_dir
 from spot_fast.checkpoint import TrainingState, load_checkpoint, prune_checkpoints, save_checkpoint
 from spot_fast.config import ConfigError, TrainConfig, parse_config
-from spot_fast.data import DataError, collate, load_pairs
+from spot_fast.batching import collate, pair_tokens
+from spot_fast.data import DataError, load_pairs
 from spot_fast.engine import build_engine, start_distributed, stop_distributed
 from spot_fast.example_order import ExampleOrder
 from spot_fast.forgetting.retain import RetainSet
@@ -66,6 +67,7 @@ class Run:
     log: MetricsLog
     output_dir: Path
     retain: object = None    # RetainSet
+    pair_tokens: object = None  # example index -> tokens it forwards (token-budget micro-batches)
     eval_pairs: list = None
     eval_reference: object = None
 
@@ -99,8 +101,8 @@ def check_behavior_model(config, tokenizer):
 
 
 def load_policy(name, config, dtype, device):
-    """A model with the fused log-prob head, on ``device``."""
-    model = load_model(name, dtype=dtype)
+    """A model with the fused log-prob head and the chosen attention kernel, on ``device``."""
+    model = load_model(name, dtype=dtype, attn_implementation="flex_attention" if config.attention == "flex" else "sdpa")
     if on_when_auto(config.liger, device):
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
         _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
@@ -131,7 +133,8 @@ def set_up(config):
               f"process(es), {device.type}")
 
     model = load_policy(config.model, config, dtype, device)
-    scorer = Scorer(2 * config.per_device_batch, config.pack == "on", tokenizer.pad_token_id, device)
+    scorer = Scorer(2 * config.per_device_batch, config.pack == "on", tokenizer.pad_token_id, device,
+                    config.share_prefix == "on")
     scored = ScoredOnce(scorer, config.cache_dir or str(Path(config.output_dir).parent / ".logprob_cache"), dtype,
                         resolve_backend(config.kernel_backend, device, dtype))
     starting_policy = lambda: model  # noqa: E731
@@ -162,8 +165,9 @@ def set_up(config):
         if rank == 0:
             print(f"resumed from {resume_from} at step {state.step}")
     log = MetricsLog(config.output_dir, enabled=rank == 0, resumed_step=state.step if resume_from else None)
+    forwarded = [pair_tokens(p, config.share_prefix == "on") for p in pairs]
     return Run(config, rank, world, device, tokenizer, pairs, order, objective, reference, engine, state, scorer,
-               log, Path(config.output_dir), retain, eval_pairs, eval_reference)
+               log, Path(config.output_dir), retain, eval_pairs, eval_reference, forwarded.__getitem__)
 
 
 def load_behavior_model(config, tokenizer, dtype, device):
@@ -176,17 +180,25 @@ def load_behavior_model(config, tokenizer, dtype, device):
 
 
 def optimizer_step(run, step, window):
-    """One optimizer step: ``grad_accum`` micro-batches forward and backward, the engine steps at the
-    boundary. Adds each micro-batch's metrics to ``window``; returns the learning rate the step used."""
-    learning_rate = run.engine.get_lr()[0]  # the scheduler moves on inside the last engine.step()
-    for micro_step in range(run.config.grad_accum):
-        indices = run.order.examples(step, micro_step, run.rank)
-        batch = collate([run.pairs[i] for i in indices], run.config.pack == "on", run.tokenizer.pad_token_id).to(run.device)
+    """One optimizer step over this rank's share of the step's pairs, in micro-batches (fixed groups
+    of ``per_device_batch`` pairs, or whole pairs up to ``max_tokens_per_batch`` tokens). Each
+    micro-batch's loss is its pairs' summed losses over the pairs of the whole step on this rank, so
+    the step's loss is the mean over its pairs however they are grouped; gradients accumulate until
+    the last micro-batch, then the engine averages them over ranks and steps. Adds each micro-batch's
+    metrics to ``window``; returns the learning rate the step used."""
+    config, engine = run.config, run.engine
+    learning_rate = engine.get_lr()[0]  # the scheduler moves on inside engine.step()
+    micro_batches = run.order.micro_batches(step, run.rank, run.pair_tokens, config.max_tokens_per_batch)
+    pairs_in_step = sum(len(indices) for indices in micro_batches)
+    for number, indices in enumerate(micro_batches):
+        batch = collate([run.pairs[i] for i in indices], config.pack == "on", run.tokenizer.pad_token_id,
+                        config.share_prefix == "on").to(run.device)
         reference = run.reference[indices] if run.reference is not None else None
-        loss, metrics = micro_batch_loss(run.engine.module, batch, reference, run.objective)
-        run.engine.backward(loss)
-        run.engine.step()
-        window.add(metrics, batch.num_tokens)
+        loss, metrics = micro_batch_loss(engine.module, batch, reference, run.objective)
+        engine.set_gradient_accumulation_boundary(number == len(micro_batches) - 1)
+        engine.backward(loss * (len(indices) / pairs_in_step), scale_wrt_gas=False)
+        window.add(metrics, len(indices), batch.num_tokens, batch.unshared_tokens)
+    engine.step()
     return learning_rate
 
 

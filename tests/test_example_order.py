@@ -43,3 +43,19 @@ def test_the_same_global_batch_sees_the_same_pairs_however_it_is_split(per_devic
 def test_max_steps_caps_the_run():
     assert ExampleOrder(NUM_EXAMPLES, 2, 2, 1, EPOCHS, seed=0, max_steps=5).total_steps == 5
     assert ExampleOrder(NUM_EXAMPLES, 2, 2, 1, EPOCHS, seed=0, max_steps=500).total_steps == 2 * (NUM_EXAMPLES // 4)
+
+
+def test_token_budget_micro_batches_hold_every_pair_once_and_stay_in_budget():
+    tokens = [(7 * i) % 23 + 5 for i in range(NUM_EXAMPLES)]  # 5..27 tokens; one pair over the budget below
+    tokens[11] = 40
+    budget = 30
+    order = ExampleOrder(NUM_EXAMPLES, 4, 3, 2, EPOCHS, seed=1)
+    for step in range(order.total_steps):
+        plans = [order.micro_batches(step, rank, tokens.__getitem__, budget) for rank in range(2)]
+        assert len(plans[0]) == len(plans[1])  # ranks stay in step (collectives per micro-batch)
+        for rank, plan in enumerate(plans):
+            assert sum(plan, []) == order.step_examples(step, rank)  # the same pairs, in order, once each
+            for group in plan:
+                assert group and (sum(tokens[i] for i in group) <= budget or len(group) == 1)
+    fixed = order.micro_batches(0, 1)
+    assert fixed == [order.examples(0, m, 1) for m in range(3)] and all(len(g) == 4 for g in fixed)

@@ -16,7 +16,8 @@ from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 
 from spot_fast import train as train_module
 from spot_fast.config import TrainConfig
-from spot_fast.data import DataError, collate, completion_ids, load_pairs
+from spot_fast.batching import collate
+from spot_fast.data import DataError, completion_ids, load_pairs
 from spot_fast.models import ASSETS, BUILTIN_MODEL, load_model, load_tokenizer
 from spot_fast.logprob_head import install_logprob_head
 from spot_fast.objective import Objective, micro_batch_loss
