@@ -28,11 +28,11 @@ setup(
         "safetensors",
         "matplotlib",
         "rapidfuzz",
+        "math-verify",
     ],
     extras_require={
         "gpu": ["liger-kernel>=0.5"],
         "test": ["pytest", "pytest-timeout", "liger-kernel>=0.5"],
-        "rectify": ["math-verify"],
     },
     entry_points={"console_scripts": ["spot-fast-rectify = spot_fast.rectify.__main__:main"]},
 )
