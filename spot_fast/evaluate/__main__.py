@@ -17,8 +17,8 @@ BUNDLED_BENCHMARKS = sorted((Path(__file__).resolve().parents[1] / "assets" / "b
 
 
 def samples_per_benchmark(values, names):
-    """``--samples K [NAME=K ...]`` -> ``{benchmark name: k}`` (K for every benchmark not named)."""
-    default, overrides = None, {}
+    """``--samples K [NAME=K ...]`` -> ``{benchmark name: k}`` (K, or 1, for every benchmark not named)."""
+    default, overrides = 1, {}
     for value in values:
         name, sep, k = value.rpartition("=")
         try:
@@ -31,7 +31,7 @@ def samples_per_benchmark(values, names):
             raise ValueError(f"--samples {value!r}: no benchmark named {name!r} (have: {', '.join(names)})")
         else:
             overrides[name] = k
-    return {name: overrides.get(name, default or 1) for name in names}
+    return {name: overrides.get(name, default) for name in names}
 
 
 def parser():
