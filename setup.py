@@ -13,7 +13,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["spot_kernels", "spot_fast", "spot_fast.rectify", "spot_fast.forgetting"],
+    packages=["spot_kernels", "spot_fast", "spot_fast.rectify", "spot_fast.forgetting", "spot_fast.evaluate"],
     package_dir={"spot_kernels": "kernels", "spot_fast": "spot_fast"},
     package_data={"spot_fast": ["assets/*", "assets/**/*"]},
     install_requires=[
@@ -28,11 +28,12 @@ setup(
         "safetensors",
         "matplotlib",
         "rapidfuzz",
+        "math-verify",
     ],
     extras_require={
         "gpu": ["liger-kernel>=0.5"],
         "test": ["pytest", "pytest-timeout", "liger-kernel>=0.5"],
-        "rectify": ["math-verify"],
     },
-    entry_points={"console_scripts": ["spot-fast-rectify = spot_fast.rectify.__main__:main"]},
+    entry_points={"console_scripts": ["spot-fast-rectify = spot_fast.rectify.__main__:main",
+                                      "spot-fast-eval = spot_fast.evaluate.__main__:main"]},
 )

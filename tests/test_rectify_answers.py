@@ -1,10 +1,12 @@
-"""Final-answer extraction and equivalence (spot_fast.rectify.answers, spot_fast.rectify.symbolic)."""
+"""Final-answer extraction and equivalence (spot_fast.rectify.answers, spot_fast.rectify.symbolic), and
+the corrected answer taken from an Oracle's reply (spot_fast.rectify.oracle.extract_marked)."""
+import threading
 import time
 
 import pytest
 
-from spot_fast.rectify import symbolic
 from spot_fast.rectify.answers import equivalent, grade, last_boxed
+from spot_fast.rectify.oracle import extract_marked
 
 EQUAL = [
     ("7", "7"),
@@ -44,6 +46,14 @@ EQUAL = [
     (r"2^{10}", "1024"),
     (r"\sin x", r"\sin(x)"),
     (r"2 \cdot 3", "6"),
+    (r"\{1, 2, 3\}", r"\{3, 2, 1\}"),
+    (r"\{\frac{1}{2}, -1\}", r"\{-1, 0.5\}"),
+    ("2, -3", "-3, 2"),
+    (r"-3, \sqrt{4}", "2, -3"),
+    (r"\{2, -3\}", "-3, 2"),
+    (r"\frac{1}{\sqrt{2}}", r"\frac{\sqrt{2}}{2}"),
+    (r"\ln(e^2)", "2"),
+    (r"\binom{5}{2}", "10"),
 ]
 NOT_EQUAL = [
     ("7", "6"),
@@ -63,17 +73,13 @@ NOT_EQUAL = [
     (r"10^{10^{10}}", "1"),
     ("", "5"),
     (None, "5"),
+    (r"\{1, 2\}", r"\{1, 3\}"),
+    (r"\{1, 2\}", r"\{1, 2, 3\}"),
+    ("2, 2", "2"),
+    ("2, 2, -3", "2, -3, -3"),
+    ("2, -3", "(2, -3)"),
+    (r"\{1, 2\}", "(1, 2)"),
 ]
-
-
-@pytest.fixture(params=["sympy", "math_verify"])
-def backend(request, monkeypatch):
-    """Run with the sympy fallback always, and with math-verify where it is installed."""
-    if request.param == "sympy":
-        monkeypatch.setattr(symbolic, "math_verify", None)
-    elif symbolic.math_verify is None:
-        pytest.skip("math-verify is not installed")
-    return request.param
 
 
 def test_table_is_large_enough():
@@ -81,13 +87,13 @@ def test_table_is_large_enough():
 
 
 @pytest.mark.parametrize("answer, truth", EQUAL)
-def test_equal(backend, answer, truth):
+def test_equal(answer, truth):
     assert equivalent(answer, truth)
     assert equivalent(truth, answer)
 
 
 @pytest.mark.parametrize("answer, truth", NOT_EQUAL)
-def test_not_equal(backend, answer, truth):
+def test_not_equal(answer, truth):
     start = time.perf_counter()
     assert not equivalent(answer, truth)
     assert time.perf_counter() - start < 5
@@ -115,19 +121,50 @@ def test_grade():
     assert grade("no answer", "4") == (None, False)
 
 
-@pytest.mark.parametrize("text", [
-    "__import__('os').system('echo unsafe')",
-    "().__class__.__bases__",
-    "x.__class__",
-    "lambda: 1",
-    r"\frac{1}",
+def test_a_set_answer_in_another_order_is_graded_right():
+    assert grade(r"The primes are $\boxed{\{7, 5, 3, 2\}}$.", r"\{2, 3, 5, 7\}") == (r"\{7, 5, 3, 2\}", True)
+
+
+def test_symbolic_comparison_works_outside_the_main_thread():
+    """math-verify's timeout uses signal.alarm, which raises in any other thread (an Oracle's pool)."""
+    results = []
+    worker = threading.Thread(target=lambda: results.append(equivalent("(x+1)^2", "x^2+2x+1")))
+    worker.start()
+    worker.join()
+    assert results == [True]
+
+
+SOLUTION = "We have 2 + 2 = 4.\nSo the answer is $\\boxed{4}$."
+
+
+@pytest.mark.parametrize("reply", [
+    f"<corrected_answer>\n{SOLUTION}\n</corrected_answer>",
+    f"Here it is:\n<corrected_answer>\n{SOLUTION}\n</corrected_answer>\n"
+    "Note: only the text inside <corrected_answer> counts.",
+    "I will reply between <corrected_answer> and </corrected_answer> as asked.\n"
+    f"<corrected_answer>\n{SOLUTION}\n</corrected_answer>",
+    f"<corrected_answer>\n```\n{SOLUTION}\n```\n</corrected_answer>",
+    f"<corrected_answer>\n```latex\n{SOLUTION}\n```\n</corrected_answer>",
+    f"<corrected_answer>\n~~~~markdown\n{SOLUTION}\n~~~~\n</corrected_answer>",
+], ids=["plain", "marker-mentioned-after", "markers-quoted-before", "fenced", "fenced-with-info",
+        "tilde-fenced"])
+def test_extract_marked_finds_the_correction(reply):
+    assert extract_marked(reply) == SOLUTION
+
+
+@pytest.mark.parametrize("correction", [
+    "Compute:\n```\n2 + 2\n```\nSo $\\boxed{4}$.",
+    "```\nx = 2\n```\nand\n```\ny = 2\n```",
+    "````\n```\n2 + 2\n```\n$\\boxed{4}$",
+], ids=["inner-block", "two-blocks", "unclosed-outer-fence"])
+def test_extract_marked_keeps_code_blocks_that_do_not_wrap_everything(correction):
+    assert extract_marked(f"<corrected_answer>\n{correction}\n</corrected_answer>") == correction
+
+
+@pytest.mark.parametrize("reply", [
+    "no markers at all",
+    "<corrected_answer>\ncut off before the end",
+    "</corrected_answer> <corrected_answer> in the wrong order",
 ])
-def test_translation_refuses_everything_outside_the_subset(text):
-    assert symbolic.to_sympy(text) is None
-
-
-def test_translation_makes_implicit_operations_explicit():
-    x, r = symbolic.to_sympy("x"), symbolic.to_sympy("r")
-    assert symbolic.to_sympy(r"2\pi r") == 2 * symbolic.sympy.pi * r
-    assert symbolic.to_sympy(r"\frac{1}{2}x^2") == x ** 2 / 2
-    assert symbolic.to_sympy("0.5") == symbolic.sympy.Rational(1, 2)
+def test_extract_marked_without_a_complete_block_is_none(reply):
+    assert extract_marked(reply) is None

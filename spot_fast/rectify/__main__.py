@@ -9,18 +9,11 @@ import json
 import logging
 import os
 import sys
-from functools import partial
 
 from spot_fast.rectify.correct import FAILURES
+from spot_fast.rectify.sampling_options import add_sampling_arguments, positive_int
 
 PROG = "spot-fast-rectify"
-
-
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def model_name(name):
@@ -32,14 +25,10 @@ def model_name(name):
 
 def run_elicit(args):
     from spot_fast.rectify.elicit import elicit
-    from spot_fast.rectify.generation import BACKENDS, Sampling
+    from spot_fast.rectify.generation import generator_loader
 
-    sampling = Sampling(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                        max_new_tokens=args.max_new_tokens, seed=args.seed)
-    render = {"chat_template": not args.no_chat_template, "enable_thinking": args.enable_thinking}
-    load_generator = partial(BACKENDS[args.backend], model_name(args.model), sampling, render, args.dtype)
-    return elicit(args.problems, args.workdir, load_generator, samples=args.samples,
-                  batch_size=args.batch_size, limit=args.limit)
+    return elicit(args.problems, args.workdir, generator_loader(args, model_name(args.model)),
+                  samples=args.samples, batch_size=args.batch_size, limit=args.limit)
 
 
 def make_oracle(args):
@@ -102,19 +91,9 @@ def parser():
     e = stage("elicit", run_elicit, "sample the model's answers to problems; keep the wrong ones")
     e.add_argument("--problems", required=True, help="JSONL: question|prompt, answer|ground_truth, id")
     e.add_argument("--model", help="local path or hub id (default: the built-in tiny model)")
-    e.add_argument("--backend", choices=["hf", "vllm"], default="hf")
     e.add_argument("--samples", type=positive_int, default=1, help="answers per problem")
-    e.add_argument("--batch-size", type=positive_int, default=8, help="answers per generate call")
     e.add_argument("--limit", type=positive_int, help="use only the first N problems")
-    e.add_argument("--temperature", type=float, default=0.7)
-    e.add_argument("--top-p", type=float, default=0.8)
-    e.add_argument("--top-k", type=int, default=0, help="0: no top-k cut")
-    e.add_argument("--max-new-tokens", type=positive_int, default=2048)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="auto: bfloat16 on GPU, float32 on CPU (hf); the model's own (vllm)")
-    e.add_argument("--enable-thinking", action="store_true", help="Qwen3 thinking mode (default: off)")
-    e.add_argument("--no-chat-template", action="store_true", help="use the raw question as the prompt")
+    add_sampling_arguments(e, max_new_tokens=2048)
 
     c = stage("correct", run_correct, "have an Oracle rewrite each wrong answer with minimal edits")
     c.add_argument("--oracle-callable", metavar="MODULE:FUNCTION",

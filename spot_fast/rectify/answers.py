@@ -10,9 +10,21 @@ the ground truth in three steps, stopping at the first that decides:
 2. **exact numbers**: when both sides are plain numbers (integers, decimals, scientific notation,
    ``a/b``, ``\frac{a}{b}``) they are compared as exact fractions, and this decides: ``0.5 == \frac12``,
    ``7 != 6``.
-3. **symbolic**: otherwise ``symbolic.equivalent`` (math-verify when installed, else sympy).
+3. **symbolic**: otherwise math-verify decides (``symbolic.equivalent``).
 
-Tuples and intervals (``(1, \frac12)``) are compared element by element with the same brackets.
+Answers made of several comma-separated items are split at top-level commas and compared item by
+item with the steps above, according to what their brackets say:
+
+- **ordered** (a tuple ``(1, 2)``, an interval ``[0, 1)``, any other bracket pair): the same brackets,
+  the same number of items, equal item by item in order. ``(1,2) != (2,1)``, ``[0,1) != (0,1]``.
+- **unordered** (a set ``\{1, 2\}``, or a bare list ``2, -3``): equal when the items of the two sides
+  can be paired one to one into equal items, in any order. Policy for bare lists: a bare
+  comma-separated list is how benchmarks write "all solutions" (MATH: "enter all the solutions,
+  separated by commas"), so ``2, -3 == -3, 2``, and a bare list equals the set of the same items.
+  Multiplicity counts (``2, 2 != 2``): a repeated item is not what a right answer looks like.
+  Equality of items is an equivalence relation, so pairing each item with the first unused equal
+  item of the other side finds a one-to-one pairing whenever one exists.
+
 The comparison errs towards "not equal": a wrong "equal" would let a wrong correction into training.
 """
 import re
@@ -113,6 +125,7 @@ def as_number(s):
 
 
 _ENCLOSED = re.compile(r"(\\\{|[(\[])(.*)(\\\}|[)\]])")
+_UNORDERED_BRACKETS = {("\\{", "\\}"), ("", "")}  # a set, a bare list
 
 
 def _split_top_level(s):
@@ -141,6 +154,28 @@ def _equal_values(a, b):
     return symbolic.equivalent(a, b)
 
 
+def _same_items_in_any_order(items_a, items_b):
+    """Whether ``items_a`` and ``items_b`` pair up one to one into equal values (see the module docstring)."""
+    unused = list(items_b)
+    for x in items_a:
+        match = next((i for i, y in enumerate(unused) if _equal_values(x, y)), None)
+        if match is None:
+            return False
+        del unused[match]
+    return not unused
+
+
+def _equal_collections(split_a, split_b):
+    """Whether two split answers ``(opener, items, closer)`` are equal: ordered or unordered by brackets."""
+    (open_a, items_a, close_a), (open_b, items_b, close_b) = split_a, split_b
+    unordered_a = (open_a, close_a) in _UNORDERED_BRACKETS
+    unordered_b = (open_b, close_b) in _UNORDERED_BRACKETS
+    if unordered_a or unordered_b:
+        return unordered_a and unordered_b and _same_items_in_any_order(items_a, items_b)
+    return (open_a, close_a, len(items_a)) == (open_b, close_b, len(items_b)) and all(
+        _equal_values(x, y) for x, y in zip(items_a, items_b))
+
+
 def equivalent(predicted, truth):
     """Whether the answer ``predicted`` equals ``truth`` (both without ``\\boxed``); None is never equal."""
     if predicted is None or not predicted.strip():
@@ -151,9 +186,7 @@ def equivalent(predicted, truth):
     split_a, split_b = _split_top_level(a), _split_top_level(b)
     if split_a is None or split_b is None:
         return split_a is None and split_b is None and _equal_values(a, b)
-    (open_a, items_a, close_a), (open_b, items_b, close_b) = split_a, split_b
-    return (open_a, close_a, len(items_a)) == (open_b, close_b, len(items_b)) and all(
-        _equal_values(x, y) for x, y in zip(items_a, items_b))
+    return _equal_collections(split_a, split_b)
 
 
 def grade(text, truth):

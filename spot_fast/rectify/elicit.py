@@ -10,19 +10,21 @@ through an ``AppendLog``: a rerun generates only the samples not yet written. At
 """
 from pathlib import Path
 
-from tqdm import tqdm
-
 from spot_fast.rectify import layout
 from spot_fast.rectify.answers import grade
+from spot_fast.rectify.generation import sample_missing
 from spot_fast.rectify.jsonl import AppendLog, read_unique, write_jsonl_atomic
 
 
+def problem_fields(line):
+    """The id, question and answer of one problems line (a ``jsonl.Line``)."""
+    return {"id": line.record_id(default=f"line{line.number}"),
+            "question": line.text("question", "prompt"),
+            "answer": line.text("answer", "ground_truth", numbers=True)}
+
+
 def read_problems(path):
-    def parse(line):
-        return {"id": line.record_id(default=f"line{line.number}"),
-                "question": line.text("question", "prompt"),
-                "answer": line.text("answer", "ground_truth", numbers=True)}
-    return read_unique(path, parse)
+    return read_unique(path, problem_fields)
 
 
 def elicit(problems_path, workdir, load_generator, samples=1, batch_size=8, limit=None):
@@ -33,25 +35,21 @@ def elicit(problems_path, workdir, load_generator, samples=1, batch_size=8, limi
     """
     problems = read_problems(problems_path)[:limit]
     workdir = Path(workdir)
+    requests = [{"id": f"{problem['id']}#{k}", "prompt": problem["question"], "problem": problem, "sample": k}
+                for problem in problems for k in range(samples)]
+
+    def record(request, generation):
+        problem = request["problem"]
+        predicted, correct = grade(generation.text, problem["answer"])
+        return {"id": request["id"], "problem_id": problem["id"], "sample": request["sample"],
+                "question": problem["question"], "answer": problem["answer"], "response": generation.text,
+                "predicted": predicted, "correct": correct, "truncated": generation.truncated}
+
     with AppendLog(workdir / layout.RESULTS) as results:
-        pending = [(problem, k) for problem in problems for k in range(samples)
-                   if f"{problem['id']}#{k}" not in results]
-        generator = load_generator() if pending else None
-        with tqdm(total=len(pending), desc="elicit", unit="sample") as progress:
-            for start in range(0, len(pending), batch_size):
-                batch = pending[start:start + batch_size]
-                generations = generator.generate([problem["question"] for problem, _ in batch])
-                for (problem, k), generation in zip(batch, generations):
-                    predicted, correct = grade(generation.text, problem["answer"])
-                    results.append({
-                        "id": f"{problem['id']}#{k}", "problem_id": problem["id"], "sample": k,
-                        "question": problem["question"], "answer": problem["answer"],
-                        "response": generation.text, "predicted": predicted, "correct": correct,
-                        "truncated": generation.truncated})
-                progress.update(len(batch))
+        generated = sample_missing(results, requests, load_generator, record, batch_size, desc="elicit")
         records = list(results.records.values())
     write_jsonl_atomic(workdir / layout.ERRORS, [r for r in records if not r["correct"]])
-    return {"samples generated now": len(pending), **counts(records)}
+    return {"samples generated now": generated, **counts(records)}
 
 
 def counts(results):

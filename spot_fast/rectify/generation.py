@@ -1,34 +1,34 @@
 """Sampling answers from the student model: Hugging Face ``generate``, or vLLM when installed.
 
-A generator maps a list of questions to one sampled answer each (``Generation``: text, and whether it
-stopped at the token limit rather than at an end token); several samples of one question are that
-question repeated. Both backends render the question the same way: as the user turn of the
-tokenizer's chat template with the generation prompt, Qwen3 non-thinking mode by default (the
-template inserts an empty ``<think>`` block), or as the raw question with ``chat_template=False``.
+A generator maps a list of questions to one sampled answer each (``Generation``: text, the number of
+new tokens, end token included, and whether it stopped at the token limit rather than at an end
+token); several samples of one question are that question repeated. Both backends render the
+question the same way: as the user turn of the tokenizer's chat template with the generation prompt,
+Qwen3 non-thinking mode by default (the template inserts an empty ``<think>`` block), or as the raw
+question with ``chat_template=False``.
 
-Sampling settings (``Sampling``) default to Qwen3's non-thinking recommendation: temperature 0.7,
+Sampling settings (``sampling_options.Sampling``) default to Qwen3's non-thinking recommendation: temperature 0.7,
 top-p 0.8; top-k 0 means no top-k cut (both backends are told so explicitly, since Hugging Face
 would otherwise apply its default of 50).
+
+``sample_missing`` is the resumable sampling loop of every command that samples (``elicit``,
+``spot-fast-eval``); ``generator_loader`` builds their generator from the options of
+``sampling_options.add_sampling_arguments``.
 """
 from dataclasses import dataclass
+from functools import partial
 
 import torch
+from tqdm import tqdm
 
 from spot_fast.models import BUILTIN_MODEL, load_model, load_tokenizer
-
-
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float = 0.7
-    top_p: float = 0.8
-    top_k: int = 0
-    max_new_tokens: int = 2048
-    seed: int = 0
+from spot_fast.rectify.sampling_options import sampling_settings
 
 
 @dataclass(frozen=True)
 class Generation:
     text: str
+    tokens: int
     truncated: bool
 
 
@@ -82,8 +82,14 @@ class HFGenerator:
             max_new_tokens=s.max_new_tokens, eos_token_id=sorted(self.eos_ids),
             pad_token_id=self.tokenizer.pad_token_id)
         new_tokens = output[:, batch["input_ids"].shape[1]:].tolist()
-        return [Generation(self.tokenizer.decode(row, skip_special_tokens=True),
-                           truncated=not self.eos_ids.intersection(row)) for row in new_tokens]
+        return [self._generation(row) for row in new_tokens]
+
+    def _generation(self, row):
+        """The answer in one row of new tokens: up to its first end token (padding follows it)."""
+        end = next((i for i, token in enumerate(row) if token in self.eos_ids), None)
+        length = len(row) if end is None else end + 1
+        return Generation(self.tokenizer.decode(row[:length], skip_special_tokens=True), tokens=length,
+                          truncated=end is None)
 
 
 class VLLMGenerator:
@@ -104,8 +110,35 @@ class VLLMGenerator:
 
     def generate(self, questions):
         outputs = self.llm.generate([self.render(q) for q in questions], self.params, use_tqdm=False)
-        return [Generation(o.outputs[0].text, truncated=o.outputs[0].finish_reason == "length")
-                for o in outputs]
+        return [Generation(o.outputs[0].text, tokens=len(o.outputs[0].token_ids),
+                           truncated=o.outputs[0].finish_reason == "length") for o in outputs]
 
 
 BACKENDS = {"hf": HFGenerator, "vllm": VLLMGenerator}
+
+
+def sample_missing(log, requests, load_generator, make_record, batch_size=8, desc="sample"):
+    """Answer every request not yet in ``log`` and append its record; returns how many were sampled.
+
+    ``log``: a ``jsonl.AppendLog``. ``requests``: dicts with a unique ``id`` and the ``prompt`` to
+    answer. Each answer is appended as ``make_record(request, generation)`` (whose ``id`` is the
+    request's) as soon as its batch is generated, so a crash loses at most the batch in flight, and a
+    rerun samples exactly the requests whose records are missing: each id is written once.
+    ``load_generator()`` is called only when some request is missing.
+    """
+    pending = [request for request in requests if request["id"] not in log]
+    generator = load_generator() if pending else None
+    with tqdm(total=len(pending), desc=desc, unit="sample") as progress:
+        for start in range(0, len(pending), batch_size):
+            batch = pending[start:start + batch_size]
+            for request, generation in zip(batch, generator.generate([r["prompt"] for r in batch])):
+                log.append(make_record(request, generation))
+            progress.update(len(batch))
+    return len(pending)
+
+
+def generator_loader(args, model_name):
+    """A function that loads the generator for ``model_name`` with the options of ``add_sampling_arguments``."""
+    sampling, render = sampling_settings(args)
+    return partial(BACKENDS[args.backend], model_name, sampling, render, args.dtype)
+

@@ -6,8 +6,8 @@ threads at once. Two kinds:
 
 - ``ChatOracle``: a chat model behind an OpenAI-compatible endpoint, asked with ``CORRECTION_PROMPT``
   (the one statement of what a correction must be) to reply with the corrected answer between
-  ``BEGIN`` and ``END`` markers; the text between the last pair is the correction, markers excluded.
-  A reply without a complete marked block gives None.
+  ``BEGIN`` and ``END`` markers (``extract_marked``). A reply without a complete marked block gives
+  None.
 - a Python function named ``module:function`` (``load_callable``), e.g. a rule-based fixer or a
   wrapper around another model; its return value is the correction as is.
 
@@ -15,6 +15,7 @@ threads at once. Two kinds:
 final boxed value, so its pairs teach nothing about reasoning and are not training data.
 """
 import importlib
+import re
 
 from spot_fast.rectify.answers import last_boxed_span
 from spot_fast.rectify.chat_client import ChatClient
@@ -53,13 +54,45 @@ def correction_messages(question, wrong_answer, ground_truth):
 
 
 def extract_marked(reply):
-    """The text between the last ``BEGIN`` and the ``END`` after it, stripped; None if there is none."""
-    start = reply.rfind(BEGIN)
+    """The corrected answer in an Oracle's ``reply``: the last complete marked block, unfenced.
+
+    The block is the text between the last ``END`` and the nearest ``BEGIN`` before it, so a marker
+    mentioned outside the block (a closing note such as "only the text inside <corrected_answer>
+    counts", or the markers quoted before the block) does not hide it. The text is stripped and a code
+    fence wrapping all of it is removed (``strip_fence``): it is not part of the answer, and in a
+    training target it would inflate the change ratio and teach the model to write fences.
+    None when there is no complete block.
+    """
+    end = reply.rfind(END)
+    if end < 0:
+        return None
+    start = reply.rfind(BEGIN, 0, end)
     if start < 0:
         return None
-    start += len(BEGIN)
-    end = reply.find(END, start)
-    return None if end < 0 else reply[start:end].strip()
+    return strip_fence(reply[start + len(BEGIN):end].strip())
+
+
+_FENCE_OPENING = re.compile(r"(`{3,}|~{3,})[^`\n]*")
+
+
+def strip_fence(text):
+    """``text`` without a Markdown code fence that wraps all of it (CommonMark rules), else ``text``.
+
+    A fence wraps all of ``text`` when its first line opens a fence (three or more backticks or
+    tildes, then an optional info string such as ``latex``) and the first line that closes it (the same
+    character, at least as many, nothing else) is the last line. A fence that closes earlier is a code
+    block inside the answer, which is kept as written.
+    """
+    lines = text.split("\n")
+    opening = _FENCE_OPENING.fullmatch(lines[0].strip())
+    if opening is None or len(lines) < 2:
+        return text
+    fence = opening.group(1)
+    closing = re.compile(re.escape(fence[0]) + "{" + str(len(fence)) + ",}")
+    close_at = next((i for i, line in enumerate(lines[1:], 1) if closing.fullmatch(line.strip())), None)
+    if close_at != len(lines) - 1:
+        return text
+    return "\n".join(lines[1:-1]).strip()
 
 
 class ChatOracle:

@@ -1,0 +1,99 @@
+"""Command line: ``spot-fast-eval --model [LABEL=]DIR ... [--checkpoints RUN_DIR] [--benchmarks FILE ...]``
+(or ``python -m spot_fast.evaluate``); see ``spot_fast.evaluate`` and ``--help``.
+
+Exit status: 0 done, 2 bad input or options, 130 interrupted (finished samples are saved; the same
+command resumes).
+"""
+import argparse
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from spot_fast.rectify.sampling_options import add_sampling_arguments, positive_int, sampling_settings
+
+PROG = "spot-fast-eval"
+BUNDLED_BENCHMARKS = sorted((Path(__file__).resolve().parents[1] / "assets" / "benchmarks").glob("*.jsonl"))
+
+
+def samples_per_benchmark(values, names):
+    """``--samples K [NAME=K ...]`` -> ``{benchmark name: k}`` (K, or 1, for every benchmark not named)."""
+    default, overrides = 1, {}
+    for value in values:
+        name, sep, k = value.rpartition("=")
+        try:
+            k = positive_int(k)
+        except (ValueError, argparse.ArgumentTypeError):
+            raise ValueError(f"--samples {value!r}: expected K or NAME=K with K a positive integer") from None
+        if not sep:
+            default = k
+        elif name not in names:
+            raise ValueError(f"--samples {value!r}: no benchmark named {name!r} (have: {', '.join(names)})")
+        else:
+            overrides[name] = k
+    return {name: overrides.get(name, default) for name in names}
+
+
+def parser():
+    p = argparse.ArgumentParser(prog=PROG, description="Evaluate models on benchmarks: avg@k +- std, pass@k, "
+                                "response length, truncation; results.json, results.md and plots.")
+    p.add_argument("--model", action="append", default=[], metavar="[LABEL=]PATH",
+                   help="a model directory, hub id or builtin:tiny-qwen3; repeat to compare models")
+    p.add_argument("--checkpoints", metavar="RUN_DIR",
+                   help="evaluate every checkpoint-<step> and final of a training run; plot accuracy by step")
+    p.add_argument("--benchmarks", nargs="+", type=Path, default=BUNDLED_BENCHMARKS, metavar="FILE",
+                   help="benchmark JSONL files (default: the bundled tiny benchmarks)")
+    p.add_argument("--samples", nargs="+", default=["1"], metavar="K|NAME=K",
+                   help="repetitions per problem: K for all (default 1), NAME=K for one benchmark (e.g. 5 aime24=16)")
+    p.add_argument("--limit", type=positive_int, help="use only the first N problems of each benchmark")
+    p.add_argument("--output-dir", type=Path, default=Path("eval"), help="where results and samples go")
+    add_sampling_arguments(p, max_new_tokens=32768)
+    return p
+
+
+def run(args):
+    from spot_fast.evaluate.benchmarks import read_benchmarks
+    from spot_fast.evaluate.report import write_reports
+    from spot_fast.evaluate.run import check_unique_labels, checkpoint_models, evaluate_model, parse_model
+    from spot_fast.models import BUILTIN_MODEL
+    from spot_fast.rectify.generation import generator_loader
+
+    models = [parse_model(text, BUILTIN_MODEL) for text in args.model]
+    if args.checkpoints:
+        models += checkpoint_models(args.checkpoints)
+    if not models:
+        raise ValueError(f"nothing to evaluate: give --model (e.g. --model {BUILTIN_MODEL}) or --checkpoints")
+    check_unique_labels(models)
+    benchmarks = read_benchmarks(args.benchmarks, limit=args.limit)
+    samples = samples_per_benchmark(args.samples, [b.name for b in benchmarks])
+    sampling, render = sampling_settings(args)
+    settings = {"backend": args.backend, "dtype": args.dtype, "sampling": asdict(sampling), "render": render}
+    results = {"settings": {**settings, "samples": samples}, "models": []}
+    for model in models:
+        metrics = evaluate_model(model, benchmarks, samples, args.output_dir, generator_loader(args, model.path),
+                                 settings, batch_size=args.batch_size, seed=args.seed)
+        results["models"].append({"label": model.label, "model": model.path, "step": model.step,
+                                  "benchmarks": metrics})
+    return results, write_reports(args.output_dir, results)
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(levelname)s: %(message)s")
+    try:
+        results, written = run(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; finished samples are saved, run the same command to resume", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError) as e:  # bad input or options (InputError is a ValueError)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    from spot_fast.evaluate.report import markdown
+
+    print(markdown(results), end="")
+    print("written: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

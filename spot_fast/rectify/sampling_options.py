@@ -1,0 +1,48 @@
+"""The model and sampling options shared by the commands that sample (``elicit``, ``spot-fast-eval``).
+
+Kept free of torch so that a command parses its options (and reports bad ones) before it imports a
+model library; ``generation.generator_loader`` turns the parsed options into a generator.
+"""
+import argparse
+from dataclasses import dataclass
+
+BACKEND_NAMES = ("hf", "vllm")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.7
+    top_p: float = 0.8
+    top_k: int = 0
+    max_new_tokens: int = 2048
+    seed: int = 0
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_sampling_arguments(parser, max_new_tokens):
+    """The model and sampling options of a command that samples (read back by ``sampling_settings``
+    and ``generation.generator_loader``)."""
+    parser.add_argument("--backend", choices=list(BACKEND_NAMES), default="hf")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="answers per generate call")
+    parser.add_argument("--temperature", type=float, default=Sampling.temperature)
+    parser.add_argument("--top-p", type=float, default=Sampling.top_p)
+    parser.add_argument("--top-k", type=int, default=Sampling.top_k, help="0: no top-k cut")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens)
+    parser.add_argument("--seed", type=int, default=Sampling.seed)
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="auto: bfloat16 on GPU, float32 on CPU (hf); the model's own (vllm)")
+    parser.add_argument("--enable-thinking", action="store_true", help="Qwen3 thinking mode (default: off)")
+    parser.add_argument("--no-chat-template", action="store_true", help="use the raw question as the prompt")
+
+
+def sampling_settings(args):
+    """(``Sampling``, prompt rendering options) from the options of ``add_sampling_arguments``."""
+    sampling = Sampling(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                        max_new_tokens=args.max_new_tokens, seed=args.seed)
+    return sampling, {"chat_template": not args.no_chat_template, "enable_thinking": args.enable_thinking}
