@@ -10,7 +10,7 @@ import pytest
 
 from spot_fast.data import load_pairs
 from spot_fast.models import BUILTIN_MODEL, load_tokenizer
-from spot_fast.rectify import layout, verify
+from spot_fast.rectify import correct, layout, verify
 from spot_fast.rectify.__main__ import main
 from spot_fast.rectify.answers import last_boxed
 from spot_fast.rectify.jsonl import read_jsonl, write_jsonl_atomic
@@ -82,11 +82,12 @@ def test_pipeline_end_to_end(tmp_path, capsys, umask_002):
     assert "{+" in report and "demo-283#" in report
     assert (tmp_path / layout.HISTOGRAM).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     counts = json.loads((tmp_path / layout.REPORT_JSON).read_text())["counts"]
-    assert counts["verify"]["kept"] == 2 and counts["correct"]["oracle offered no correction"] == 2
+    assert counts["verify"]["kept"] == 2 and counts["correct"][correct.WITHOUT_CORRECTION] == 2
     # Every output honours the umask like any new file (0o666 less the umask), and no temporary is left.
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()}
-    assert modes == {name: 0o664 for name in (layout.RESULTS, layout.ERRORS, layout.CORRECTIONS, layout.VERIFIED,
-                                              layout.PAIRS, layout.REPORT, layout.REPORT_JSON, layout.HISTOGRAM)}
+    outputs = (layout.RESULTS, layout.ERRORS, layout.CORRECTIONS, layout.UNMARKED, layout.VERIFIED, layout.PAIRS,
+               layout.REPORT, layout.REPORT_JSON, layout.HISTOGRAM)
+    assert modes == {name: 0o664 for name in outputs}
 
 
 def test_verify_decisions():
