@@ -104,15 +104,16 @@ class ChatClient:
 
     def _track_connection(self, failure=None):
         """The circuit breaker (see the module docstring): ``failure`` is a failed attempt's ``_Transient``,
-        None for an attempt that got a response. Raises ``OracleUnreachable`` once the breaker is open."""
+        None for an attempt that got a response. A connection failure raises ``OracleUnreachable`` once
+        the breaker is open; a response is never thrown away."""
         with self._lock:
             if failure is None or failure.cause not in NO_RESPONSE:
                 self._connection_failures = 0
-            else:
-                self._connection_failures += 1
-                if self._connection_failures >= self.max_connection_failures and self._unreachable is None:
-                    self._unreachable = (f"the Oracle at {self.url} gave no response to {self._connection_failures} "
-                                         f"attempts in a row (last: {failure.detail})")
+                return
+            self._connection_failures += 1
+            if self._connection_failures >= self.max_connection_failures and self._unreachable is None:
+                self._unreachable = (f"the Oracle at {self.url} gave no response to {self._connection_failures} "
+                                     f"attempts in a row (last: {failure.detail})")
             if self._unreachable is not None:
                 raise OracleUnreachable(self._unreachable)
 
