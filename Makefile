@@ -1,6 +1,8 @@
 # make test   - set up .venv (pinned, CPU torch unless a torch is already installed) and run the tests
 # make demo   - set up .venv and run the default SPoT training job (tiny model, bundled data)
-# make bench  - run the kernel benchmark (GPU shapes on CUDA, reduced shapes on CPU)
+# make bench  - run the kernel benchmark (GPU shapes on CUDA, reduced shapes on CPU); writes a new
+#               benchmarks/results/<device>-<UTC time>.json, never over a committed result
+# TORCH_INDEX_URL=URL (variable or environment): the index torch is installed from where none is (tools/install.sh)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -31,7 +31,8 @@ Measured, per method and shape:
 - floor: ``8*N*H*V`` FLOPs (forward, logit recompute, two gradient matmuls) at the matmul rate
   measured here: ``torch.matmul`` of [min(N, 8192), H] x [H, V] in the benchmark dtype.
 
-Prints a table naming the device and writes JSON to benchmarks/results/<device-name-slug>.json.
+Prints a table naming the device and writes JSON to a new file, never over a committed one:
+benchmarks/results/<device-name-slug>-<UTC time>.json, or --out.
 """
 import argparse
 import importlib.metadata
@@ -221,6 +222,11 @@ def slug(text):
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def new_results_path(device):
+    """``results/<device slug>-<UTC time>.json``: beside the committed results, never over one."""
+    return RESULTS_DIR / f"{slug(device)}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+
+
 def ratio(value, reference):
     return None if value is None or not reference else value / reference
 
@@ -308,7 +314,7 @@ def parse_args(argv=None):
     parser.add_argument("--vocab", type=int, help="V (default: 151936 on CUDA, 32000 on CPU)")
     parser.add_argument("--repeats", type=int, help="timed runs per method (default: 10 on CUDA, 3 on CPU)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--out", type=Path, help="JSON path (default: benchmarks/results/<device-name-slug>.json)")
+    parser.add_argument("--out", type=Path, help="JSON path (default: a new benchmarks/results/<device-name-slug>-<UTC time>.json)")
     parser.add_argument("--workspace-child", choices=METHODS,
                         help="internal: measure this method's CPU workspace in this process, print it as JSON")
     args = parser.parse_args(argv)
@@ -346,7 +352,7 @@ def main(argv=None):
         for tokens in args.tokens:
             report["shapes"].append(benchmark_shape(tokens, args, device, args.methods, progress))
     print_table(report)
-    out = args.out or RESULTS_DIR / f"{slug(name)}.json"
+    out = args.out or new_results_path(name)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {out}")

@@ -18,6 +18,12 @@ log-probs the fused kernel already returns: no extra pass over the vocabulary. C
 one stable sort by sequence; tokens of a sequence may be interleaved with other sequences' tokens
 but must appear in position order.
 
+Each sequence's weights are those of the sequence computed alone. The suffix sums come from one
+cumulative sum over all tokens, so a NaN log-ratio (a NaN log-prob) is summed as 0 there and its NaN
+is put back into exactly the weights whose sums contain it (``S(t)`` with the NaN token after ``t``;
+every weight of its sequence at the sequence level): the damaged sequence's loss is NaN, no other
+sequence's changes. No host sync is spent looking for NaN.
+
 The defaults are this library's choice (the paper publishes no code): clip_low 0.08, clip_high 0.3,
 weight_min 0.1, weight_max 10, gamma 0.999, block_size 64.
 """
@@ -60,9 +66,8 @@ def pear_weights(policy_logps, behavior_logps, seq_index, num_seqs, config=PearC
     check_sequence_index(seq_index, num_seqs, policy_logps=policy_logps, behavior_logps=behavior_logps)
     seq = seq_index.long()
     ratios = (policy_logps.double() - behavior_logps.double()).clamp(-config.clip_low, config.clip_high)
-    totals = segment_sum(ratios, seq, num_seqs)  # sum_j l_j per sequence
     if config.level == "sequence":
-        log_weights = totals[seq]
+        log_weights = segment_sum(ratios, seq, num_seqs)[seq]  # sum_j l_j of the token's sequence
     else:
         # Sort by sequence (stable: keeps position order), so each sequence is one contiguous run.
         order = torch.argsort(seq, stable=True)
@@ -71,7 +76,12 @@ def pear_weights(policy_logps, behavior_logps, seq_index, num_seqs, config=PearC
         starts = counts.cumsum(0) - counts
         position = torch.arange(seq.numel(), device=seq.device) - starts[sorted_seq]  # t - 1
         length = counts[sorted_seq]                                                    # T
-        running = ratios[order].cumsum(0)
+        # The sums run across sequences: a NaN enters them as 0 and is put back below through last_nan.
+        nan = ratios[order].isnan()
+        known = ratios[order].masked_fill(nan, 0.0)
+        last_nan = torch.full_like(counts, -1).scatter_reduce(0, sorted_seq, torch.where(nan, position, -1), "amax")
+        totals = segment_sum(known, sorted_seq, num_seqs)                  # sum_j l_j per sequence
+        running = known.cumsum(0)
         offsets = totals.cumsum(0) - totals                                # sum of the earlier sequences
         prefix = running - offsets[sorted_seq]                             # sum_{j<=t} l_j
         suffix = totals[sorted_seq] - prefix                               # S(t)
@@ -80,6 +90,7 @@ def pear_weights(policy_logps, behavior_logps, seq_index, num_seqs, config=PearC
             suffix = suffix[starts[sorted_seq] + end - 1]                  # S(end), read at the block's last token
             position = end - 1
         log_weights_sorted = (length - 1 - position).double() * math.log(config.gamma) + suffix
+        log_weights_sorted = log_weights_sorted.masked_fill(last_nan[sorted_seq] > position, math.nan)  # NaN in S
         log_weights = torch.empty_like(log_weights_sorted).scatter_(0, order, log_weights_sorted)
     log_weights = log_weights.clamp(math.log(config.weight_min), math.log(config.weight_max))
     return log_weights.exp().float()

@@ -9,7 +9,6 @@ trainer averages them over micro-batches and ranks when it logs.
 """
 from dataclasses import dataclass
 
-import torch
 
 from spot_kernels import PearConfig, RewardShift, implicit_reward, pear_loss, preference_loss
 

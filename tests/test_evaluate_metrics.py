@@ -136,7 +136,7 @@ def test_choice_grading_compares_letters():
 ])
 def test_bad_benchmark_lines_are_located(tmp_path, record, message):
     path = write_lines(tmp_path / "bench.jsonl", [CHOICE_PROBLEM, record])
-    with pytest.raises(InputError, match=re.escape(f"bench.jsonl:2: ") + ".*" + re.escape(message)):
+    with pytest.raises(InputError, match=re.escape("bench.jsonl:2: ") + ".*" + re.escape(message)):
         read_benchmark(path)
 
 

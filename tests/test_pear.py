@@ -120,3 +120,28 @@ def test_bad_inputs_are_named():
         PearConfig(gamma=0.0)
     with pytest.raises(ValueError, match="weight_min <= weight_max"):
         PearConfig(weight_min=2.0, weight_max=1.0)
+
+
+@pytest.mark.parametrize("level", PEAR_LEVELS)
+@pytest.mark.parametrize("interleave", [False, True])
+def test_a_nan_log_prob_stays_in_its_own_sequence(level, interleave):
+    """One NaN behaviour log-prob: the weights are those of each sequence computed alone (the direct loop,
+    whose sums carry the NaN only to the weights that read it), so every other sequence's weights and
+    loss are finite and unchanged, and the damaged sequence's loss is NaN, not hidden."""
+    lengths = [6, 9, 5, 8]
+    config = PearConfig(level=level, block_size=4, gamma=0.9)
+    policy, behavior, seq_index = random_tokens(lengths, interleave, seed=7)
+    clean_loss, clean_weights = pear_loss(policy, behavior, seq_index, len(lengths), config)
+    damaged = behavior.clone()
+    members = (seq_index == 1).nonzero().flatten()
+    # Token 6 of the 9 of sequence 1 (a sequence before it, two after): the earlier tokens' sums read it,
+    # at the block level those of the first block of 4.
+    damaged[members[5]] = float("nan")
+
+    loss, weights = pear_loss(policy, damaged, seq_index, len(lengths), config)
+    expected = loop_weights(policy, damaged, seq_index, len(lengths), config)
+    torch.testing.assert_close(weights.double(), expected, rtol=1e-6, atol=0, equal_nan=True)
+    others = seq_index != 1
+    torch.testing.assert_close(weights[others], clean_weights[others], rtol=0, atol=0)
+    assert torch.isfinite(loss[[0, 2, 3]]).all() and torch.isnan(loss[1])
+    torch.testing.assert_close(loss[[0, 2, 3]], clean_loss[[0, 2, 3]], rtol=0, atol=0)

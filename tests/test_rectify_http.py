@@ -1,6 +1,7 @@
 """The OpenAI-compatible Oracle against a real HTTP server on 127.0.0.1 (spot_fast.rectify.chat_client,
 spot_fast.rectify.oracle, and the correct stage's concurrency bound)."""
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -10,10 +11,11 @@ import pytest
 
 from spot_fast.rectify import layout
 from spot_fast.rectify.__main__ import main, make_oracle, parser
-from spot_fast.rectify.chat_client import ChatClient, OracleError
-from spot_fast.rectify.correct import FAILURES, correct
+from spot_fast.rectify.chat_client import ChatClient, OracleError, OracleUnreachable
+from spot_fast.rectify.correct import (ASKED, BEFORE, CORRECTED, FAILED, GAVE_UP, UNFINISHED, UNMARKED,
+                                       WITH_CORRECTION, WITHOUT_CORRECTION, correct)
 from spot_fast.rectify.jsonl import read_jsonl, write_jsonl_atomic
-from spot_fast.rectify.oracle import BEGIN, END, ChatOracle
+from spot_fast.rectify.oracle import BEGIN, END, ChatOracle, UnmarkedReply
 
 
 def completion(content):
@@ -32,6 +34,7 @@ class Reply:
     body: bytes = b""
     delay: float = 0.0
     headers: dict = field(default_factory=dict)
+    hang_up: bool = False  # close the connection without a response (a connection failure for the client)
 
 
 class ChatServer:
@@ -57,6 +60,8 @@ class ChatServer:
                 try:
                     reply = server.respond(n, body)
                     time.sleep(reply.delay)
+                    if reply.hang_up:
+                        return
                     self.send_response(reply.status)
                     for name, value in reply.headers.items():
                         self.send_header(name, value)
@@ -131,9 +136,11 @@ def test_request_and_marker_stripping(serve):
     f"{BEGIN}\n13 + 44 = 57, cut off here",
     f"{END} {BEGIN}",
 ])
-def test_reply_without_a_complete_marked_block_is_no_correction(serve, reply):
+def test_reply_without_a_complete_marked_block_is_an_unmarked_reply(serve, reply):
     server = serve(scripted(then=Reply(body=completion(reply))))
-    assert ChatOracle(client(server))(question="q", wrong_answer="w", ground_truth="1") is None
+    with pytest.raises(UnmarkedReply) as raised:
+        ChatOracle(client(server))(question="q", wrong_answer="w", ground_truth="1")
+    assert raised.value.reply == reply
 
 
 def test_retries_429_and_5xx_and_honours_retry_after(serve):
@@ -213,7 +220,7 @@ def test_correct_stage_keeps_at_most_concurrency_requests_in_flight(serve, tmp_p
     server = serve(lambda n, request: fix_from_prompt(n, request, delay=0.1))
     summary = correct(tmp_path, ChatOracle(client(server)), concurrency=3)
     assert server.max_in_flight == 3
-    assert summary[FAILURES] == 0
+    assert summary[FAILED] == 0 and summary[CORRECTED] == summary[WITH_CORRECTION] == 24
     written = {line.record["id"]: line.record for line in read_jsonl(tmp_path / layout.CORRECTIONS)}
     assert sorted(written) == sorted(e["id"] for e in errors)
     assert written["e7"]["correction"] == "7 + 7 = 14.\nThe answer is \\boxed{14}."
@@ -224,12 +231,12 @@ def test_failed_requests_write_nothing_and_are_retried_next_run(serve, tmp_path)
     down = serve(lambda n, request: Reply(503) if "What is 4 +" in request["messages"][0]["content"]
                  else fix_from_prompt(n, request))
     summary = correct(tmp_path, ChatOracle(client(down, max_retries=1)), concurrency=2)
-    assert summary[FAILURES] == 1
+    assert summary[FAILED] == summary[UNFINISHED] == 1
     assert "e4" not in {line.record["id"] for line in read_jsonl(tmp_path / layout.CORRECTIONS)}
 
     up = serve(fix_from_prompt)
     summary = correct(tmp_path, ChatOracle(client(up)), concurrency=2)
-    assert summary[FAILURES] == 0 and summary["already corrected before this run"] == 5
+    assert summary[FAILED] == summary[UNFINISHED] == 0 and summary[BEFORE] == 5 and summary[ASKED] == 1
     assert len(up.requests) == 1
     ids = [line.record["id"] for line in read_jsonl(tmp_path / layout.CORRECTIONS)]
     assert sorted(ids) == [f"e{i}" for i in range(6)]
@@ -243,4 +250,100 @@ def test_command_line_exit_status_reports_failures(serve, tmp_path, capsys):
             "--max-retries", "1", "--backoff", "0.01"]
     assert main(argv) == 1
     out = capsys.readouterr().out
-    assert f"{FAILURES}: 1" in out and "http failed: HTTP 503: 2" in out and "http attempts: 4" in out
+    assert f"{FAILED}: 1" in out and f"{UNFINISHED}: 1" in out
+    assert "http failed: HTTP 503: 2" in out and "http attempts: 4" in out
+
+
+def answer_of(request):
+    """The i of the error 'What is i + i?' that a correction request quotes."""
+    return int(request["messages"][0]["content"].split("What is ")[1].split(" +")[0])
+
+
+def test_unmarked_replies_are_stored_and_asked_again_up_to_the_limit(serve, tmp_path, capsys):
+    """e1 never marks its correction, e2 only on its second request: each reply without a marked
+    correction is kept and asked again on the next run, until the third, which is final without one."""
+    write_errors(tmp_path, 4)
+    asked = []
+
+    def respond(n, request):
+        i = answer_of(request)
+        asked.append(i)
+        if i == 1 or (i == 2 and asked.count(2) == 1):
+            return Reply(body=completion(f"I would change step {i}, but here is no block."))
+        return fix_from_prompt(n, request)
+
+    server = serve(respond)
+    argv = ["correct", "--workdir", str(tmp_path), "--base-url", server.base_url, "--oracle-model", "m",
+            "--max-unmarked-replies", "3"]
+    assert main(argv) == 1  # not final yet: run again
+    out = capsys.readouterr().out
+    assert f"{UNMARKED}: 2" in out and f"{CORRECTED}: 2" in out and f"{UNFINISHED}: 2" in out
+    assert f"{FAILED}: 0" in out and f"{WITHOUT_CORRECTION}: 0" in out
+    final = {line.record["id"] for line in read_jsonl(tmp_path / layout.CORRECTIONS)}
+    assert final == {"e0", "e3"}
+
+    assert main(argv) == 1  # e2 answers now; e1's second unmarked reply
+    assert sorted(asked[4:]) == [1, 2]
+    assert main(argv) == 0  # e1's third unmarked reply: given up, final without a correction
+    out = capsys.readouterr().out
+    assert asked[6:] == [1]
+    assert f"{ASKED}: 1" in out and f"{GAVE_UP}: 1" in out and f"{UNMARKED}: 0" in out
+    assert f"{WITH_CORRECTION}: 3" in out and f"{WITHOUT_CORRECTION}: 1" in out and f"{UNFINISHED}: 0" in out
+    assert main(argv) == 0 and len(asked) == 7  # nothing left to ask
+
+    final = {line.record["id"]: line.record for line in read_jsonl(tmp_path / layout.CORRECTIONS)}
+    assert sorted(final) == ["e0", "e1", "e2", "e3"] and final["e1"]["correction"] is None
+    assert final["e2"]["correction"] == "2 + 2 = 4.\nThe answer is \\boxed{4}."
+    stored = [line.record for line in read_jsonl(tmp_path / layout.UNMARKED)]
+    assert sorted(r["id"] for r in stored) == ["e1/1", "e1/2", "e1/3", "e2/1"]
+    assert all(r["reply"] == f"I would change step {r['error_id'][1]}, but here is no block." for r in stored)
+
+
+def dead_endpoint():
+    """The URL of a port on 127.0.0.1 that nothing listens on (connections are refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_circuit_breaker_stops_the_stage_and_a_rerun_resumes(serve, tmp_path, capsys):
+    write_errors(tmp_path, 12)
+    # Three answers, then the endpoint hangs up on every request.
+    flaky = serve(lambda n, request: fix_from_prompt(n, request) if n < 3 else Reply(hang_up=True))
+    chat = client(flaky, backoff=0.001, max_retries=6, max_connection_failures=5)
+    with pytest.raises(OracleUnreachable, match=f"{flaky.base_url}/chat/completions gave no response to 5 "
+                                                r"attempts in a row \(last: connection error"):
+        correct(tmp_path, ChatOracle(chat), concurrency=1)
+    assert len(flaky.requests) == 3 + 5 and chat.stats["failed: connection error"] == 5
+    with pytest.raises(OracleUnreachable):  # open for good: later calls send nothing
+        chat.complete([{"role": "user", "content": "hi"}])
+    assert len(flaky.requests) == 3 + 5
+    kept = [line.record["id"] for line in read_jsonl(tmp_path / layout.CORRECTIONS)]
+    assert len(kept) == 3
+
+    # A dead endpoint, through the command line: a few fast attempts, then a message naming it.
+    dead = dead_endpoint()
+    argv = ["correct", "--workdir", str(tmp_path), "--base-url", dead, "--oracle-model", "m", "--concurrency", "4",
+            "--backoff", "0.001", "--max-connection-failures", "6"]
+    start = time.perf_counter()
+    assert main(argv) == 3
+    assert time.perf_counter() - start < 5
+    err = capsys.readouterr().err
+    assert f"the Oracle at {dead}/chat/completions gave no response to 6 attempts in a row" in err
+    assert "run the same command to resume" in err
+
+    up = serve(fix_from_prompt)
+    summary = correct(tmp_path, ChatOracle(client(up)), concurrency=4)
+    assert summary[BEFORE] == 3 and summary[ASKED] == 9 == len(up.requests) and summary[UNFINISHED] == 0
+    ids = [line.record["id"] for line in read_jsonl(tmp_path / layout.CORRECTIONS)]
+    assert sorted(ids) == sorted(f"e{i}" for i in range(12)) and ids[:3] == kept
+
+
+def test_circuit_breaker_counts_only_failures_in_a_row(serve, tmp_path):
+    """Every other request is hung up on, more often in all than the limit: any response resets the count."""
+    write_errors(tmp_path, 6)
+    server = serve(lambda n, request: Reply(hang_up=True) if n % 2 == 0 else fix_from_prompt(n, request))
+    chat = client(server, backoff=0.001, max_connection_failures=2)
+    summary = correct(tmp_path, ChatOracle(chat), concurrency=1)
+    assert summary[CORRECTED] == 6 and chat.stats["failed: connection error"] == 6

@@ -1,14 +1,16 @@
 """The four stages end to end on the bundled problems with the built-in tiny model, through the
 command line; the verify decisions; and the errors for malformed input."""
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 import pytest
 
 from spot_fast.data import load_pairs
 from spot_fast.models import BUILTIN_MODEL, load_tokenizer
-from spot_fast.rectify import layout, verify
+from spot_fast.rectify import correct, layout, verify
 from spot_fast.rectify.__main__ import main
 from spot_fast.rectify.answers import last_boxed
 from spot_fast.rectify.jsonl import read_jsonl, write_jsonl_atomic
@@ -26,7 +28,15 @@ def run(*argv):
     return main([str(a) for a in argv])
 
 
-def test_pipeline_end_to_end(tmp_path, capsys):
+@pytest.fixture
+def umask_002():
+    """A group-writable umask (0o002), so that a mode fixed in the code (0o644, or mkstemp's 0o600) shows."""
+    old = os.umask(0o002)
+    yield
+    os.umask(old)
+
+
+def test_pipeline_end_to_end(tmp_path, capsys, umask_002):
     elicit = ["elicit", "--workdir", tmp_path, "--problems", PROBLEMS, "--limit", 4, "--samples", 2,
               "--batch-size", 3, "--max-new-tokens", 24]
     assert run(*elicit) == 0
@@ -72,7 +82,12 @@ def test_pipeline_end_to_end(tmp_path, capsys):
     assert "{+" in report and "demo-283#" in report
     assert (tmp_path / layout.HISTOGRAM).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     counts = json.loads((tmp_path / layout.REPORT_JSON).read_text())["counts"]
-    assert counts["verify"]["kept"] == 2 and counts["correct"]["oracle offered no correction"] == 2
+    assert counts["verify"]["kept"] == 2 and counts["correct"][correct.WITHOUT_CORRECTION] == 2
+    # Every output honours the umask like any new file (0o666 less the umask), and no temporary is left.
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()}
+    outputs = (layout.RESULTS, layout.ERRORS, layout.CORRECTIONS, layout.UNMARKED, layout.VERIFIED, layout.PAIRS,
+               layout.REPORT, layout.REPORT_JSON, layout.HISTOGRAM)
+    assert modes == {name: 0o664 for name in outputs}
 
 
 def test_verify_decisions():

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Creates the virtual environment and installs spot-fast with pinned dependencies.
 #
-# Usage: tools/install.sh PYTHON VENV
+# Usage: [TORCH_INDEX_URL=URL] tools/install.sh PYTHON VENV
 #
 # Invariants:
 # - A torch (and triton) that is already importable, e.g. a CUDA build on a GPU node, is kept:
 #   the venv sees system packages and every install runs under a constraint pinning it.
-# - Where no torch exists, the CPU build torch==2.13.0 is installed; no CUDA wheel is pulled.
+# - Where no torch exists, torch==2.13.0 is installed: the build pip finds first, i.e. a local CPU
+#   wheel where pip's configuration offers one (find-links), else the package index's, which on Linux
+#   is the CUDA build. TORCH_INDEX_URL, when set, is the only index for that one install (pip
+#   --index-url), so it chooses the build (a CPU-only or CUDA-version wheel index).
 # - DeepSpeed is built against that torch (no build isolation), never against a fresh one.
 set -euo pipefail
 python=${1:-python3}
@@ -28,9 +31,9 @@ if torch_version=$(version_of torch); then
         grep '^triton==' requirements/cpu-torch.txt >> "$constraints"
     fi
 else
-    echo "install: no torch found; installing the CPU build"
+    echo "install: no torch found; installing torch ${TORCH_INDEX_URL:+from $TORCH_INDEX_URL}"
     grep -v '^#' requirements/cpu-torch.txt > "$constraints"
-    "${pip[@]}" -c "$constraints" torch
+    "${pip[@]}" -c "$constraints" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch
 fi
 "${pip[@]}" -c "$constraints" triton setuptools wheel
 "${pip[@]}" -c "$constraints" -r requirements/base.txt

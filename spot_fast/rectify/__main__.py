@@ -1,8 +1,10 @@
 """Command line: ``python -m spot_fast.rectify <stage> --workdir DIR [options]`` (or ``spot-fast-rectify``).
 
 Stages, run in this order on one work directory (see ``layout``): elicit, correct, verify, build.
-Exit status: 0 done, 1 some Oracle calls failed (run ``correct`` again to retry them), 2 bad input or
-options, 130 interrupted (finished work is saved; the same command resumes).
+Exit status: 0 done, 1 some wrong answers are not final yet (an Oracle call failed or replied without
+a marked correction: run ``correct`` again to retry them), 2 bad input or options, 3 the Oracle stopped
+responding (the circuit breaker; finished work is saved, the same command resumes), 130 interrupted
+(finished work is saved; the same command resumes).
 """
 import argparse
 import json
@@ -10,7 +12,8 @@ import logging
 import os
 import sys
 
-from spot_fast.rectify.correct import FAILURES
+from spot_fast.rectify.chat_client import OracleUnreachable
+from spot_fast.rectify.correct import UNFINISHED
 from spot_fast.rectify.sampling_options import add_sampling_arguments, positive_int
 
 PROG = "spot-fast-rectify"
@@ -51,7 +54,8 @@ def make_oracle(args):
         google = body.setdefault("extra_body", {}).setdefault("google", {})
         google.setdefault("thinking_config", {})["thinking_budget"] = args.thinking_budget
     client = ChatClient(args.base_url, args.oracle_model, api_key=args.api_key, timeout=args.timeout,
-                        max_retries=args.max_retries, backoff=args.backoff, extra_body=body)
+                        max_retries=args.max_retries, backoff=args.backoff, extra_body=body,
+                        max_connection_failures=args.max_connection_failures)
     return ChatOracle(client), client
 
 
@@ -59,7 +63,8 @@ def run_correct(args):
     from spot_fast.rectify.correct import correct
 
     oracle, client = make_oracle(args)
-    summary = correct(args.workdir, oracle, concurrency=args.concurrency)
+    summary = correct(args.workdir, oracle, concurrency=args.concurrency,
+                      max_unmarked_replies=args.max_unmarked_replies)
     if client is not None:
         summary.update({f"http {key}": n for key, n in sorted(client.stats.items())})
     return summary
@@ -108,6 +113,12 @@ def parser():
     c.add_argument("--timeout", type=float, default=600.0, help="seconds per attempt (socket timeout)")
     c.add_argument("--max-retries", type=int, default=6)
     c.add_argument("--backoff", type=float, default=1.0, help="base seconds of the exponential backoff")
+    c.add_argument("--max-connection-failures", type=positive_int, default=32,
+                   help="stop the stage after this many attempts in a row got no response (connection "
+                        "errors, timeouts) from the endpoint; a rerun resumes")
+    c.add_argument("--max-unmarked-replies", type=positive_int, default=3,
+                   help="replies without a marked correction (one per run) before an answer is final "
+                        "without a correction")
     c.add_argument("--thinking-budget", type=int,
                    help="Gemini thinking budget (sent as extra_body.google.thinking_config.thinking_budget)")
     c.add_argument("--extra-body", default="{}",
@@ -132,13 +143,17 @@ def main(argv=None):
         print(f"{PROG}: interrupted; finished work is saved, run the same command to resume",
               file=sys.stderr)
         return 130
+    except OracleUnreachable as e:
+        print(f"{PROG}: stopped: {e}. Finished work is saved; run the same command to resume once the "
+              "endpoint answers (--max-connection-failures sets when the stage stops)", file=sys.stderr)
+        return 3
     except (ValueError, RuntimeError, OSError) as e:  # bad input or options (InputError is a ValueError)
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     print(f"{args.stage} summary:")
     for what, value in summary.items():
         print(f"  {what}: {value}")
-    return 1 if summary.get(FAILURES) else 0
+    return 1 if summary.get(UNFINISHED) else 0
 
 
 if __name__ == "__main__":

@@ -1,21 +1,33 @@
 """Stage 2, correct: ask an Oracle for a minimal-edit correction of every wrong answer.
 
 Input: ``errors.jsonl`` (records with ``id``, ``question`` or ``prompt``, ``answer`` or
-``ground_truth``, ``response`` or ``original_answer``). Output: ``corrections.jsonl``, the input
-record plus ``correction`` (the Oracle's text, or null when it offered none).
+``ground_truth``, ``response`` or ``original_answer``). Output: ``corrections.jsonl``, one final
+record per wrong answer: the input record plus ``correction`` (the Oracle's text, or null when it
+declined, or when it replied without a marked correction ``max_unmarked_replies`` times); and
+``unmarked_replies.jsonl``, every reply without a marked correction (``id`` ``<error id>/<n>``,
+``error_id``, ``reply``).
+
+What becomes of one Oracle call:
+- a correction (a string) or a refusal (None): the final record is written;
+- ``UnmarkedReply``: the reply is stored in ``unmarked_replies.jsonl``, and the answer is asked again
+  on the next run, until its ``max_unmarked_replies``-th such reply (earlier runs count), which writes
+  a final record without a correction;
+- ``OracleError`` (a permanent HTTP error, or retries exhausted): nothing is written; the next run
+  asks again;
+- ``OracleUnreachable`` (the client's circuit breaker: the endpoint stopped responding): the stage
+  stops at once, keeping everything written; a rerun resumes. Any other exception from an Oracle is
+  a bug: it stops the stage the same way.
 
 Invariants, whatever happens to the process (crash, SIGKILL, Ctrl-C):
-- every finished correction is on disk before the next one is written (``AppendLog``: one complete
-  line, fsync); a rerun skips the ids already written, so ids are never duplicated and finished work
+- every finished record is on disk before the next one is written (``AppendLog``: one complete
+  line, fsync); a rerun skips the ids already final, so ids are never duplicated and finished work
   is never lost or redone;
-- only the main thread writes; Oracle calls run on at most ``concurrency`` worker threads;
-- an Oracle failure (``OracleError``: a permanent HTTP error, or retries exhausted) writes nothing for
-  that id - it is logged and counted, and the next run tries again. Any other exception from an
-  Oracle is a bug: it stops the stage, keeping everything written so far.
+- only the main thread writes; Oracle calls run on at most ``concurrency`` worker threads.
 """
 import logging
 import queue
 import threading
+from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
@@ -23,10 +35,23 @@ from tqdm import tqdm
 from spot_fast.rectify import layout
 from spot_fast.rectify.chat_client import OracleError
 from spot_fast.rectify.jsonl import AppendLog, read_unique
+from spot_fast.rectify.oracle import UnmarkedReply
 
 log = logging.getLogger(__name__)
 
-FAILURES = "oracle failures (not written; run again to retry)"
+# The stage summary. What this run did with each answer it asked about:
+BEFORE = "final before this run"
+ASKED = "asked the oracle now"
+CORRECTED = "corrected now"
+DECLINED = "declined by the oracle now (final, no correction)"
+UNMARKED = f"replies without a marked correction now (kept in {layout.UNMARKED}; asked again next run)"
+GAVE_UP = "given up now after the last allowed reply without a marked correction (final, no correction)"
+FAILED = "oracle calls failed now (nothing written; asked again next run)"
+# ... and where all the wrong answers stand after it (also in the report):
+WRONG_ANSWERS = f"wrong answers in {layout.ERRORS}"
+WITH_CORRECTION = f"final with a correction in {layout.CORRECTIONS}"
+WITHOUT_CORRECTION = "final without a correction (declined, or given up)"
+UNFINISHED = "not final yet (run again)"
 
 
 def error_fields(line):
@@ -68,40 +93,63 @@ def run_bounded(function, items, workers):
         stop.set()
 
 
-def correct(workdir, oracle, concurrency=8):
-    """Correct every error not yet in ``corrections.jsonl``; returns the stage summary."""
+def correct(workdir, oracle, concurrency=8, max_unmarked_replies=3):
+    """Ask the Oracle about every error without a final record; returns the stage summary."""
     workdir = Path(workdir)
     errors = read_unique(workdir / layout.ERRORS, error_fields)
-    failures = 0
+    now = Counter()
 
     def ask(error):
         return oracle(question=error["question"], wrong_answer=error["response"],
                       ground_truth=error["answer"])
 
-    with AppendLog(workdir / layout.CORRECTIONS) as corrections:
+    with AppendLog(workdir / layout.CORRECTIONS) as corrections, AppendLog(workdir / layout.UNMARKED) as unmarked:
+        replies = unmarked_reply_counts(unmarked)
         todo = [error for error in errors if error["id"] not in corrections]
         with tqdm(total=len(todo), desc="correct", unit="answer") as progress:
             for error, correction, exception in run_bounded(ask, todo, concurrency):
                 progress.update()
                 if isinstance(exception, OracleError):
-                    failures += 1
+                    now[FAILED] += 1
                     log.warning("%s: no correction this run: %s", error["id"], exception)
                     continue
-                if exception is not None:
+                if isinstance(exception, UnmarkedReply):
+                    replies[error["id"]] += 1
+                    count = replies[error["id"]]
+                    unmarked.append({"id": f"{error['id']}/{count}", "error_id": error["id"], "reply": exception.reply})
+                    if count < max_unmarked_replies:
+                        now[UNMARKED] += 1
+                        continue
+                    now[GAVE_UP] += 1
+                    correction = None
+                elif exception is not None:
                     raise exception
-                if correction is not None and not isinstance(correction, str):
+                elif correction is None:
+                    now[DECLINED] += 1
+                elif isinstance(correction, str):
+                    now[CORRECTED] += 1
+                else:
                     raise TypeError(f"the oracle returned {type(correction).__name__} for {error['id']!r}; "
                                     "expected a string or None")
                 corrections.append({**error, "correction": correction})
-    return {"already corrected before this run": len(errors) - len(todo),
-            "answered by the oracle now": len(todo) - failures, FAILURES: failures,
+    return {BEFORE: len(errors) - len(todo), ASKED: len(todo),
+            **{what: now[what] for what in (CORRECTED, DECLINED, UNMARKED, GAVE_UP, FAILED)},
             **counts(errors, corrections.records)}
 
 
+def unmarked_reply_counts(unmarked):
+    """error id -> replies without a marked correction stored in the ``unmarked`` log."""
+    replies = Counter()
+    for record_id, record in unmarked.records.items():
+        if not isinstance(record.get("error_id"), str):
+            raise ValueError(f"{unmarked.path}: record {record_id!r} has no string field 'error_id'")
+        replies[record["error_id"]] += 1
+    return replies
+
+
 def counts(errors, corrections):
-    """What became of the ``errors`` given ``corrections`` (id -> record), for summary and report."""
-    answered = [corrections[e["id"]] for e in errors if e["id"] in corrections]
-    return {"errors": len(errors),
-            "not corrected (oracle failed, or run unfinished)": len(errors) - len(answered),
-            "oracle answered": len(answered),
-            "oracle offered no correction": sum(r["correction"] is None for r in answered)}
+    """Where the ``errors`` stand given ``corrections`` (id -> final record), for summary and report."""
+    final = [corrections[e["id"]] for e in errors if e["id"] in corrections]
+    without = sum(r["correction"] is None for r in final)
+    return {WRONG_ANSWERS: len(errors), WITH_CORRECTION: len(final) - without, WITHOUT_CORRECTION: without,
+            UNFINISHED: len(errors) - len(final)}

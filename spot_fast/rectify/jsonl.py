@@ -13,16 +13,21 @@ Writing, two kinds:
 - ``write_jsonl_atomic`` / ``write_atomic``: whole-file outputs of short stages, written to a
   temporary file in the same folder and renamed over the target: readers see the old file or the new
   one, never a mix.
+
+Every file is created with mode ``NEW_FILE_MODE`` less the process umask, as ``open(path, "w")``
+creates ordinary files (``tempfile.mkstemp`` would make them 0o600, private to their owner).
 """
 import fcntl
 import json
 import logging
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+NEW_FILE_MODE = 0o666
 
 
 class InputError(ValueError):
@@ -124,7 +129,7 @@ class AppendLog:
     def __init__(self, path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, NEW_FILE_MODE)
         try:
             self._lock()
             self._cut_partial_line()
@@ -180,7 +185,8 @@ def write_atomic(path, data):
     """Replace ``path`` with ``data`` (str or bytes) through a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, NEW_FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)

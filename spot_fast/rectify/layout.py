@@ -1,7 +1,8 @@
 """The files of a rectification work directory; each stage reads what the stage before it wrote.
 
     elicit   problems.jsonl (anywhere) -> results.jsonl (every sample, graded), errors.jsonl (wrong ones)
-    correct  errors.jsonl              -> corrections.jsonl (one record per error id)
+    correct  errors.jsonl              -> corrections.jsonl (one final record per error id),
+                                          unmarked_replies.jsonl (Oracle replies without a marked correction)
     verify   corrections.jsonl         -> verified.jsonl (every correction, kept or with a drop reason)
     build    verified.jsonl (+ the rest for counts) -> pairs.jsonl (training data), report.md,
              report.json, change_ratio.png
@@ -9,6 +10,7 @@
 RESULTS = "results.jsonl"
 ERRORS = "errors.jsonl"
 CORRECTIONS = "corrections.jsonl"
+UNMARKED = "unmarked_replies.jsonl"
 VERIFIED = "verified.jsonl"
 PAIRS = "pairs.jsonl"
 REPORT = "report.md"

@@ -1,13 +1,14 @@
 r"""Oracles: what turns a wrong answer y- into a minimally edited correct answer y+.
 
 An Oracle is any callable ``oracle(question=..., wrong_answer=..., ground_truth=...)`` that returns the
-corrected answer text, or None when it has no correction to offer. It may be called from several
-threads at once. Two kinds:
+corrected answer text, or None when it has no correction to offer (final: not asked again), or raises
+``UnmarkedReply`` when it replied without a usable correction (asked again on a later run, up to a
+limit). It may be called from several threads at once. Two kinds:
 
 - ``ChatOracle``: a chat model behind an OpenAI-compatible endpoint, asked with ``CORRECTION_PROMPT``
   (the one statement of what a correction must be) to reply with the corrected answer between
-  ``BEGIN`` and ``END`` markers (``extract_marked``). A reply without a complete marked block gives
-  None.
+  ``BEGIN`` and ``END`` markers (``extract_marked``). A reply without a complete marked block raises
+  ``UnmarkedReply``.
 - a Python function named ``module:function`` (``load_callable``), e.g. a rule-based fixer or a
   wrapper around another model; its return value is the correction as is.
 
@@ -95,6 +96,14 @@ def strip_fence(text):
     return "\n".join(lines[1:-1]).strip()
 
 
+class UnmarkedReply(Exception):
+    """The Oracle's ``reply`` holds no marked correction: a failed attempt, worth asking again."""
+
+    def __init__(self, reply):
+        super().__init__("the reply holds no marked correction")
+        self.reply = reply
+
+
 class ChatOracle:
     """An Oracle backed by a chat model (see the module docstring)."""
 
@@ -102,7 +111,11 @@ class ChatOracle:
         self.client = client
 
     def __call__(self, question, wrong_answer, ground_truth):
-        return extract_marked(self.client.complete(correction_messages(question, wrong_answer, ground_truth)))
+        reply = self.client.complete(correction_messages(question, wrong_answer, ground_truth))
+        correction = extract_marked(reply)
+        if correction is None:
+            raise UnmarkedReply(reply)
+        return correction
 
 
 def load_callable(spec):

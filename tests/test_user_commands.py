@@ -1,0 +1,49 @@
+"""What a new user runs first: the README's CPU demo of PEAR at the block level, and `make bench`."""
+import importlib.util
+import json
+import shlex
+from pathlib import Path
+
+from spot_fast.config import parse_config
+from spot_fast.data import load_pairs
+from spot_fast.models import BUILTIN_MODEL, load_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def readme_command(*fragments):
+    """The README line that runs ``spot_fast/train.py`` with all ``fragments``, as argv after the script."""
+    lines = [line for line in (REPO / "README.md").read_text().splitlines()
+             if "spot_fast/train.py" in line and all(f in line for f in fragments)]
+    assert len(lines) == 1, lines
+    words = shlex.split(lines[0], comments=True)
+    assert words[:2] == [".venv/bin/python", "spot_fast/train.py"], words  # says which python
+    return words[2:]
+
+
+def test_readme_pear_block_demo_splits_the_bundled_answers():
+    """With a block at least as long as an answer, all of the answer is one block ending at its last token,
+    so every weight is gamma^0 * exp(0) = 1 and the demo is plain SFT: the block size must split them all."""
+    config = parse_config(readme_command("--loss pear", "--pear-level block"))
+    assert config.pear_level == "block"
+    pairs = load_pairs(config.data, load_tokenizer(BUILTIN_MODEL), config.max_length, with_rejected=False)[0]
+    shortest = min(len(pair.chosen_ids) for pair in pairs)
+    assert len(pairs) > 0 and config.pear_block_size < shortest
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_kernels", REPO / "benchmarks" / "bench_kernels.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_writes_new_results_beside_the_committed_ones():
+    bench = load_bench()
+    committed = sorted(bench.RESULTS_DIR.glob("*.json"))
+    assert committed
+    for path in committed:
+        device = json.loads(path.read_text())["device"]["name"]
+        new = bench.new_results_path(device)
+        assert new.parent == bench.RESULTS_DIR and not new.exists()
+        assert new.name.startswith(bench.slug(device) + "-")
