@@ -23,12 +23,12 @@ def interrupt(how):
 
 
 def install(name, point, how):
-    tmp_name = f".tmp-{name}"
+    names = (name, f".tmp-{name}")  # the directory being written, wherever the save writes it
     if point == "fsync":
         original = checkpoint._fsync_tree
 
         def fsync_tree(path):
-            if os.path.basename(path) == tmp_name:
+            if os.path.basename(path) in names:
                 interrupt(how)
             original(path)
         checkpoint._fsync_tree = fsync_tree
@@ -36,7 +36,7 @@ def install(name, point, how):
         original = transformers.PreTrainedModel.save_pretrained
 
         def save_pretrained(self, directory, *args, **kwargs):
-            if os.path.basename(os.fspath(directory)) == tmp_name:
+            if os.path.basename(os.fspath(directory)) in names:
                 interrupt(how)
             return original(self, directory, *args, **kwargs)
         transformers.PreTrainedModel.save_pretrained = save_pretrained

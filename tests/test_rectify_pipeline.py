@@ -81,12 +81,16 @@ def test_pipeline_end_to_end(tmp_path, capsys, umask_002):
     assert "| elicit | samples | 8 |" in report and "| build | pairs | 2 |" in report
     assert "{+" in report and "demo-283#" in report
     assert (tmp_path / layout.HISTOGRAM).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert (tmp_path / layout.PREFIX_HISTOGRAM).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    prefix = json.loads((tmp_path / layout.REPORT_JSON).read_text())["kept_common_prefix"]
+    assert 0 < prefix["answer_tokens_saved"] < prefix["mean"] <= 1  # the demo Oracle edits only the final value
+    assert "## Common prefix" in report and "fewer answer tokens" in report
     counts = json.loads((tmp_path / layout.REPORT_JSON).read_text())["counts"]
     assert counts["verify"]["kept"] == 2 and counts["correct"][correct.WITHOUT_CORRECTION] == 2
     # Every output honours the umask like any new file (0o666 less the umask), and no temporary is left.
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()}
     outputs = (layout.RESULTS, layout.ERRORS, layout.CORRECTIONS, layout.UNMARKED, layout.VERIFIED, layout.PAIRS,
-               layout.REPORT, layout.REPORT_JSON, layout.HISTOGRAM)
+               layout.REPORT, layout.REPORT_JSON, layout.HISTOGRAM, layout.PREFIX_HISTOGRAM)
     assert modes == {name: 0o664 for name in outputs}
 
 

@@ -344,3 +344,18 @@ def test_bad_pear_and_retain_options(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_module.main(flags)
     assert message in str(exit_info.value)
+
+
+def test_shared_prefix_training_equals_unshared_step_by_step(runs):
+    """Run A forwards pair trees (the default); the same run with --share-prefix off forwards both
+    sequences whole: the same metrics at every step, to float noise, with fewer tokens forwarded."""
+    root, _, _, _ = runs
+    run(TRAIN + COMMON + ["--per-device-batch", "4", "--share-prefix", "off", "--cache-dir", str(root / "cache"),
+                          "--output-dir", str(root / "unshared")])
+    shared, unshared = metrics(root / "a"), metrics(root / "unshared")
+    assert [r["step"] for r in unshared] == [r["step"] for r in shared]
+    for mine, theirs in zip(shared, unshared):
+        for key in ("loss", "delta", "rewards/chosen", "rewards/rejected", "grad_norm", "chosen/nll"):
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-6), (mine["step"], key)
+        assert theirs["tokens/shared_fraction"] == 0 and mine["tokens/shared_fraction"] > 0.2
+        assert mine["tokens/forwarded"] == pytest.approx(theirs["tokens/forwarded"] * (1 - mine["tokens/shared_fraction"]))

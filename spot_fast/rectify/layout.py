@@ -5,7 +5,7 @@
                                           unmarked_replies.jsonl (Oracle replies without a marked correction)
     verify   corrections.jsonl         -> verified.jsonl (every correction, kept or with a drop reason)
     build    verified.jsonl (+ the rest for counts) -> pairs.jsonl (training data), report.md,
-             report.json, change_ratio.png
+             report.json, change_ratio.png, common_prefix.png
 """
 RESULTS = "results.jsonl"
 ERRORS = "errors.jsonl"
@@ -16,3 +16,4 @@ PAIRS = "pairs.jsonl"
 REPORT = "report.md"
 REPORT_JSON = "report.json"
 HISTOGRAM = "change_ratio.png"
+PREFIX_HISTOGRAM = "common_prefix.png"

@@ -1,4 +1,5 @@
-"""The rectification report: counts at every stage, the change-ratio histogram, marked examples.
+"""The rectification report: counts at every stage, the change-ratio histogram, the common-prefix
+histogram (what the trainer's pair trees will save), marked examples.
 
 ``stage_counts`` reads whichever stage files exist in the work directory (a run may start from its
 own ``errors.jsonl``), so every drop between problems and pairs is accounted for: wrong samples that
@@ -18,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
+from spot_fast.batching import common_prefix_length  # noqa: E402
 from spot_fast.rectify import correct, elicit, layout, verify  # noqa: E402
 from spot_fast.rectify.jsonl import read_jsonl, write_atomic  # noqa: E402
 from spot_fast.rectify.lcs import diff_spans  # noqa: E402
@@ -41,6 +43,13 @@ def stage_counts(workdir, verified, pairs):
     return counts
 
 
+def _save_png(figure, path):
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=100)
+    plt.close(figure)
+    write_atomic(path, png.getvalue())
+
+
 def histogram_png(path, verified):
     """Stacked histogram of the change ratio of every correction that has one."""
     groups = {
@@ -57,10 +66,27 @@ def histogram_png(path, verified):
     axes.set_ylabel("corrections")
     axes.legend()
     figure.tight_layout()
-    png = io.BytesIO()
-    figure.savefig(png, format="png", dpi=100)
-    plt.close(figure)
-    write_atomic(path, png.getvalue())
+    _save_png(figure, path)
+
+
+def common_prefixes(pairs, tokenizer):
+    """Per kept pair, (common prefix tokens of y- and y+, |y-|, |y+|) as the trainer's tokenizer splits them."""
+    out = []
+    for pair in pairs:
+        rejected = tokenizer(pair["original_answer"], add_special_tokens=False)["input_ids"]
+        chosen = tokenizer(pair["gemini_corrected_answer"], add_special_tokens=False)["input_ids"]
+        out.append((common_prefix_length(rejected, chosen), len(rejected), len(chosen)))
+    return out
+
+
+def prefix_histogram_png(path, prefixes):
+    """Histogram of the common-prefix fraction |common prefix| / |y+| of the kept pairs."""
+    figure, axes = plt.subplots(figsize=(7, 4))
+    axes.hist([shared / max(1, chosen) for shared, _, chosen in prefixes], bins=[i / 20 for i in range(21)])
+    axes.set_xlabel("common-prefix fraction |common prefix(y-, y+)| / |y+| (forwarded once in training)")
+    axes.set_ylabel("kept pairs")
+    figure.tight_layout()
+    _save_png(figure, path)
 
 
 def marked_diff(tokenizer, rejected, chosen):
@@ -99,14 +125,27 @@ def write_report(workdir, verified, pairs, tokenizer, examples=3):
     ratios = [p["change_ratio"] for p in pairs]
     ratio_stats = {"mean": mean(ratios), "median": median(ratios), "max": max(ratios)} if ratios else {}
     histogram_png(workdir / layout.HISTOGRAM, verified)
+    prefixes = common_prefixes(pairs, tokenizer)
+    prefix_histogram_png(workdir / layout.PREFIX_HISTOGRAM, prefixes)
+    fractions = [shared / max(1, chosen) for shared, _, chosen in prefixes]
+    answer_tokens = sum(rejected + chosen for _, rejected, chosen in prefixes)
+    prefix_stats = {"mean": mean(fractions), "median": median(fractions),
+                    "answer_tokens_saved": sum(shared for shared, _, _ in prefixes) / max(1, answer_tokens)} if prefixes else {}
     write_atomic(workdir / layout.REPORT_JSON,
-                      json.dumps({"counts": counts, "kept_change_ratio": ratio_stats}, indent=2) + "\n")
+                 json.dumps({"counts": counts, "kept_change_ratio": ratio_stats, "kept_common_prefix": prefix_stats},
+                            indent=2) + "\n")
 
     lines = ["# Rectification report", "", "## Counts", "", "| stage | what | count |", "|---|---|---:|"]
     lines += [f"| {stage} | {what} | {n} |" for stage, table in counts.items() for what, n in table.items()]
     lines += ["", "## Change ratio", "", f"![change ratio histogram]({layout.HISTOGRAM})", ""]
     if ratio_stats:
         lines.append("Kept pairs: " + ", ".join(f"{k} {v:.3f}" for k, v in ratio_stats.items()) + ".")
+    lines += ["", "## Common prefix", "", f"![common-prefix histogram]({layout.PREFIX_HISTOGRAM})", ""]
+    if prefix_stats:
+        lines.append(f"Kept pairs: the two answers share their first {prefix_stats['mean']:.1%} of y+ on average "
+                     f"(median {prefix_stats['median']:.1%}). The trainer forwards that prefix (and the prompt) "
+                     f"once per pair (`--share-prefix on`): {prefix_stats['answer_tokens_saved']:.1%} fewer answer "
+                     f"tokens than forwarding both answers whole.")
     lines += ["", "## Examples", "",
               "Token-level edits of kept pairs: `[-removed-]` was only in the original answer, "
               "`{+added+}` only in the correction.", ""]

@@ -1,0 +1,214 @@
+"""Benchmark of one trainer step: padded pairs, packed pairs and shared-prefix pair trees, side by side.
+
+    python benchmarks/bench_train.py                 # CPU: small model; CUDA: a Qwen3-1.7B-shaped model
+    python benchmarks/bench_train.py --fractions 0.5 --answer-tokens 2048 --attention sdpa flex
+
+The model is built from a config (no download): on CPU hidden 256, 4 layers, the Qwen3 vocabulary
+(151936), fp32; on CUDA Qwen3-1.7B's shape (hidden 2048, 28 layers, 16 heads, 8 KV heads, head dim
+128, MLP 6144, vocabulary 151936) in bf16 with gradient checkpointing and Liger's body kernels
+(RMSNorm, RoPE, SwiGLU) where Liger is installed. Weights are random (seeded): the step's cost does
+not depend on them.
+
+Data: SPoT-like pairs whose two answers share their first ``fraction`` of tokens (the Oracle's first
+edit comes after them) and then differ; each answer has ``--answer-tokens`` tokens after a
+``--prompt-tokens`` prompt. Token ids are random (seeded).
+
+One step, as the trainer takes it: ``--pairs`` pairs in one micro-batch, forward through the body and
+the fused head, the ``spot_bco`` loss against reference log-probs, backward, and an AdamW step.
+Layouts (``spot_fast.batching``):
+- ``padded``: the 2B sequences, one row each, padded to the longest;
+- ``packed``: the 2B sequences in one row, no padding;
+- ``shared``: B pair trees in one row (prompt and common prefix forwarded once).
+
+Measured per (fraction, layout, attention): tokens forwarded per pair (real tokens; padded rows also
+forward their padding, reported as the padded row length), step time (median over ``--repeats``
+steps after one warm-up step; CUDA events on GPU), peak memory (CUDA: ``max_memory_allocated`` during
+the step; CPU: not measured), useful tokens/s (the tokens of the two sequences of every pair, which any
+layout must process: ``2 * (prompt + answer)`` per pair, over the step time), MFU (useful tokens x
+(6 x parameters + attention FLOPs per token) / step time / the matmul rate measured here), and the
+step time of each layout over ``packed``'s at the same fraction.
+
+Prints a table naming the device and writes JSON to a new file beside the committed results
+(``results/train-<device>-<UTC time>.json``) or ``--out``.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_kernels import RESULTS_DIR, device_name, median_ms, slug  # noqa: E402
+
+from spot_fast.batching import collate  # noqa: E402
+from spot_fast.data import Pair  # noqa: E402
+from spot_fast.logprob_head import install_logprob_head  # noqa: E402
+from spot_fast.objective import Objective, micro_batch_loss  # noqa: E402
+from spot_kernels import RewardShift  # noqa: E402
+
+LAYOUTS = {"padded": (False, False), "packed": (True, False), "shared": (True, True)}
+VOCAB = 151936
+SEED = 0
+
+
+def model_config(device):
+    if device.type == "cuda":  # Qwen3-1.7B's shape
+        return Qwen3Config(vocab_size=VOCAB, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                           num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
+                           max_position_embeddings=40960)
+    return Qwen3Config(vocab_size=VOCAB, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=64, tie_word_embeddings=False,
+                       max_position_embeddings=40960)
+
+
+def build_model(config, attention, device):
+    torch.manual_seed(SEED)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = Qwen3ForCausalLM(config).to(dtype)
+    model.set_attn_implementation("flex_attention" if attention == "flex" else "sdpa")
+    if device.type == "cuda":
+        try:
+            from liger_kernel.transformers import _apply_liger_kernel_to_instance
+            _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
+        except ImportError:
+            pass
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return install_logprob_head(model).to(device).train()
+
+
+def spot_pairs(count, prompt_tokens, answer_tokens, fraction, seed):
+    """Pairs whose answers share their first ``round(fraction * answer_tokens)`` tokens, then differ."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = lambda n: torch.randint(10, VOCAB, (n,), generator=generator).tolist()  # noqa: E731
+    shared = round(fraction * answer_tokens)
+    pairs = []
+    for line in range(count):
+        common = ids(shared)
+        chosen, rejected = common + ids(answer_tokens - shared), common + ids(answer_tokens - shared)
+        rejected[shared] = (chosen[shared] + 1) % VOCAB if shared < answer_tokens else rejected[shared - 1]
+        pairs.append(Pair(ids(prompt_tokens), chosen, rejected, line=line))
+    return pairs
+
+
+def parameters_without_embeddings(model):
+    embedding = model.get_input_embeddings().weight
+    return sum(p.numel() for p in model.parameters() if p is not embedding)
+
+
+def attention_flops_per_token(config, tokens_in_context):
+    """Forward + backward FLOPs of the attention scores and values per token, causal (half the
+    context on average): 6 x 2 x layers x heads x head_dim x context / 2."""
+    return 6 * config.num_hidden_layers * config.num_attention_heads * config.head_dim * tokens_in_context
+
+
+def matmul_rate(device):
+    size = 8192 if device.type == "cuda" else 2048
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    with torch.no_grad():
+        ms = median_ms(lambda: a @ a, 5, device)
+    return 2 * size ** 3 / (ms * 1e-3)
+
+
+def measure(model, pairs, layout, repeats, device):
+    pack, share = LAYOUTS[layout]
+    batch = collate(pairs, pack=pack, pad_id=0, share_prefix=share).to(device)
+    reference = torch.full((len(pairs), 2), -float(len(pairs[0].chosen_ids)) * 12.0, device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7)
+    objective = Objective("spot_bco", 0.1, RewardShift())
+
+    def step():
+        loss, _ = micro_batch_loss(model, batch, reference, objective)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # warm-up, and AdamW's state exists before memory is measured
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    ms = median_ms(step, repeats, device)
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+    forwarded = batch.input_ids.numel() if layout == "padded" else batch.num_tokens
+    return {"tokens_forwarded_per_pair": forwarded / len(pairs), "step_ms": ms, "peak_memory_bytes": peak}
+
+
+def run(args):
+    device = torch.device(args.device)
+    config = model_config(device)
+    rate = matmul_rate(device)
+    useful_per_pair = 2 * (args.prompt_tokens + args.answer_tokens)
+    results = []
+    for attention in args.attention:
+        model = build_model(config, attention, device)
+        flops_per_token = 6 * parameters_without_embeddings(model) + attention_flops_per_token(
+            config, args.prompt_tokens + args.answer_tokens)
+        for fraction in args.fractions:
+            pairs = spot_pairs(args.pairs, args.prompt_tokens, args.answer_tokens, fraction, SEED)
+            for layout in args.layouts:
+                row = measure(model, pairs, layout, args.repeats, device)
+                useful_per_s = useful_per_pair * args.pairs / (row["step_ms"] * 1e-3)
+                row.update(attention=attention, fraction=fraction, layout=layout, useful_tokens_per_s=useful_per_s,
+                           mfu=useful_per_s * flops_per_token / rate)
+                results.append(row)
+                print(f"  {attention} fraction {fraction} {layout}: {row['step_ms']:.0f} ms", file=sys.stderr)
+        del model
+    for row in results:
+        packed = next(r for r in results if r["attention"] == row["attention"] and r["fraction"] == row["fraction"]
+                      and r["layout"] == "packed")
+        row["step_time_vs_packed"] = row["step_ms"] / packed["step_ms"]
+    model_shape = {key: getattr(config, key) for key in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                          "num_attention_heads", "num_key_value_heads", "head_dim",
+                                                          "vocab_size")}
+    return {"device": device_name(device), "torch": torch.__version__,
+            "model": model_shape | {"dtype": "bf16" if device.type == "cuda" else "fp32"},
+            "matmul_flops_per_s": rate, "pairs": args.pairs, "prompt_tokens": args.prompt_tokens,
+        "answer_tokens": args.answer_tokens, "repeats": args.repeats, "results": results}
+
+
+def print_table(report):
+    print(f"one trainer step on {report['device']} (torch {report['torch']}); {report['pairs']} pairs of "
+          f"{report['prompt_tokens']} prompt + 2 x {report['answer_tokens']} answer tokens; "
+          f"matmul {report['matmul_flops_per_s'] / 1e12:.2f} TFLOP/s")
+    header = f"{'attention':9} {'shared':>6} {'layout':7} {'tokens/pair':>11} {'step ms':>9} {'vs packed':>9} " \
+             f"{'useful tok/s':>12} {'MFU':>6} {'peak MiB':>9}"
+    print(header)
+    print("-" * len(header))
+    for r in report["results"]:
+        peak = "-" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.0f}"
+        print(f"{r['attention']:9} {r['fraction']:6.1f} {r['layout']:7} {r['tokens_forwarded_per_pair']:11.0f} "
+              f"{r['step_ms']:9.1f} {r['step_time_vs_packed']:9.3f} {r['useful_tokens_per_s']:12.0f} "
+              f"{r['mfu']:6.3f} {peak:>9}")
+
+
+def parse_args(argv=None):
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if cuda else "cpu")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.2, 0.5, 0.8],
+                        help="fraction of each answer that the two answers share")
+    parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
+    parser.add_argument("--attention", nargs="+", default=["sdpa"], choices=["sdpa", "flex"])
+    parser.add_argument("--pairs", type=int, default=4 if cuda else 2, help="pairs per step")
+    parser.add_argument("--prompt-tokens", type=int, default=256 if cuda else 128)
+    parser.add_argument("--answer-tokens", type=int, default=3072 if cuda else 1024)
+    parser.add_argument("--repeats", type=int, default=5 if cuda else 3)
+    parser.add_argument("--out", type=Path, help="JSON output path (default: a new file under benchmarks/results)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    report = run(args)
+    print_table(report)
+    out = args.out or RESULTS_DIR / f"train-{slug(report['device'])}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"results written to {out}")
+
+
+if __name__ == "__main__":
+    main()
