@@ -29,6 +29,7 @@ setup(
         "matplotlib",
         "rapidfuzz",
         "math-verify",
+        "wandb",
     ],
     extras_require={
         "gpu": ["liger-kernel>=0.5"],

@@ -1,7 +1,8 @@
 """Checkpoints and the training state a resume needs.
 
 A checkpoint directory holds a Hugging Face model (safetensors + config + tokenizer) that
-``AutoModelForCausalLM.from_pretrained`` loads, the engine's state under ``deepspeed/`` (weights,
+``AutoModelForCausalLM.from_pretrained`` loads (under ZeRO-3, the weights gathered from every rank's
+shards, in the training dtype), the engine's state under ``deepspeed/`` (weights,
 optimizer, LR scheduler) with the ``TrainingState`` inside it, and ``trainer_state.json``, a readable
 copy of the training state (without RNG) and of the run's configuration.
 
@@ -82,6 +83,18 @@ def _fsync_dir(path):
         os.close(fd)
 
 
+def model_weights(engine):
+    """The Hugging Face model's state dict for ``save_pretrained``: None (its own) unless ZeRO-3
+    partitions it; then the full weights gathered from every rank (every rank must call this; rank 0
+    receives them), with the ``LogprobModel`` wrapper's ``model.`` prefix removed."""
+    if engine.zero_optimization_stage() != 3:
+        return None
+    weights = engine._zero3_consolidated_16bit_state_dict()
+    if weights is None:  # ranks other than 0
+        return None
+    return {name.removeprefix("model."): value for name, value in weights.items()}
+
+
 def save_checkpoint(engine, tokenizer, output_dir, name, state, config, rank):
     """Writes OUTPUT_DIR/NAME atomically; every rank must call it. Returns its path."""
     output_dir = Path(output_dir)
@@ -92,9 +105,9 @@ def save_checkpoint(engine, tokenizer, output_dir, name, state, config, rank):
     barrier()
     state_dict = state.state_dict()
     engine.save_checkpoint(str(tmp / "deepspeed"), tag="state", client_state={"training_state": state_dict})
-    weights = engine._zero3_consolidated_16bit_state_dict() if engine.zero_optimization_stage() == 3 else None
+    weights = model_weights(engine)
     if rank == 0:
-        engine.module.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+        engine.module.model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         readable = {key: value for key, value in state_dict.items() if key != "rng"}
         world = dist.get_world_size() if dist.is_initialized() else 1

@@ -70,12 +70,16 @@ class TrainConfig:
     retain_every: int = field(default=10, metadata={"help": "optimizer steps between retain-set measurements"})
     kernel_backend: str = field(default="auto", metadata={"choices": BACKENDS})
     zero_stage: int = field(default=2, metadata={"choices": (0, 1, 2, 3)})
+    offload: str = field(default="none", metadata={"choices": ("none", "optimizer", "params"),
+                                                   "help": "keep in CPU memory: the optimizer state (ZeRO >= 1), or that and the weights (ZeRO-3)"})
     seed: int = 42
     save_every: int = field(default=0, metadata={"help": "optimizer steps between checkpoints (0: only at the end)"})
     keep_last: int = 2
     resume: str = field(default="", metadata={"help": "checkpoint directory, or 'latest' in OUTPUT_DIR"})
     overwrite: bool = field(default=False, metadata={"help": "start afresh in an OUTPUT_DIR that holds another run's results, deleting them"})
     log_every: int = 1
+    report_to: str = field(default="auto", metadata={"choices": ("auto", "none", "tensorboard", "wandb"),
+                                                     "help": "where metrics go besides metrics.jsonl; auto: TensorBoard if installed"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0: all epochs)"})
 
     @property
@@ -124,14 +128,16 @@ RANGES = {
 # measured, and how long the run goes on (a new max_steps also stretches or shortens the cosine).
 # Every other option changes what the run computes, and a resume that changes it is refused.
 RESUME_SAFE = ("output_dir", "cache_dir", "resume", "overwrite", "log_every", "save_every", "keep_last", "max_steps",
-               "retain_data", "retain_every", "eval_data", "gradient_checkpointing")
+               "retain_data", "retain_every", "eval_data", "gradient_checkpointing", "report_to")
 
 
 def changed_on_resume(saved, config):
-    """``[(option, saved value, value now)]`` for the options outside ``RESUME_SAFE`` that differ."""
+    """``[(option, saved value, value now)]`` for the options outside ``RESUME_SAFE`` that differ. An
+    option the checkpoint does not name did not exist when it was written: that run had its default."""
     now = dataclasses.asdict(config)
-    return [(name, saved.get(name), now[name]) for name in now
-            if name not in RESUME_SAFE and saved.get(name) != now[name]]
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    then = {name: saved.get(name, defaults[name]) for name in now}
+    return [(name, then[name], now[name]) for name in now if name not in RESUME_SAFE and then[name] != now[name]]
 
 
 class ConfigError(ValueError):
@@ -174,6 +180,10 @@ def validate(values, sources):
         if name in RANGES and not RANGES[name][0](value):
             raise ConfigError(f"{option} must be {RANGES[name][1]}; got {value!r}")
     config = TrainConfig(**checked)
+    if config.offload == "params" and config.zero_stage != 3:
+        raise ConfigError(f"--offload params needs --zero-stage 3 (ZeRO-3 partitions the weights); got --zero-stage {config.zero_stage}")
+    if config.offload == "optimizer" and config.zero_stage == 0:
+        raise ConfigError("--offload optimizer needs --zero-stage 1, 2 or 3 (ZeRO partitions the optimizer state)")
     try:
         config.pear()
     except ValueError as error:

@@ -70,37 +70,52 @@ def cosine_schedule(optimizer, total_steps, warmup_ratio):
 
 
 def adamw(model, config, learning_rate):
-    """AdamW with weight decay on matrices only (not on biases and norm weights)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    """AdamW with weight decay on matrices only (not on biases and norm weights). A parameter that
+    ZeRO-3 partitioned at construction is a flat shard: its shape is ``ds_shape``."""
+    def is_matrix(p):
+        return len(getattr(p, "ds_shape", p.shape)) >= 2
+
+    decay = [p for p in model.parameters() if p.requires_grad and is_matrix(p)]
+    no_decay = [p for p in model.parameters() if p.requires_grad and not is_matrix(p)]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=learning_rate, betas=(config.adam_beta1, config.adam_beta2), eps=1e-8,
-                             fused=next(model.parameters()).is_cuda)
+                             fused=next(model.parameters()).is_cuda and config.offload == "none")
 
 
 def deepspeed_config(config, bf16, device):
+    """The engine's configuration. ``--offload optimizer`` keeps the fp32 master weights, Adam moments
+    and gradient partitions in CPU memory and steps there; ``params`` also the 16-bit weights (ZeRO-3),
+    fetched to the device layer by layer. The client AdamW steps on the CPU shards (DeepSpeed's own
+    CPU Adam would need its C++ extension built)."""
+    offload = {"device": "cpu", "pin_memory": device.type == "cuda"}
+    zero = {
+        "stage": config.zero_stage,
+        "overlap_comm": device.type == "cuda",
+        "contiguous_gradients": True,
+        "stage3_gather_16bit_weights_on_model_save": True,
+    }
+    if config.offload in ("optimizer", "params"):
+        zero["offload_optimizer"] = offload
+    if config.offload == "params":
+        zero["offload_param"] = offload
     return {
         "train_micro_batch_size_per_gpu": config.per_device_batch,
         "gradient_accumulation_steps": config.grad_accum,
         "gradient_clipping": config.grad_clip,
         "bf16": {"enabled": bf16},
-        "zero_optimization": {
-            "stage": config.zero_stage,
-            "overlap_comm": device.type == "cuda",
-            "contiguous_gradients": True,
-            "stage3_gather_16bit_weights_on_model_save": True,
-        },
+        "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
 
 
-def build_engine(model, config, learning_rate, total_steps, bf16, device):
+def build_engine(model, config, engine_config, learning_rate, total_steps):
+    """The DeepSpeed engine around ``model`` (``deepspeed_config``'s ``engine_config``)."""
     import deepspeed
 
     optimizer = adamw(model, config, learning_rate)
     scheduler = cosine_schedule(optimizer, total_steps, config.warmup_ratio)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=deepspeed_config(config, bf16, device))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=engine_config)
     return engine

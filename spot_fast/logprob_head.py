@@ -12,8 +12,16 @@ their log-probs per sequence. The batch
 guarantees what the kernel's public entry would check (every target a real token id, sequence
 indices in range), so it calls ``linear_logprobs_unchecked`` and ``segment_sum``: no host
 synchronisation on the hot path.
+
+``LogprobModel`` is the module the trainer hands to DeepSpeed: its forward is ``batch_logps``, so
+training calls ``engine(batch)`` and scoring calls ``engine.module(batch)``. Under ZeRO-3 that matters:
+DeepSpeed gathers each submodule's parameters in hooks around the submodule's forward, resets its
+gather schedule in a hook on the wrapped module's forward, and registers its backward bookkeeping on
+the tensors the engine's forward returns (tensors in tuples, lists or dicts; ``BatchLogps`` is a
+named tuple for that reason). Calling the body and the head from this forward puts all of it in
+place; ``engine.module.model`` is the Hugging Face model itself (``save_pretrained``, ``generate``).
 """
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -52,8 +60,7 @@ def model_body(model):
     return getattr(model, model.base_model_prefix)
 
 
-@dataclass
-class BatchLogps:
+class BatchLogps(NamedTuple):
     chosen: torch.Tensor            # [B] summed completion log-probs (fp32)
     rejected: object                # [B], or None for a batch without rejected answers
     token_logps: torch.Tensor       # [T] fp32, in the batch's token order (chosen sequences first)
@@ -75,3 +82,14 @@ def batch_logps(model, batch):
         sums = sums.index_add(0, batch.also_seq_index, out.logp.index_select(0, batch.also_token_index))
     rejected = sums[batch.num_pairs:] if batch.num_sequences > batch.num_pairs else None
     return BatchLogps(sums[:batch.num_pairs], rejected, out.logp, out.entropy, out.target_is_argmax)
+
+
+class LogprobModel(nn.Module):
+    """A causal LM with a ``LogprobHead`` (``install_logprob_head``) whose forward is ``batch_logps``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        return batch_logps(self.model, batch)

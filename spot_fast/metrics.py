@@ -1,6 +1,15 @@
-"""Metrics: one JSON object per logged step in ``metrics.jsonl``, TensorBoard when installed, and a
-PNG plot at the end: loss, and whichever of implicit rewards, PEAR weights and retain-set forgetting
-signals the run logged."""
+"""Metrics: one JSON object per logged step in ``metrics.jsonl``, the same rows (same names, same
+steps) to TensorBoard or Weights & Biases (``--report-to``), and a PNG plot at the end: loss, and
+whichever of implicit rewards, PEAR weights and retain-set forgetting signals the run logged.
+
+``--report-to``: ``auto`` is TensorBoard where the ``tensorboard`` package is installed, else the JSONL
+alone; ``none`` the JSONL alone; ``tensorboard`` and ``wandb`` require their package
+(``check_report_to`` says so before any work). W&B reads its usual environment (``WANDB_PROJECT``,
+default ``spot-fast``; ``WANDB_MODE=offline`` writes the run under OUTPUT_DIR/wandb for a later
+``wandb sync``); the run is named after the output directory and carries the run's configuration.
+A resumed run starts a new W&B run (W&B cannot take back the steps logged after the checkpoint).
+"""
+import importlib.util
 import json
 import os
 import time
@@ -51,24 +60,66 @@ class MetricsWindow:
         return row
 
 
-class MetricsLog:
-    """``metrics.jsonl`` (and TensorBoard) of one run. A resumed run first drops the rows logged after
-    the checkpoint it resumes from, so no step is logged twice."""
+REPORT_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
-    def __init__(self, output_dir, enabled, resumed_step=None):
+
+def check_report_to(report_to):
+    """Raises ValueError naming the missing package when ``report_to`` needs one that is not installed."""
+    package = REPORT_PACKAGES.get(report_to)
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise ValueError(f"--report-to {report_to} needs the {package} package: pip install {package}")
+
+
+class TensorBoardReport:
+    def __init__(self, output_dir, run_config):
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+
+    def log(self, step, values):
+        for key, value in values.items():
+            self.writer.add_scalar(key, value, step)
+
+    def close(self):
+        self.writer.close()
+
+
+class WandbReport:
+    def __init__(self, output_dir, run_config):
+        import wandb
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "spot-fast"), name=Path(output_dir).name,
+                              dir=str(output_dir), config=run_config)
+
+    def log(self, step, values):
+        self.run.log(values, step=step)
+
+    def close(self):
+        self.run.finish()
+
+
+REPORTS = {"tensorboard": TensorBoardReport, "wandb": WandbReport}
+
+
+def open_report(report_to, output_dir, run_config):
+    """The report ``report_to`` names (``auto``: TensorBoard where installed), or None."""
+    if report_to == "auto":
+        report_to = "tensorboard" if importlib.util.find_spec("tensorboard") is not None else "none"
+    return REPORTS[report_to](output_dir, run_config) if report_to in REPORTS else None
+
+
+class MetricsLog:
+    """``metrics.jsonl`` (and the ``--report-to`` report) of one run. A resumed run first drops the
+    rows logged after the checkpoint it resumes from, so no step is logged twice in the JSONL."""
+
+    def __init__(self, output_dir, enabled, resumed_step=None, report_to="auto", run_config=None):
         self.enabled = enabled
         self.path = Path(output_dir) / "metrics.jsonl"
-        self.writer = None
+        self.report = None
         if not enabled:
             return
         if resumed_step is not None and self.path.exists():
             self._truncate_after(resumed_step)
         self.file = open(self.path, "a", encoding="utf-8")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(Path(output_dir) / "tensorboard"))
-        except ImportError:
-            pass
+        self.report = open_report(report_to, output_dir, run_config or {})
 
     def _truncate_after(self, step):
         lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -82,15 +133,14 @@ class MetricsLog:
             return
         self.file.write(json.dumps({"step": step, **values}) + "\n")
         self.file.flush()
-        if self.writer is not None:
-            for key, value in values.items():
-                self.writer.add_scalar(key, value, step)
+        if self.report is not None:
+            self.report.log(step, values)
 
     def close(self):
         if self.enabled:
             self.file.close()
-            if self.writer is not None:
-                self.writer.close()
+            if self.report is not None:
+                self.report.close()
 
 
 PANELS = (

@@ -4,6 +4,15 @@
 byte-level BPE tokenizer bundled in ``spot_fast/assets/tokenizer``; it exists so that every command of
 the project runs on a CPU-only machine with no network. Any other name is passed to Hugging Face's
 ``from_pretrained`` (a local path, or a hub id where the network exists).
+
+Under ZeRO-3 (``load_model(..., zero3_config=...)``) a model is constructed partitioned: transformers'
+DeepSpeed integration (``HfDeepSpeedConfig``) builds it inside ``deepspeed.zero.Init``, so each
+parameter is split over the ranks as soon as its module is built, and ``from_pretrained`` copies the
+checkpoint into the shards one module at a time (its parameters gathered, written by rank 0, partitioned
+again). No
+rank holds all the weights at once, before or after. transformers keeps only a weak reference to the
+``HfDeepSpeedConfig``; ``_ZERO3_CONFIGS`` holds it for the life of the process, as transformers'
+own Trainer does through its arguments.
 """
 import os
 from pathlib import Path
@@ -65,19 +74,50 @@ def load_tokenizer(name, need_chat_template=True):
     return tokenizer
 
 
-def load_model(name, dtype=torch.float32, attn_implementation=None):
-    """The causal LM called ``name``; the built-in model is rebuilt identically on every call."""
+_ZERO3_CONFIGS = []
+
+
+def load_model(name, dtype=torch.float32, attn_implementation=None, zero3_config=None):
+    """The causal LM called ``name``; the built-in model is rebuilt identically on every call.
+    With ``zero3_config`` (the run's DeepSpeed configuration, ZeRO stage 3; every rank must call
+    this together) the model is partitioned over the ranks from construction on (module docstring)."""
+    if zero3_config is not None:
+        from transformers.integrations import HfDeepSpeedConfig
+        _ZERO3_CONFIGS.append(HfDeepSpeedConfig(zero3_config))  # before the model is built
     if name == BUILTIN_MODEL:
-        vocab_size = len(load_tokenizer(name))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(BUILTIN_SEED)
-            model = Qwen3ForCausalLM(tiny_qwen3_config(vocab_size))
+        model = _builtin_model(dtype, partitioned=zero3_config is not None)
         if attn_implementation:
             model.set_attn_implementation(attn_implementation)
-        return model.to(dtype)
+        return model
     check_model_name(name)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     return _loaded("the model", name, lambda: AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs))
+
+
+def _builtin_model(dtype, partitioned):
+    """The tiny model from ``BUILTIN_SEED``. Partitioned: built inside ``zero.Init`` (through
+    transformers' ``_from_config``), then each parameter gathered in turn and given rank 0's values
+    of the seeded model, so that it equals the unpartitioned model exactly (the seeded values come
+    from a full copy on rank 0: this model is a few megabytes)."""
+    vocab_size = len(load_tokenizer(BUILTIN_MODEL))
+
+    def seeded():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(BUILTIN_SEED)
+            return Qwen3ForCausalLM(tiny_qwen3_config(vocab_size)).to(dtype)
+
+    if not partitioned:
+        return seeded()
+    import deepspeed
+    import torch.distributed as dist
+
+    model = Qwen3ForCausalLM._from_config(tiny_qwen3_config(vocab_size), dtype=dtype)
+    values = seeded().state_dict() if dist.get_rank() == 0 else None
+    for name, parameter in model.named_parameters():
+        with deepspeed.zero.GatheredParameters([parameter], modifier_rank=0):
+            if values is not None:
+                parameter.data.copy_(values[name])
+    return model
 
 
 def model_identity(name):

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 from spot_kernels import PearConfig, RewardShift, implicit_reward, pear_loss, preference_loss
 
-from .logprob_head import batch_logps
-
 PAIRED_OBJECTIVES = ("dpo", "spot_bce", "spot_bco")      # read and score the rejected answers
 REFERENCE_OBJECTIVES = ("reward_sft", *PAIRED_OBJECTIVES)  # need reference log-probs
 
@@ -52,13 +50,13 @@ def pear_metrics(policy_logps, behavior_logps, weights, pear):
             "pear/log_ratio": log_ratio.mean(), "pear/abs_log_ratio": log_ratio.abs().mean()}
 
 
-def micro_batch_loss(model, batch, reference, objective):
+def micro_batch_loss(logps, batch, reference, objective):
     """Loss of one micro-batch (mean over its pairs) and its detached metrics.
 
+    ``logps`` is the ``BatchLogps`` of ``batch`` under the policy (``LogprobModel``'s forward);
     ``reference`` is the [B, 2] (or [B, 1]) reference log-probs of the batch's pairs for the
     objectives that need them, else None; ``pear`` reads the behaviour log-probs from the batch.
     """
-    logps = batch_logps(model, batch)
     chosen = slice(0, batch.num_chosen_tokens)  # chosen tokens come first: a view, no host sync
     metrics = {
         "chosen/nll": -logps.token_logps[chosen].detach().mean(),

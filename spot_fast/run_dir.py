@@ -15,7 +15,7 @@ from pathlib import Path
 from .checkpoint import STATE_FILE, checkpoints
 from .config import RESUME_SAFE, ConfigError, changed_on_resume
 
-RESULT_NAMES = ("metrics.jsonl", "training.png", "tensorboard", "final")
+RESULT_NAMES = ("metrics.jsonl", "training.png", "tensorboard", "wandb", "final")
 
 
 def previous_results(output_dir):

@@ -20,7 +20,6 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .batching import collate
-from .logprob_head import batch_logps
 
 
 def rank_and_world():
@@ -39,8 +38,9 @@ class Scorer:
 
     @torch.no_grad()
     def score(self, model, pairs, per_token=False, desc=None):
-        """fp32 CPU log-probs of ``pairs`` under ``model`` (see the module docstring); every rank
-        must call this together. ``desc`` names the progress bar (shown on rank 0)."""
+        """fp32 CPU log-probs of ``pairs`` under ``model`` (a ``LogprobModel``, or the engine's
+        module: called as a whole, so ZeRO-3 gathers its parameters; see the module docstring); every
+        rank must call this together. ``desc`` names the progress bar (shown on rank 0)."""
         rank, world = rank_and_world()
         batches = [pairs[start:start + self.batch_size] for start in range(0, len(pairs), self.batch_size)]
         per_rank = math.ceil(len(batches) / world)
@@ -51,7 +51,7 @@ class Scorer:
         try:
             for index in tqdm(range(per_rank), desc=desc, unit="batch", leave=False, disable=desc is None or rank != 0):
                 batch = mine[index] if index < len(mine) else batches[0]  # a repeat keeps the forwards in step
-                values = self._values(batch_logps(model, collate(batch, self.pack, self.pad_id, self.share_prefix).to(self.device)),
+                values = self._values(model(collate(batch, self.pack, self.pad_id, self.share_prefix).to(self.device)),
                                       batch, per_token)
                 if index < len(mine):
                     parts.append(values)

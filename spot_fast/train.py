@@ -5,10 +5,11 @@
 With no options it runs the built-in demo: a tiny Qwen3-architecture model on the bundled pairs, on
 the CPU if there is no GPU. Read it top to bottom:
 - ``set_up``: read and tokenize the data (bad input stops here, before anything is loaded or
-  written); load the model with the fused log-prob head (logits are never formed); score once with
-  the starting weights and cache what the objective needs (reference sums, PEAR behaviour per token,
-  retain and evaluation references); DeepSpeed engine (ZeRO-2 by default), AdamW, transformers'
-  cosine schedule; resume if asked. Returns a ``Run``.
+  written); load the model with the fused log-prob head (logits are never formed; under ZeRO-3
+  constructed partitioned over the ranks); DeepSpeed engine (ZeRO-2 by default), AdamW,
+  transformers' cosine schedule; score once with the starting weights, through the engine's module
+  (where ZeRO-3 gathers parameters), and cache what the objective needs (reference sums, PEAR
+  behaviour per token, retain and evaluation references); resume if asked. Returns a ``Run``.
 - ``train``: the loop, one ``optimizer_step`` per step: per micro-batch log-probs -> rewards ->
   (delta) -> loss, or PEAR weights -> loss; backward; the engine steps at the accumulation boundary.
   Metrics every ``log_every`` steps, retain-set forgetting signals every ``retain_every``, atomic
@@ -30,12 +31,12 @@ from spot_fast.checkpoint import TrainingState, load_checkpoint, prune_checkpoin
 from spot_fast.config import ConfigError, TrainConfig, parse_config
 from spot_fast.batching import collate, pair_tokens
 from spot_fast.data import DataError, load_pairs
-from spot_fast.engine import build_engine, start_distributed, stop_distributed
+from spot_fast.engine import build_engine, deepspeed_config, start_distributed, stop_distributed
 from spot_fast.example_order import ExampleOrder
 from spot_fast.forgetting.retain import RetainSet
 from spot_fast.logprob_cache import CacheError, ScoredOnce
-from spot_fast.logprob_head import install_logprob_head
-from spot_fast.metrics import MetricsLog, MetricsWindow, plot_metrics
+from spot_fast.logprob_head import LogprobModel, install_logprob_head
+from spot_fast.metrics import MetricsLog, MetricsWindow, check_report_to, plot_metrics
 from spot_fast.models import ModelError, check_model_name, load_model, load_tokenizer
 from spot_fast.objective import Objective, micro_batch_loss, reward_metrics
 from spot_fast.scoring import Scorer
@@ -100,17 +101,25 @@ def check_behavior_model(config, tokenizer):
                         f"{config.model}'s; PEAR needs both models to score the same token ids")
 
 
-def load_policy(name, config, dtype, device):
-    """A model with the fused log-prob head and the chosen attention kernel, on ``device``."""
-    model = load_model(name, dtype=dtype, attn_implementation="flex_attention" if config.attention == "flex" else "sdpa")
+def load_policy(name, config, dtype, device, zero3_config=None):
+    """A ``LogprobModel``: the model with the fused log-prob head and the chosen attention kernel, on
+    ``device``, or partitioned over the ranks when given ``zero3_config`` (ZeRO-3's ``zero.Init``
+    places each shard on the device)."""
+    model = load_model(name, dtype=dtype, attn_implementation="flex_attention" if config.attention == "flex" else "sdpa",
+                       zero3_config=zero3_config)
     if on_when_auto(config.liger, device):
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
         _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
-    return install_logprob_head(model, config.kernel_backend).to(device)
+    model = install_logprob_head(model, config.kernel_backend)
+    return LogprobModel(model if zero3_config is not None else model.to(device))
 
 
 def set_up(config):
     resume_from = run_dir.prepare(config, world=int(os.environ.get("WORLD_SIZE", "1")))
+    try:
+        check_report_to(config.report_to)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     tokenizer = load_tokenizer(config.model)
     pairs, stats, eval_pairs, retain_pairs = read_data(config, tokenizer)
     if config.loss == "pear" and config.behavior_model:
@@ -132,19 +141,25 @@ def set_up(config):
               f"{order.left_out_per_epoch} left out per epoch; {order.total_steps} optimizer steps on {world} "
               f"process(es), {device.type}")
 
-    model = load_policy(config.model, config, dtype, device)
+    engine_config = deepspeed_config(config, bf16, device)
+    policy = load_policy(config.model, config, dtype, device, engine_config if config.zero_stage == 3 else None)
+    if on_when_auto(config.gradient_checkpointing, device):
+        policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    policy.train()
+    engine = build_engine(policy, config, engine_config, config.resolved_learning_rate(), order.total_steps)
+
     scorer = Scorer(2 * config.per_device_batch, config.pack == "on", tokenizer.pad_token_id, device,
                     config.share_prefix == "on")
     scored = ScoredOnce(scorer, config.cache_dir or str(Path(config.output_dir).parent / ".logprob_cache"), dtype,
                         resolve_backend(config.kernel_backend, device, dtype))
-    starting_policy = lambda: model  # noqa: E731
+    starting_policy = lambda: engine.module  # noqa: E731  (no step taken yet: the starting weights)
     reference = eval_reference = retain = None
     if config.needs_reference:
         reference = scored.get("reference", config.data, config.model, pairs, False, starting_policy).to(device)
         if eval_pairs is not None:
             eval_reference = scored.get("reference", config.eval_data, config.model, eval_pairs, False, starting_policy)
     if config.loss == "pear" and pairs[0].behavior_logps is None:
-        load = (lambda: load_behavior_model(config, tokenizer, dtype, device)) if config.behavior_model else starting_policy
+        load = (lambda: load_behavior_model(config, tokenizer, dtype, device, engine_config)) if config.behavior_model else starting_policy
         behavior = scored.get("behaviour", config.data, config.behavior_model or config.model, pairs, True, load)
         for pair, values in zip(pairs, behavior.split([len(p.chosen_ids) for p in pairs])):
             pair.behavior_logps = values  # a view: the pairs share one fp32 tensor
@@ -153,10 +168,6 @@ def set_up(config):
                                       starting_policy)
         retain = RetainSet(retain_pairs, retain_reference, scorer)
 
-    if on_when_auto(config.gradient_checkpointing, device):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
-    engine = build_engine(model, config, config.resolved_learning_rate(), order.total_steps, bf16, device)
     reward_shift = RewardShift(config.delta_mode, config.delta_decay, all_reduce=dist.all_reduce if world > 1 else None)
     objective = Objective(config.loss, config.beta, reward_shift, config.pear() if config.loss == "pear" else None)
     state = TrainingState(order, reward_shift)
@@ -164,18 +175,26 @@ def set_up(config):
         load_checkpoint(engine, resume_from, state)
         if rank == 0:
             print(f"resumed from {resume_from} at step {state.step}")
-    log = MetricsLog(config.output_dir, enabled=rank == 0, resumed_step=state.step if resume_from else None)
+    log = MetricsLog(config.output_dir, enabled=rank == 0, resumed_step=state.step if resume_from else None,
+                     report_to=config.report_to, run_config=vars(config))
     forwarded = [pair_tokens(p, config.share_prefix == "on") for p in pairs]
     return Run(config, rank, world, device, tokenizer, pairs, order, objective, reference, engine, state, scorer,
                log, Path(config.output_dir), retain, eval_pairs, eval_reference, forwarded.__getitem__)
 
 
-def load_behavior_model(config, tokenizer, dtype, device):
-    model = load_policy(config.behavior_model, config, dtype, device)
-    vocab_size = model.get_output_embeddings().weight.shape[0]
+def load_behavior_model(config, tokenizer, dtype, device, engine_config):
+    """PEAR's behaviour model, for scoring once (freed after). Under ZeRO-3 it is partitioned like the
+    policy and wrapped in an engine without optimizer, whose hooks gather its parameters."""
+    zero3 = config.zero_stage == 3
+    model = load_policy(config.behavior_model, config, dtype, device, engine_config if zero3 else None)
+    head = model.model.get_output_embeddings().weight
+    vocab_size = getattr(head, "ds_shape", head.shape)[0]
     if vocab_size < len(tokenizer):
         raise DataError(f"{config.behavior_model}: its LM head scores {vocab_size} tokens but the policy's tokenizer "
                         f"has {len(tokenizer)}; both models must score the same token ids")
+    if zero3:
+        import deepspeed
+        model = deepspeed.initialize(model=model, config=engine_config)[0].module
     return model
 
 
@@ -194,7 +213,7 @@ def optimizer_step(run, step, window):
         batch = collate([run.pairs[i] for i in indices], config.pack == "on", run.tokenizer.pad_token_id,
                         config.share_prefix == "on").to(run.device)
         reference = run.reference[indices] if run.reference is not None else None
-        loss, metrics = micro_batch_loss(engine.module, batch, reference, run.objective)
+        loss, metrics = micro_batch_loss(engine(batch), batch, reference, run.objective)
         engine.set_gradient_accumulation_boundary(number == len(micro_batches) - 1)
         engine.backward(loss * (len(indices) / pairs_in_step), scale_wrt_gas=False)
         window.add(metrics, len(indices), batch.num_tokens, batch.unshared_tokens)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from spot_fast.batching import collate
 from spot_fast.data import load_pairs
-from spot_fast.logprob_head import install_logprob_head
+from spot_fast.logprob_head import batch_logps, install_logprob_head
 from spot_fast.models import ASSETS, BUILTIN_MODEL, load_model, load_tokenizer
 from spot_fast.objective import PAIRED_OBJECTIVES, Objective, micro_batch_loss
 from spot_kernels import PearConfig, RewardShift, pear_loss
@@ -75,7 +75,7 @@ def test_gradient_equals_the_gradient_from_materialized_logits(objective, pack):
 
     batch = collate(pairs, pack=pack, pad_id=tokenizer.pad_token_id)
     pear = PearConfig(block_size=4) if objective == "pear" else None
-    loss, _ = micro_batch_loss(policy, batch, reference, Objective(objective, BETA, RewardShift(), pear))
+    loss, _ = micro_batch_loss(batch_logps(policy, batch), batch, reference, Objective(objective, BETA, RewardShift(), pear))
     loss.backward()
     expected = direct_loss(objective, plain, pairs, reference)
     expected.backward()

@@ -8,7 +8,7 @@ import torch
 from spot_fast.data import load_pairs
 from spot_fast.forgetting.retain import RetainSet, forgetting_metrics, forgetting_sums
 from spot_fast.models import ASSETS, BUILTIN_MODEL, load_model, load_tokenizer
-from spot_fast.logprob_head import install_logprob_head
+from spot_fast.logprob_head import LogprobModel, install_logprob_head
 from spot_fast.scoring import Scorer
 
 from hf_logps import hf_token_logps, perturbed
@@ -35,7 +35,7 @@ def test_measure_equals_the_models_own_logits(pack):
     policy, in batches of 3 (the last one short), equal the same numbers from materialized logits."""
     tokenizer = load_tokenizer(BUILTIN_MODEL)
     pairs = load_pairs(ASSETS / "retain.jsonl", tokenizer, 8192, with_rejected=False)[0][:7]
-    reference_model = install_logprob_head(load_model(BUILTIN_MODEL))
+    reference_model = LogprobModel(install_logprob_head(load_model(BUILTIN_MODEL)))
     scorer = Scorer(3, pack, tokenizer.pad_token_id, torch.device("cpu"))
     reference = scorer.score(reference_model, pairs, per_token=True)
     plain_reference = load_model(BUILTIN_MODEL)
@@ -44,9 +44,9 @@ def test_measure_equals_the_models_own_logits(pack):
 
     retain = RetainSet(pairs, reference, scorer)
     assert retain.measure(reference_model)["retain/kl_k3"] == pytest.approx(0, abs=1e-9)
-    policy = install_logprob_head(perturbed(load_model(BUILTIN_MODEL), scale=0.05))
+    policy = LogprobModel(install_logprob_head(perturbed(load_model(BUILTIN_MODEL), scale=0.05)))
     plain_policy = load_model(BUILTIN_MODEL)
-    plain_policy.load_state_dict(policy.state_dict())
+    plain_policy.load_state_dict(policy.model.state_dict())
     policy.train()
     got = retain.measure(policy)
     assert policy.training  # restored after measuring

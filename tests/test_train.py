@@ -19,7 +19,7 @@ from spot_fast.config import TrainConfig
 from spot_fast.batching import collate
 from spot_fast.data import DataError, completion_ids, load_pairs
 from spot_fast.models import ASSETS, BUILTIN_MODEL, load_model, load_tokenizer
-from spot_fast.logprob_head import install_logprob_head
+from spot_fast.logprob_head import batch_logps, install_logprob_head
 from spot_fast.objective import Objective, micro_batch_loss
 from spot_kernels import LOSS_KINDS, RewardShift, pear_loss
 
@@ -48,7 +48,7 @@ def test_micro_batch_loss_equals_direct_computation(loss):
     ref = torch.tensor([[float(hf_sequence_logps(reference_model, p.prompt_ids, c)) for c in (p.chosen_ids, p.rejected_ids)]
                         for p in pairs])
     batch = collate(pairs, pack=True, pad_id=tokenizer.pad_token_id)
-    got, metrics = micro_batch_loss(policy, batch, ref, Objective(loss, 0.1, RewardShift()))
+    got, metrics = micro_batch_loss(batch_logps(policy, batch), batch, ref, Objective(loss, 0.1, RewardShift()))
 
     with torch.no_grad():
         chosen = torch.stack([hf_sequence_logps(policy_copy, p.prompt_ids, p.chosen_ids) for p in pairs])
@@ -86,7 +86,7 @@ def test_pear_micro_batch_loss_equals_direct_computation(level, pack):
     for batch_pairs in (pairs[:3], pairs[3:]):
         batch = collate(batch_pairs, pack=pack, pad_id=tokenizer.pad_token_id)
         assert batch.num_sequences == len(batch_pairs)
-        got, metrics = micro_batch_loss(policy, batch, None, Objective("pear", pear=config.pear()))
+        got, metrics = micro_batch_loss(batch_logps(policy, batch), batch, None, Objective("pear", pear=config.pear()))
 
         policy_tokens = torch.cat([hf_token_logps(policy_copy, p.prompt_ids, p.chosen_ids) for p in batch_pairs])
         behavior_tokens = torch.cat([p.behavior_logps for p in batch_pairs])

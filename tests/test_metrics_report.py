@@ -1,0 +1,70 @@
+"""``--report-to``: the rows of metrics.jsonl reach Weights & Biases (offline) under the same names and
+steps; a report whose package is missing is refused by name."""
+import json
+import struct
+
+import pytest
+
+from spot_fast.metrics import MetricsLog, check_report_to
+
+ROWS = [(1, {"loss": 1.25, "rewards/chosen": 0.5, "rewards/margin": -0.125, "grad_norm": 2.0}),
+        (2, {"loss": 0.75, "rewards/chosen": 0.25, "rewards/margin": 0.375, "grad_norm": 1.5}),
+        (4, {"retain/kl_k3": 0.0625})]
+
+
+def wandb_records(path):
+    """The records of a W&B transaction log (``run-ID.wandb``): a 7-byte header (``:W&B``, magic,
+    version), then LevelDB-log blocks of 32 KiB whose chunks have a 7-byte header (crc32, length,
+    type: 1 full, 2 first, 3 middle, 4 last) and never straddle a block (a tail under 7 bytes is padding)."""
+    data, block, position, pending = path.read_bytes(), 32768, 7, b""
+    assert data[:4] == b":W&B"
+    while position + 7 <= len(data):
+        room = block - position % block
+        if room < 7:
+            position += room
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        if kind == 0:  # zero padding at the end of the file
+            break
+        pending += data[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):
+            yield pending
+            pending = b""
+
+
+def wandb_history(path):
+    """(step, {name: value}) of every history record of the W&B run log ``path``."""
+    from wandb.proto import wandb_internal_pb2
+
+    history = []
+    for data in wandb_records(path):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        if record.WhichOneof("record_type") == "history":
+            values = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            history.append((values.pop("_step"), {k: v for k, v in values.items() if not k.startswith("_")}))
+    return history
+
+
+def test_wandb_offline_receives_the_jsonl_rows(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    log = MetricsLog(tmp_path, enabled=True, report_to="wandb", run_config={"loss": "spot_bco", "beta": 0.1})
+    for step, values in ROWS:
+        log.log(step, values)
+    log.close()
+    jsonl = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [(row.pop("step"), row) for row in jsonl] == ROWS
+    [run_log] = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    assert wandb_history(run_log) == ROWS
+
+
+def test_a_report_without_its_package_is_refused_by_name(monkeypatch):
+    import importlib.util
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
+    with pytest.raises(ValueError, match="--report-to wandb needs the wandb package"):
+        check_report_to("wandb")
+    check_report_to("none")
