@@ -179,7 +179,8 @@ def set_up(config):
                      report_to=config.report_to, run_config=vars(config))
     forwarded = [pair_tokens(p, config.share_prefix == "on") for p in pairs]
     return Run(config, rank, world, device, tokenizer, pairs, order, objective, reference, engine, state, scorer,
-               log, Path(config.output_dir), retain, eval_pairs, eval_reference, forwarded.__getitem__)
+               log, Path(config.output_dir), retain=retain, pair_tokens=forwarded.__getitem__, eval_pairs=eval_pairs,
+               eval_reference=eval_reference)
 
 
 def load_behavior_model(config, tokenizer, dtype, device, engine_config):

@@ -4,9 +4,12 @@ Under ZeRO-3 each rank holds a shard of every parameter; the body and the fused 
 inside the forward DeepSpeed's hooks see (``LogprobModel`` through the engine), scoring must run the
 same forwards on every rank, and checkpoints must gather the shards. If any of that were wrong the
 runs below would fail outright (an empty shard in a matmul) or drift from the one-process run.
+The dpo ZeRO-2 run is launched as two "nodes" of one process each on loopback (torchrun
+``--nnodes 2``), node 1 given a cache directory of its own that must stay untouched.
 """
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +35,22 @@ def run(command):
     return result
 
 
+def run_two_nodes(command, node_cache_dirs):
+    """``command`` (train.py and its options) on two torchrun "nodes" of one process each on
+    loopback, node ``r`` with ``--cache-dir node_cache_dirs[r]``."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launches = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1",
+         "--master-addr", "127.0.0.1", "--master-port", str(port)] + command + ["--cache-dir", str(node_cache_dirs[rank])],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        for rank in (0, 1)]
+    outputs = [launch.communicate(timeout=600) for launch in launches]
+    for launch, (stdout, stderr) in zip(launches, outputs):
+        assert launch.returncode == 0, f"{launch.args} failed:\n{stdout[-3000:]}\n{stderr[-5000:]}"
+
+
 def metrics(output_dir):
     return [json.loads(line) for line in open(Path(output_dir) / "metrics.jsonl") if "loss" in line]
 
@@ -47,16 +66,22 @@ def three_ways(request, tmp_path_factory):
     ZeRO-3 saves at step 2; dpo evaluates held-out pairs at the end."""
     loss = request.param
     root = tmp_path_factory.mktemp(loss)
-    extra = ["--loss", loss, "--cache-dir", str(root / "cache")]
+    extra = ["--loss", loss]
     if loss == "spot_bco":
         retain = root / "retain.jsonl"
         retain.write_text("".join((ASSETS / "retain.jsonl").read_text().splitlines(keepends=True)[:28]))
         extra += ["--retain-data", str(retain), "--retain-every", "2"]
     else:
         extra += ["--eval-data", str(ASSETS / "eval_pairs.jsonl")]
-    run(TRAIN + COMMON + extra + ["--per-device-batch", "4", "--output-dir", str(root / "one")])
-    two = TORCHRUN + [str(REPO / "spot_fast" / "train.py")] + COMMON + extra + ["--per-device-batch", "2"]
-    run(two + ["--zero-stage", "2", "--output-dir", str(root / "zero2")])
+    cache = ["--cache-dir", str(root / "cache")]
+    run(TRAIN + COMMON + extra + cache + ["--per-device-batch", "4", "--output-dir", str(root / "one")])
+    two = [str(REPO / "spot_fast" / "train.py")] + COMMON + extra + ["--per-device-batch", "2"]
+    if loss == "dpo":
+        run_two_nodes(two + ["--zero-stage", "2", "--output-dir", str(root / "zero2")],
+                      [root / "cache-zero2", root / "node-1-cache"])
+    else:
+        run(TORCHRUN + two + cache + ["--zero-stage", "2", "--output-dir", str(root / "zero2")])
+    two = TORCHRUN + two + cache
     run(two + ["--zero-stage", "3", "--save-every", "2", "--output-dir", str(root / "zero3")])
     return loss, root, two
 
@@ -80,6 +105,16 @@ def test_zero3_and_zero2_match_one_process_at_every_step(three_ways):
         differences = torch.cat([(got[k].float() - expected[k].float()).abs().flatten() for k in expected])
         assert (differences > 1e-5).float().mean() < 1e-3, stage
         assert differences.max() < 1e-3 * 4, stage
+
+
+def test_two_nodes_need_the_log_prob_cache_on_node_0_only(three_ways):
+    """The dpo ZeRO-2 run was two loopback nodes (it matched one process above): rank 0 wrote the
+    reference cache, node 1 never created its cache directory."""
+    loss, root, _ = three_ways
+    if loss != "dpo":
+        pytest.skip("the two-node launch is the dpo ZeRO-2 run")
+    assert [p.name.split("-")[0] for p in (root / "cache-zero2").glob("*.pt")] == ["reference", "reference"]  # train + eval
+    assert not (root / "node-1-cache").exists()
 
 
 def test_zero3_scores_retain_and_evaluation_sets_like_one_process(three_ways):
