@@ -30,6 +30,7 @@ setup(
         "rapidfuzz",
         "math-verify",
         "wandb",
+        "peft",
     ],
     extras_require={
         "gpu": ["liger-kernel>=0.5"],

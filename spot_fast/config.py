@@ -69,6 +69,10 @@ class TrainConfig:
     retain_data: str = field(default="", metadata={"help": "prompt + response JSONL; logs retain NLL and KL to the start (forgetting)"})
     retain_every: int = field(default=10, metadata={"help": "optimizer steps between retain-set measurements"})
     kernel_backend: str = field(default="auto", metadata={"choices": BACKENDS})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank: train low-rank adapters (PEFT) on a frozen model; 0: train every weight"})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scale numerator: adapters add (alpha / r) * B A x"})
+    lora_targets: str = field(default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                              metadata={"help": "comma-separated names of the linear layers that get adapters"})
     zero_stage: int = field(default=2, metadata={"choices": (0, 1, 2, 3)})
     offload: str = field(default="none", metadata={"choices": ("none", "optimizer", "params"),
                                                    "help": "keep in CPU memory: the optimizer state (ZeRO >= 1), or that and the weights (ZeRO-3)"})
@@ -122,6 +126,9 @@ RANGES = {
     "log_every": (lambda v: v >= 1, ">= 1"),
     "max_steps": (lambda v: v >= 0, ">= 0 (0: all epochs)"),
     "max_tokens_per_batch": (lambda v: v >= 0, ">= 0 (0: per_device_batch pairs per micro-batch)"),
+    "lora_r": (lambda v: v >= 0, ">= 0 (0: no LoRA)"),
+    "lora_alpha": (lambda v: v > 0, "> 0"),
+    "lora_targets": (lambda v: all(name.strip() for name in v.split(",")), "comma-separated layer names"),
 }
 
 # Options a resumed run may change: they decide where results go, how often they are written or
@@ -180,6 +187,8 @@ def validate(values, sources):
         if name in RANGES and not RANGES[name][0](value):
             raise ConfigError(f"{option} must be {RANGES[name][1]}; got {value!r}")
     config = TrainConfig(**checked)
+    if config.lora_r and config.zero_stage == 3:
+        raise ConfigError("--lora-r with --zero-stage 3 is not supported yet: LoRA trains with ZeRO 0-2")
     if config.offload == "params" and config.zero_stage != 3:
         raise ConfigError(f"--offload params needs --zero-stage 3 (ZeRO-3 partitions the weights); got --zero-stage {config.zero_stage}")
     if config.offload == "optimizer" and config.zero_stage == 0:

@@ -78,6 +78,7 @@ def adamw(model, config, learning_rate):
     decay = [p for p in model.parameters() if p.requires_grad and is_matrix(p)]
     no_decay = [p for p in model.parameters() if p.requires_grad and not is_matrix(p)]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [group for group in groups if group["params"]]  # DeepSpeed drops empty ones (LoRA has no vectors)
     return torch.optim.AdamW(groups, lr=learning_rate, betas=(config.adam_beta1, config.adam_beta2), eps=1e-8,
                              fused=next(model.parameters()).is_cuda and config.offload == "none")
 

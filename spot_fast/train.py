@@ -36,6 +36,7 @@ from spot_fast.example_order import ExampleOrder
 from spot_fast.forgetting.retain import RetainSet
 from spot_fast.logprob_cache import CacheError, ScoredOnce
 from spot_fast.logprob_head import LogprobModel, install_logprob_head
+from spot_fast.lora import adapters_disabled, add_lora
 from spot_fast.metrics import MetricsLog, MetricsWindow, check_report_to, plot_metrics
 from spot_fast.models import ModelError, check_model_name, load_model, load_tokenizer
 from spot_fast.objective import Objective, micro_batch_loss, reward_metrics
@@ -111,6 +112,8 @@ def load_policy(name, config, dtype, device, zero3_config=None):
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
         _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
     model = install_logprob_head(model, config.kernel_backend)
+    if config.lora_r and name == config.model:
+        add_lora(model, config.lora_r, config.lora_alpha, config.lora_targets)
     return LogprobModel(model if zero3_config is not None else model.to(device))
 
 
@@ -147,6 +150,9 @@ def set_up(config):
         policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy.train()
     engine = build_engine(policy, config, engine_config, config.resolved_learning_rate(), order.total_steps)
+    if rank == 0 and config.lora_r:
+        trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+        print(f"LoRA: {trainable} trainable parameters of {sum(p.numel() for p in policy.parameters())}")
 
     scorer = Scorer(2 * config.per_device_batch, config.pack == "on", tokenizer.pad_token_id, device,
                     config.share_prefix == "on")
@@ -154,19 +160,22 @@ def set_up(config):
                         resolve_backend(config.kernel_backend, device, dtype))
     starting_policy = lambda: engine.module  # noqa: E731  (no step taken yet: the starting weights)
     reference = eval_reference = retain = None
-    if config.needs_reference:
-        reference = scored.get("reference", config.data, config.model, pairs, False, starting_policy).to(device)
-        if eval_pairs is not None:
-            eval_reference = scored.get("reference", config.eval_data, config.model, eval_pairs, False, starting_policy)
-    if config.loss == "pear" and pairs[0].behavior_logps is None:
-        load = (lambda: load_behavior_model(config, tokenizer, dtype, device, engine_config)) if config.behavior_model else starting_policy
-        behavior = scored.get("behaviour", config.data, config.behavior_model or config.model, pairs, True, load)
-        for pair, values in zip(pairs, behavior.split([len(p.chosen_ids) for p in pairs])):
-            pair.behavior_logps = values  # a view: the pairs share one fp32 tensor
-    if retain_pairs is not None:
-        retain_reference = scored.get("retain-reference", config.retain_data, config.model, retain_pairs, True,
-                                      starting_policy)
-        retain = RetainSet(retain_pairs, retain_reference, scorer)
+    with adapters_disabled(policy.model):  # LoRA: every reference is the base model's, adapters off
+        if config.needs_reference:
+            reference = scored.get("reference", config.data, config.model, pairs, False, starting_policy).to(device)
+            if eval_pairs is not None:
+                eval_reference = scored.get("reference", config.eval_data, config.model, eval_pairs, False,
+                                            starting_policy)
+        if config.loss == "pear" and pairs[0].behavior_logps is None:
+            load = ((lambda: load_behavior_model(config, tokenizer, dtype, device, engine_config)) if config.behavior_model
+                    else starting_policy)
+            behavior = scored.get("behaviour", config.data, config.behavior_model or config.model, pairs, True, load)
+            for pair, values in zip(pairs, behavior.split([len(p.chosen_ids) for p in pairs])):
+                pair.behavior_logps = values  # a view: the pairs share one fp32 tensor
+        if retain_pairs is not None:
+            retain_reference = scored.get("retain-reference", config.retain_data, config.model, retain_pairs, True,
+                                          starting_policy)
+            retain = RetainSet(retain_pairs, retain_reference, scorer)
 
     reward_shift = RewardShift(config.delta_mode, config.delta_decay, all_reduce=dist.all_reduce if world > 1 else None)
     objective = Objective(config.loss, config.beta, reward_shift, config.pear() if config.loss == "pear" else None)
