@@ -103,9 +103,9 @@ def check_behavior_model(config, tokenizer):
 
 
 def load_policy(name, config, dtype, device, zero3_config=None):
-    """A ``LogprobModel``: the model with the fused log-prob head and the chosen attention kernel, on
-    ``device``, or partitioned over the ranks when given ``zero3_config`` (ZeRO-3's ``zero.Init``
-    places each shard on the device)."""
+    """A ``LogprobModel``: the model with the fused log-prob head and the chosen attention kernel (and,
+    for the policy, LoRA adapters when ``--lora-r``), on ``device``, or partitioned over the ranks
+    when given ``zero3_config`` (ZeRO-3's ``zero.Init`` places each shard on the device)."""
     model = load_model(name, dtype=dtype, attn_implementation="flex_attention" if config.attention == "flex" else "sdpa",
                        zero3_config=zero3_config)
     if on_when_auto(config.liger, device):
