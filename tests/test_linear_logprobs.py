@@ -77,7 +77,8 @@ def test_many_chunks_and_slices(backend, monkeypatch):
     """Force several token chunks and vocab slices so the online and accumulating paths all run."""
     monkeypatch.setattr(chunked, "TILE_ELEMENTS", 32 * 300)
     monkeypatch.setattr(chunked, "TOKEN_CHUNK", 32)
-    monkeypatch.setattr(triton_linear_logprobs, "SLICE_ELEMENTS", 129 * 1024)
+    monkeypatch.setattr(triton_linear_logprobs, "BACKWARD_SLICE", 1000)
+    monkeypatch.setattr(triton_linear_logprobs, "DZ_TILE_ELEMENTS", 48 * 1000)
     inputs = make_inputs(129, 48, 2500, seed=11)
     assert_matches(run(backend, *inputs), reference(*inputs), rtol=1e-5, atol_scale=1e-5)
 
