@@ -54,6 +54,7 @@ from triton.runtime.driver import driver
 # Backward: vocab columns per slice, and elements of the dz tile (64 MiB in bf16), which bounds the token chunk.
 BACKWARD_SLICE = 8192
 DZ_TILE_ELEMENTS = 1 << 25
+DZ_ROW_ALIGN = 64
 MERGE_BLOCK = 1024
 # Initial running max: finite, so the first rescale is exp(-huge) = 0 and 0 * (m - m') stays 0.
 NO_LOGIT_YET = tl.constexpr(-1e30)
@@ -85,21 +86,19 @@ CONFIGS = {
         "dlogits": [_config(64, 512, 64, 1, 1)],
     },
     "fp32": {
-        "forward": [_config(64, 64, 32, 4, 2, GROUP_N=8)],
+        "forward": [_config(64, 64, 32, 4, 3, GROUP_N=8)],
         "dlogits": [_config(64, 64, 32, 4, 2)],
     },
     "sm90": {
-        "forward": [_config(128, 256, 64, 8, 3, GROUP_N=8), _config(128, 128, 64, 8, 4, GROUP_N=8),
-                    _config(64, 256, 64, 4, 4, GROUP_N=8)],
-        "dlogits": [_config(128, 128, 64, 8, 3), _config(128, 128, 64, 4, 4)],
+        "forward": [_config(128, 128, 64, 8, 4, GROUP_N=8), _config(64, 128, 64, 4, 4, GROUP_N=8)],
+        "dlogits": [_config(128, 128, 64, 8, 4), _config(64, 128, 64, 4, 4)],
     },
     "sm80": {
-        "forward": [_config(128, 128, 64, 8, 3, GROUP_N=8), _config(64, 256, 64, 4, 3, GROUP_N=8),
-                    _config(64, 128, 64, 4, 4, GROUP_N=8)],
-        "dlogits": [_config(128, 128, 64, 8, 3), _config(128, 128, 32, 4, 4)],
+        "forward": [_config(128, 128, 64, 8, 3, GROUP_N=8), _config(64, 128, 64, 4, 4, GROUP_N=8)],
+        "dlogits": [_config(128, 128, 64, 8, 4), _config(64, 128, 64, 4, 4)],
     },
 }
-TUNING_KEY = ["N_BUCKET", "V", "H"]
+TUNING_KEYS = {"forward": ["N_BUCKET", "V", "H", "HAS_BIAS", "WITH_STATS"], "dlogits": ["N_BUCKET", "V", "H", "HAS_BIAS"]}
 
 
 def config_set(dtype):
@@ -138,7 +137,7 @@ def _logit_tile(hidden_ptrs, weight_ptr, bias_ptr, cols, H, stride_weight,
     return acc
 
 
-@triton.jit(do_not_specialize=["N", "num_chunks"])
+@triton.jit(do_not_specialize=["N", "V", "num_chunks"])
 def _partial_forward_kernel(hidden_ptr, weight_ptr, bias_ptr, targets_ptr, partials_ptr,
                             N, V, H, stride_hidden, stride_weight, chunk_width, num_chunks, N_BUCKET,
                             HAS_BIAS: tl.constexpr, WITH_STATS: tl.constexpr, UPCAST: tl.constexpr,
@@ -222,9 +221,9 @@ def _merge_kernel(partials_ptr, logp_ptr, lse_ptr, entropy_ptr, argmax_ptr, N, n
         tl.store(argmax_ptr + rows, (target_logit >= running_max).to(tl.int8), mask=row_mask)
 
 
-@triton.jit(do_not_specialize=["N"])
+@triton.jit(do_not_specialize=["N", "slice_width", "V"])
 def _dlogits_kernel(hidden_ptr, weight_ptr, bias_ptr, targets_ptr, lse_ptr, grad_ptr, dz_ptr,
-                    N, H, v0, slice_width, stride_hidden, stride_weight, N_BUCKET, V,
+                    N, H, v0, slice_width, stride_hidden, stride_weight, stride_dz, N_BUCKET, V,
                     HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
     pid_v = tl.program_id(0).to(tl.int64)  # fastest-varying: a wave walks the vocab of one token block
@@ -243,7 +242,7 @@ def _dlogits_kernel(hidden_ptr, weight_ptr, bias_ptr, targets_ptr, lse_ptr, grad
     grad = tl.load(grad_ptr + rows)
     onehot = (cols[None, :] == targets[:, None]).to(tl.float32)
     dz = grad[:, None] * (onehot - tl.exp(z - lse[:, None]))
-    tl.store(dz_ptr + rows[:, None] * slice_width + local_cols[None, :],
+    tl.store(dz_ptr + rows[:, None] * stride_dz + local_cols[None, :],
              dz.to(dz_ptr.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
 
 
@@ -253,7 +252,7 @@ KERNELS = {"forward": _partial_forward_kernel, "dlogits": _dlogits_kernel}
 @functools.cache
 def tuned_kernel(name, configs):
     """``KERNELS[name]`` autotuned over ``CONFIGS[configs][name]`` (one configuration: no tuning)."""
-    return triton.autotune(configs=CONFIGS[configs][name], key=TUNING_KEY)(KERNELS[name])
+    return triton.autotune(configs=CONFIGS[configs][name], key=TUNING_KEYS[name])(KERNELS[name])
 
 
 def _kernel_flags(hidden, bias):
@@ -291,13 +290,17 @@ def triton_forward(hidden, weight, bias, targets, with_stats):
 
 
 def triton_dlogits(hidden, weight, bias, targets, lse, grad, v0, v1):
-    """The [len(hidden), v1 - v0] tile of dz, computed by ``_dlogits_kernel`` in the input dtype."""
+    """The [len(hidden), v1 - v0] tile of dz, computed by ``_dlogits_kernel`` in the input dtype.
+
+    Its rows are DZ_ROW_ALIGN-element aligned (a view of a padded buffer), so a ragged last slice
+    launches the same binary as the full ones."""
     num_tokens, hidden_size = hidden.shape
-    dz = torch.empty(num_tokens, v1 - v0, dtype=hidden.dtype, device=hidden.device)
+    row_stride = triton.cdiv(v1 - v0, DZ_ROW_ALIGN) * DZ_ROW_ALIGN
+    dz = torch.empty(num_tokens, row_stride, dtype=hidden.dtype, device=hidden.device)[:, :v1 - v0]
     kernel = tuned_kernel("dlogits", config_set(hidden.dtype))
     kernel[lambda meta: (triton.cdiv(v1 - v0, meta["BLOCK_V"]), triton.cdiv(num_tokens, meta["BLOCK_N"]))](
         hidden, weight, bias, targets, lse, grad, dz,
-        num_tokens, hidden_size, v0, v1 - v0, hidden.stride(0), weight.stride(0),
+        num_tokens, hidden_size, v0, v1 - v0, hidden.stride(0), weight.stride(0), row_stride,
         n_bucket(num_tokens), weight.shape[0], **_kernel_flags(hidden, bias),
     )
     return dz
