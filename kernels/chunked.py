@@ -2,7 +2,7 @@
 
 Forward (per token chunk, loop over vocab slices; only one [token_chunk, vocab_chunk] logit tile lives
 at a time):
-    z   = hidden_c @ weight_s.T (+ bias_s), upcast to fp32
+    z   = hidden_c @ weight_s.T (+ bias_s), summed in fp32 from the input values (no bf16 rounding)
     m   = running max over the slices seen so far, s = sum exp(z - m) rescaled as m grows
     lse = m + log(s);  logp = z[t] - lse
     extras (no grad): a = sum exp(z - m) * (z - m), rescaled online as m grows: a' = r * (a + (m - m') * s)
@@ -31,9 +31,12 @@ def chunk_sizes(num_tokens, vocab_size):
 
 
 def logit_tile(hidden, weight, bias, v0, v1):
-    """Logits of ``hidden`` against vocab rows [v0, v1) in the accumulation dtype; the matmul runs in
-    the input dtype."""
-    z = (hidden @ weight[v0:v1].T).to(accumulation_dtype(hidden.dtype))
+    """Logits of ``hidden`` against vocab rows [v0, v1) in the accumulation dtype, as the Triton
+    kernels form them: products of the input values summed in fp32 (float64 for float64 inputs),
+    never rounded to bf16/fp16. The operands are upcast for the matmul (a CPU matmul has no
+    mixed-precision output)."""
+    dtype = accumulation_dtype(hidden.dtype)
+    z = hidden.to(dtype) @ weight[v0:v1].to(dtype).T
     if bias is not None:
         z += bias[v0:v1]
     return z

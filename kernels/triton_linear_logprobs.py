@@ -293,17 +293,20 @@ def triton_dlogits(hidden, weight, bias, targets, lse, grad, v0, v1):
     """The [len(hidden), v1 - v0] tile of dz, computed by ``_dlogits_kernel`` in the input dtype.
 
     Its rows are DZ_ROW_ALIGN-element aligned (a view of a padded buffer), so a ragged last slice
-    launches the same binary as the full ones."""
+    launches the same binary as the full ones. Under TRITON_INTERPRET=1 the kernel writes fp32 and
+    torch rounds to the input dtype: the interpreter's fp32 -> bf16 cast truncates (measured), where
+    the GPU's and torch's round to nearest even."""
     num_tokens, hidden_size = hidden.shape
     row_stride = triton.cdiv(v1 - v0, DZ_ROW_ALIGN) * DZ_ROW_ALIGN
-    dz = torch.empty(num_tokens, row_stride, dtype=hidden.dtype, device=hidden.device)[:, :v1 - v0]
+    tile_dtype = torch.float32 if interpreting() else hidden.dtype
+    dz = torch.empty(num_tokens, row_stride, dtype=tile_dtype, device=hidden.device)[:, :v1 - v0]
     kernel = tuned_kernel("dlogits", config_set(hidden.dtype))
     kernel[lambda meta: (triton.cdiv(v1 - v0, meta["BLOCK_V"]), triton.cdiv(num_tokens, meta["BLOCK_N"]))](
         hidden, weight, bias, targets, lse, grad, dz,
         num_tokens, hidden_size, v0, v1 - v0, hidden.stride(0), weight.stride(0), row_stride,
         n_bucket(num_tokens), weight.shape[0], **_kernel_flags(hidden, bias),
     )
-    return dz
+    return dz.to(hidden.dtype)
 
 
 def backward_chunk_sizes(num_tokens, vocab_size):
