@@ -111,8 +111,8 @@ def test_bf16_elementwise_no_worse_than_eager_bf16(backend, shape, monkeypatch):
     rounded to bf16 (5x eager's error) fails. Several token chunks and vocab slices are forced so
     the weight gradient is accumulated across chunks and the forward merges several vocab chunks.
     """
-    monkeypatch.setattr(chunked, "TOKEN_CHUNK", 32)
-    monkeypatch.setattr(triton_linear_logprobs, "DZ_TILE_ELEMENTS", 32 * 1000)
+    monkeypatch.setattr(chunked, "TOKEN_CHUNK", 16)
+    monkeypatch.setattr(triton_linear_logprobs, "DZ_TILE_ELEMENTS", 16 * 1000)
     monkeypatch.setattr(triton_linear_logprobs, "BACKWARD_SLICE", 1000)
     inputs = make_inputs(*shape, dtype=torch.bfloat16, seed=3)
     expected = reference(*inputs)
