@@ -131,6 +131,33 @@ def test_bf16_elementwise_no_worse_than_eager_bf16(backend, shape, monkeypatch):
             f"{int((error > allowed).sum())} of {error.numel()} elements over")
 
 
+HOST_SYNCS = ("item", "tolist", "nonzero", "__bool__", "__int__", "__float__", "__index__")
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_unchecked_entry_never_reads_tensor_values_on_the_host(backend, monkeypatch):
+    """``linear_logprobs_unchecked`` (the trainer's path) must not synchronise with the device:
+    while its forward and backward run, every Tensor method that reads a value on the host raises."""
+    hidden, weight, bias, targets, upstream = make_inputs(37, 48, 1000, seed=13)
+    targets = targets.clamp(min=0)  # no ignored token, by the entry's contract
+    leaves = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
+
+    def forbidden(name):
+        def raise_host_sync(*args, **kwargs):
+            raise AssertionError(f"host synchronisation through Tensor.{name}")
+        return raise_host_sync
+
+    with monkeypatch.context() as patched:
+        for name in HOST_SYNCS:
+            patched.setattr(torch.Tensor, name, forbidden(name))
+        patched.setattr(torch, "nonzero", forbidden("torch.nonzero"))
+        out = spot_kernels.linear_logprobs_unchecked(leaves[0], leaves[1], targets, leaves[2], backend=backend,
+                                                     return_stats=True)
+        (out.logp * upstream).sum().backward()
+    result = (out.logp.detach(), out.entropy, out.target_is_argmax, *(leaf.grad for leaf in leaves))
+    assert_matches(result, reference(hidden, weight, bias, targets, upstream), rtol=1e-5, atol_scale=1e-5)
+
+
 @pytest.mark.parametrize("backend", FUSED + ["eager"])
 def test_all_tokens_ignored(backend):
     hidden, weight, bias, targets, upstream = make_inputs(37, 16, 257)
