@@ -61,7 +61,8 @@ class _FusedLinearLogprobs(torch.autograd.Function):
     backward is ``backward.accumulate_gradients`` driving the backend's dz tile function.
 
     With ``ignore_index`` None (``linear_logprobs_unchecked``) neither direction synchronises with
-    the host: no token selection, and every loop bound comes from shapes."""
+    the host: no token selection, and every loop bound comes from shapes (on a GPU the Triton
+    autotuner still benchmarks once per tuning key, on the first call)."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, ignore_index, backend, with_stats):

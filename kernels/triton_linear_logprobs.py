@@ -34,14 +34,17 @@ Tile configurations: under TRITON_INTERPRET=1 one fixed configuration with large
 interpreter cannot autotune: it has no GPU driver); fp32 inputs one configuration of their own
 (IEEE dot products on FMA units, tiles small enough not to spill registers); bf16/fp16 a small
 autotune space per architecture (sm_90 and later, sm_80), tuned once per N bucket (powers of two
-from 1024 to 32768 tokens), V and H. The ahead-of-time compile test (tests/test_kernel_compile.py)
-compiles every configuration for sm_90 and sm_80 and holds bf16/fp16 to zero register spills.
+from 1024 to 32768 tokens), V, H, bias, stats and dtype. N, V and the slice width are not
+specialized on, so one binary per configuration serves every shape, ragged ones included. The
+ahead-of-time compile test (tests/test_kernel_compile.py) compiles every configuration for sm_90
+and sm_80, holds every kernel to zero register spills and the sm_90 bf16/fp16 kernels to wgmma.
 
 Invariants: every pointer offset is int64 (N * V overflows int32 at real sizes); loads use
 in-range row and column indices (out-of-range rows and columns are clamped, then masked out of the
 results); softmax math is fp32; fp32 inputs use IEEE dot products (no TF32). Under TRITON_INTERPRET=1
-the dot operands are upcast to fp32 (the interpreter's low-precision dot is wrong). Launches never
-synchronise with the host.
+the dot operands are upcast to fp32 (the interpreter's low-precision dot is wrong). Launches do
+not synchronise with the host, except that the first launch per tuning key on a GPU benchmarks the
+configurations of its space (Triton's autotuner).
 """
 import functools
 import os
@@ -54,6 +57,7 @@ from triton.runtime.driver import driver
 # Backward: vocab columns per slice, and elements of the dz tile (64 MiB in bf16), which bounds the token chunk.
 BACKWARD_SLICE = 8192
 DZ_TILE_ELEMENTS = 1 << 25
+# Row stride of the dz tile is padded to a multiple of this, so every slice width launches one binary.
 DZ_ROW_ALIGN = 64
 MERGE_BLOCK = 1024
 # Initial running max: finite, so the first rescale is exp(-huge) = 0 and 0 * (m - m') stays 0.
