@@ -94,7 +94,7 @@ CONFIGS = {
         "dlogits": [_config(64, 64, 32, 4, 2)],
     },
     "sm90": {
-        "forward": [_config(128, 128, 64, 8, 4, GROUP_N=8), _config(64, 128, 64, 4, 4, GROUP_N=8)],
+        "forward": [_config(128, 256, 64, 8, 3, GROUP_N=8), _config(128, 128, 64, 8, 4, GROUP_N=8)],
         "dlogits": [_config(128, 128, 64, 8, 4), _config(64, 128, 64, 4, 4)],
     },
     "sm80": {
@@ -169,9 +169,11 @@ def _partial_forward_kernel(hidden_ptr, weight_ptr, bias_ptr, targets_ptr, parti
     sum_exp_z = tl.zeros((BLOCK_N,), dtype=tl.float32)
     target_logit = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for v0 in range(chunk_start, chunk_end, BLOCK_V):
-        cols = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
-        col_mask = cols < chunk_end
-        z = _logit_tile(hidden_ptrs, weight_ptr, bias_ptr, tl.where(col_mask, cols, chunk_start), H,
+        # Tile-local int32 column indices for the masks and the target test (int64 only in addresses).
+        local_cols = tl.arange(0, BLOCK_V)
+        col_mask = local_cols < (chunk_end - v0).to(tl.int32)
+        local_targets = tl.where((targets >= v0) & (targets < v0 + BLOCK_V), targets - v0, -1).to(tl.int32)
+        z = _logit_tile(hidden_ptrs, weight_ptr, bias_ptr, v0 + tl.where(col_mask, local_cols, 0).to(tl.int64), H,
                         stride_weight, HAS_BIAS, UPCAST, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
         z = tl.where(col_mask[None, :], z, float("-inf"))
         new_max = tl.maximum(running_max, tl.max(z, axis=1))
@@ -181,7 +183,7 @@ def _partial_forward_kernel(hidden_ptr, weight_ptr, bias_ptr, targets_ptr, parti
             centered = tl.where(col_mask[None, :], z - new_max[:, None], 0.0)
             sum_exp_z = (sum_exp_z + (running_max - new_max) * sum_exp) * rescale + tl.sum(p * centered, axis=1)
         sum_exp = sum_exp * rescale + tl.sum(p, axis=1)
-        target_logit += tl.sum(tl.where(cols[None, :] == targets[:, None], z, 0.0), axis=1)
+        target_logit += tl.sum(tl.where(local_cols[None, :] == local_targets[:, None], z, 0.0), axis=1)
         running_max = new_max
     field_stride = num_chunks.to(tl.int64) * N
     out = partials_ptr + chunk * N + rows
