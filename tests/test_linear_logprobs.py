@@ -1,4 +1,6 @@
-"""linear_logprobs against a float64 eager reference: values, all three gradients, stats, bad input."""
+"""linear_logprobs against a float64 eager reference: values, all three gradients, stats, bad input.
+
+The triton backend runs on CUDA where there is a GPU, else in the Triton interpreter (tests/conftest.py)."""
 import pytest
 import torch
 import triton
@@ -26,13 +28,21 @@ def make_inputs(num_tokens, hidden_size, vocab_size, dtype=torch.float32, bias=T
     return hidden, weight, b, targets, upstream
 
 
+def device_for(backend):
+    """Where ``backend`` runs in these tests: triton on CUDA where there is one (else the interpreter)."""
+    return torch.device("cuda") if backend == "triton" and torch.cuda.is_available() else torch.device("cpu")
+
+
 def run(backend, hidden, weight, bias, targets, upstream, **kwargs):
-    """(logp, entropy, target_is_argmax, dhidden, dweight, dbias) for loss = sum(upstream * logp)."""
-    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in (hidden, weight, bias)]
-    out = linear_logprobs(leaves[0], leaves[1], targets, leaves[2], backend=backend, return_stats=True, **kwargs)
-    (out.logp * upstream.to(out.logp.dtype)).sum().backward()
-    grads = [leaf.grad if leaf is not None else None for leaf in leaves]
-    return (out.logp.detach(), out.entropy, out.target_is_argmax, *grads)
+    """(logp, entropy, target_is_argmax, dhidden, dweight, dbias) for loss = sum(upstream * logp), on the CPU."""
+    device = device_for(backend)
+    leaves = [t.detach().to(device).clone().requires_grad_(True) if t is not None else None
+              for t in (hidden, weight, bias)]
+    out = linear_logprobs(leaves[0], leaves[1], targets.to(device), leaves[2], backend=backend, return_stats=True,
+                          **kwargs)
+    (out.logp * upstream.to(device, out.logp.dtype)).sum().backward()
+    grads = [leaf.grad.cpu() if leaf is not None else None for leaf in leaves]
+    return (out.logp.detach().cpu(), out.entropy.cpu(), out.target_is_argmax.cpu(), *grads)
 
 
 def reference(hidden, weight, bias, targets, upstream):
@@ -140,7 +150,8 @@ def test_unchecked_entry_never_reads_tensor_values_on_the_host(backend, monkeypa
     while its forward and backward run, every Tensor method that reads a value on the host raises."""
     hidden, weight, bias, targets, upstream = make_inputs(37, 48, 1000, seed=13)
     targets = targets.clamp(min=0)  # no ignored token, by the entry's contract
-    leaves = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
+    device = device_for(backend)
+    leaves = [t.to(device).clone().requires_grad_(True) for t in (hidden, weight, bias)]
 
     def forbidden(name):
         def raise_host_sync(*args, **kwargs):
@@ -151,10 +162,10 @@ def test_unchecked_entry_never_reads_tensor_values_on_the_host(backend, monkeypa
         for name in HOST_SYNCS:
             patched.setattr(torch.Tensor, name, forbidden(name))
         patched.setattr(torch, "nonzero", forbidden("torch.nonzero"))
-        out = spot_kernels.linear_logprobs_unchecked(leaves[0], leaves[1], targets, leaves[2], backend=backend,
-                                                     return_stats=True)
-        (out.logp * upstream).sum().backward()
-    result = (out.logp.detach(), out.entropy, out.target_is_argmax, *(leaf.grad for leaf in leaves))
+        out = spot_kernels.linear_logprobs_unchecked(leaves[0], leaves[1], targets.to(device), leaves[2],
+                                                     backend=backend, return_stats=True)
+        (out.logp * upstream.to(device)).sum().backward()
+    result = tuple(t.cpu() for t in (out.logp.detach(), out.entropy, out.target_is_argmax, *(leaf.grad for leaf in leaves)))
     assert_matches(result, reference(hidden, weight, bias, targets, upstream), rtol=1e-5, atol_scale=1e-5)
 
 
