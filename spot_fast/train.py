@@ -116,8 +116,10 @@ def set_up(config):
     if config.loss == "pear" and config.behavior_model:
         check_behavior_model(config, tokenizer)
     rank, world, device = start_distributed()
-    if rank == 0 and resume_from is None and config.overwrite:
-        run_dir.delete_previous_results(config.output_dir)
+    if rank == 0:
+        if resume_from is None and config.overwrite:
+            run_dir.delete_previous_results(config.output_dir)
+        Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     bf16 = on_when_auto(config.bf16, device)
     dtype = torch.bfloat16 if bf16 else torch.float32
