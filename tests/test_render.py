@@ -143,6 +143,9 @@ def test_trl020_max_prompt_length_keeps_the_end_of_the_prompt(tokenizer, tmp_pat
     for pair, row in zip(pairs, ROWS):
         assert len(pair.prompt_ids) == 9 and sequences_of(pair) == trl020_sequences(tokenizer, row, max_prompt_length=9)
     assert stats.truncated_prompts == 3 and stats.truncated_completions == 0
+    shortest = min(len(p.prompt_ids) for p in load_pairs(path, tokenizer, 8192, layout=TokenLayout("trl020"))[0])
+    stats = load_pairs(path, tokenizer, 8192, layout=TokenLayout("trl020", max_prompt_length=shortest - 1))[1]
+    assert stats.truncated_prompts == 3  # the shortest prompt lost one token
 
 
 def test_trl020_keep_start_cuts_completion_ends_and_skips_prompts_that_fill_max_length(tokenizer, tmp_path):
