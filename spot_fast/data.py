@@ -42,6 +42,8 @@ PROMPT_FIELDS = ("question", "prompt")
 CHOSEN_FIELDS = ("gemini_corrected_answer", "chosen", "response", "completion")
 REJECTED_FIELDS = ("original_answer", "rejected")
 BEHAVIOR_FIELD = "behavior_logps"
+RENDER_MODES = ("spot-fast", "trl020")
+TRUNCATION_MODES = ("keep_end", "keep_start")
 
 
 class DataError(ValueError):
@@ -123,10 +125,6 @@ def trl020_completion_ids(tokenizer, prompt_messages, prompt_text, answer, where
     return tokenizer(full[len(prompt_text):], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
-RENDER_MODES = ("spot-fast", "trl020")
-TRUNCATION_MODES = ("keep_end", "keep_start")
-
-
 @dataclass(frozen=True)
 class TokenLayout:
     """How a row becomes token ids (module docstring); ``max_prompt_length`` and ``truncation_mode``
@@ -149,7 +147,8 @@ class TokenLayout:
 
 @dataclass
 class Fit:
-    """Where a pair is cut to fit ``max_length``: ``prompt_ids[prompt]``, ``completion[completions[i]]``."""
+    """Where a pair is cut to fit ``max_length``: ``prompt_ids[prompt]`` and, for answer i,
+    ``completion_ids[completions[i]]``."""
     prompt: slice
     completions: list
     cut_for_longer: bool = False  # keep_end gave the shorter sequence the longer one's (larger) prompt cut
