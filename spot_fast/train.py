@@ -78,10 +78,11 @@ class Run:
 
 def read_data(config, tokenizer):
     """Training, evaluation and retain pairs (the last two None when not asked for); prints what was read."""
+    layout = config.token_layout()
     pairs, stats = load_pairs(config.data, tokenizer, config.max_length, config.needs_rejected,
-                              with_behavior=config.loss == "pear")
-    eval_pairs = load_pairs(config.eval_data, tokenizer, config.max_length, config.needs_rejected)[0] if config.eval_data else None
-    retain_pairs = load_pairs(config.retain_data, tokenizer, config.max_length, with_rejected=False)[0] if config.retain_data else None
+                              with_behavior=config.loss == "pear", layout=layout)
+    eval_pairs = load_pairs(config.eval_data, tokenizer, config.max_length, config.needs_rejected, layout=layout)[0] if config.eval_data else None
+    retain_pairs = load_pairs(config.retain_data, tokenizer, config.max_length, with_rejected=False, layout=layout)[0] if config.retain_data else None
     if config.loss == "pear" and pairs[0].behavior_logps is not None and config.behavior_model:
         raise DataError(f"{config.data} has behavior_logps and --behavior-model is {config.behavior_model}: give one of the two")
     return pairs, stats, eval_pairs, retain_pairs
@@ -129,10 +130,12 @@ def set_up(config):
         raise DataError(f"{config.data}: {len(pairs)} pairs do not fill one optimizer step of "
                         f"{order.global_batch} pairs (per_device_batch x grad_accum x world)")
     if rank == 0:
+        prompts = (f"{stats.truncated_prompts} prompts truncated ({stats.prompt_cut_for_longer} cut for the longer "
+                   f"answer), " if config.render == "trl020" else "")
         print(f"data: {stats.pairs} {'pairs' if config.needs_rejected else 'examples'}, {stats.skipped_long_prompt} "
               f"skipped (prompt longer than max_length), {stats.truncated_completions} completions truncated, "
-              f"{order.left_out_per_epoch} left out per epoch; {order.total_steps} optimizer steps on {world} "
-              f"process(es), {device.type}")
+              f"{prompts}{order.left_out_per_epoch} left out per epoch; {order.total_steps} optimizer steps on "
+              f"{world} process(es), {device.type}")
 
     model = load_policy(config.model, config, dtype, device)
     scorer = Scorer(2 * config.per_device_batch, config.pack == "on", tokenizer.pad_token_id, device,
