@@ -171,8 +171,10 @@ def set_up(config):
             print(f"resumed from {resume_from} at step {state.step}")
     log = MetricsLog(config.output_dir, enabled=rank == 0, resumed_step=state.step if resume_from else None)
     forwarded = [pair_tokens(p, config.share_prefix == "on") for p in pairs]
-    return Run(config, rank, world, device, tokenizer, pairs, order, objective, reference, engine, state, scorer,
-               log, Path(config.output_dir), retain, eval_pairs, eval_reference, forwarded.__getitem__)
+    return Run(config=config, rank=rank, world=world, device=device, tokenizer=tokenizer, pairs=pairs, order=order,
+               objective=objective, reference=reference, engine=engine, state=state, scorer=scorer, log=log,
+               output_dir=Path(config.output_dir), retain=retain, pair_tokens=forwarded.__getitem__,
+               eval_pairs=eval_pairs, eval_reference=eval_reference)
 
 
 def load_behavior_model(config, tokenizer, dtype, device):
