@@ -1,5 +1,6 @@
 # make test   - set up .venv (pinned, CPU torch unless a torch is already installed) and run the tests
-# make demo   - set up .venv and run the default SPoT training job (tiny model, bundled data)
+# make demo   - set up .venv and run the default SPoT training job (tiny model, bundled data) into
+#               outputs/spot, replacing the previous demo's results there
 # make bench  - run the kernel benchmark (GPU shapes on CUDA, reduced shapes on CPU); writes a new
 #               benchmarks/results/<device>-<UTC time>.json, never over a committed result
 # TORCH_INDEX_URL=URL (variable or environment): the index torch is installed from where none is (tools/install.sh)
@@ -20,7 +21,7 @@ test: install
 	$(PY) -m pytest -q tests
 
 demo: install
-	$(PY) spot_fast/train.py
+	$(PY) spot_fast/train.py --overwrite
 
 bench: install
 	$(PY) benchmarks/bench_kernels.py

@@ -45,7 +45,7 @@ from bench_kernels import RESULTS_DIR, device_name, median_ms, slug  # noqa: E40
 
 from spot_fast.batching import collate  # noqa: E402
 from spot_fast.data import Pair  # noqa: E402
-from spot_fast.logprob_head import install_logprob_head  # noqa: E402
+from spot_fast.logprob_head import batch_logps, install_logprob_head  # noqa: E402
 from spot_fast.objective import Objective, micro_batch_loss  # noqa: E402
 from spot_kernels import RewardShift  # noqa: E402
 
@@ -121,7 +121,7 @@ def measure(model, pairs, layout, repeats, device):
     objective = Objective("spot_bco", 0.1, RewardShift())
 
     def step():
-        loss, _ = micro_batch_loss(model, batch, reference, objective)
+        loss, _ = micro_batch_loss(batch_logps(model, batch), batch, reference, objective)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

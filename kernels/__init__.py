@@ -10,7 +10,7 @@ Depends on torch and (for the ``triton`` backend) triton only.
 from .linear_logprobs import BACKENDS, TokenLogprobs, linear_logprobs, linear_logprobs_unchecked, resolve_backend
 from .losses import LOSS_KINDS, implicit_reward, preference_loss, segment_sum, sequence_logps
 from .pear import PEAR_LEVELS, PearConfig, pear_loss, pear_weights
-from .reference import eager_linear_logprobs
+from .eager import eager_linear_logprobs
 from .reward_shift import RewardShift
 
 __all__ = [

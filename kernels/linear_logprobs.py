@@ -9,12 +9,13 @@ signature and one result:
 - ``chunked``: bounded-memory PyTorch (any device),
 - ``eager``: materialized logits, the specification.
 """
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from .chunked import chunked_backward, chunked_forward
-from .reference import eager_linear_logprobs
+from . import chunked
+from .backward import accumulate_gradients
+from .eager import eager_linear_logprobs
 
 BACKENDS = ("auto", "triton", "chunked", "eager")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -37,20 +38,35 @@ def triton_available(device):
     return device.type == "cuda" or triton_linear_logprobs.interpreting()
 
 
-def _backend_functions(name):
+class FusedBackend(NamedTuple):
+    """What a fused backend supplies to ``_FusedLinearLogprobs``:
+    ``forward(hidden, weight, bias, targets, with_stats) -> (logp, lse, entropy, target_is_argmax)``,
+    ``dlogits``, the dz tile function of ``backward.accumulate_gradients``, and
+    ``backward_chunks(num_tokens, vocab_size) -> (token_chunk, vocab_chunk)``, the tiles it works on."""
+    forward: Callable
+    dlogits: Callable
+    backward_chunks: Callable
+
+
+def _fused_backend(name):
     if name == "chunked":
-        return chunked_forward, chunked_backward
-    from .triton_linear_logprobs import triton_backward, triton_forward
-    return triton_forward, triton_backward
+        return FusedBackend(chunked.chunked_forward, chunked.torch_dlogits, chunked.chunk_sizes)
+    from . import triton_linear_logprobs as fused
+    return FusedBackend(fused.triton_forward, fused.triton_dlogits, fused.backward_chunk_sizes)
 
 
 class _FusedLinearLogprobs(torch.autograd.Function):
     """Autograd wrapper of the fused backends. Saves hidden, weight, bias, targets (all inputs: no
-    copies), the indices of the kept tokens and lse of those tokens: O(N) beyond the inputs."""
+    copies), the indices of the kept tokens and lse of those tokens: O(N) beyond the inputs. The
+    backward is ``backward.accumulate_gradients`` driving the backend's dz tile function.
+
+    With ``ignore_index`` None (``linear_logprobs_unchecked``) neither direction synchronises with
+    the host: no token selection, and every loop bound comes from shapes (on a GPU the Triton
+    autotuner still benchmarks once per tuning key, on the first call)."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, ignore_index, backend, with_stats):
-        forward_fn, _ = _backend_functions(backend)
+        forward_fn = _fused_backend(backend).forward
         kept = None
         if ignore_index is not None:  # None: the caller guarantees no ignored token (no host sync)
             keep = targets != ignore_index
@@ -75,7 +91,7 @@ class _FusedLinearLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logp, _grad_entropy, _grad_argmax):
         hidden, weight, bias, targets, kept, lse = ctx.saved_tensors
-        _, backward_fn = _backend_functions(ctx.backend)
+        fused = _fused_backend(ctx.backend)
         needs = ctx.needs_input_grad[:3]
         num_tokens, hidden_size = hidden.shape
         grad = grad_logp.to(lse.dtype).contiguous()  # fp32 (float64 for float64 inputs), as the forward
@@ -85,7 +101,9 @@ class _FusedLinearLogprobs(torch.autograd.Function):
             dhidden, dweight, dbias = (torch.zeros_like(x) if need and x is not None else None
                                        for x, need in zip((hidden, weight, bias), needs))
         else:
-            dhidden, dweight, dbias = backward_fn(hidden, weight, bias, targets, lse, grad, needs)
+            token_chunk, vocab_chunk = fused.backward_chunks(hidden.shape[0], weight.shape[0])
+            dhidden, dweight, dbias = accumulate_gradients(hidden, weight, bias, targets, lse, grad, needs,
+                                                           fused.dlogits, token_chunk, vocab_chunk)
         if dhidden is not None and kept is not None:
             dhidden = dhidden.new_zeros(num_tokens, hidden_size).index_copy_(0, kept, dhidden)
         return dhidden, dweight, dbias, None, None, None, None

@@ -22,6 +22,7 @@ import yaml
 
 from spot_kernels import BACKENDS, LOSS_KINDS, PEAR_LEVELS, PearConfig
 
+from .data import RENDER_MODES, TRUNCATION_MODES, TokenLayout
 from .models import ASSETS, BUILTIN_MODEL
 from .objective import PAIRED_OBJECTIVES, REFERENCE_OBJECTIVES
 
@@ -47,6 +48,9 @@ class TrainConfig:
     per_device_batch: int = 4
     grad_accum: int = 8
     max_length: int = 8192
+    render: str = field(default="spot-fast", metadata={"choices": RENDER_MODES, "help": "token layout: spot-fast, or trl020 (the SPoT release's: TRL 0.20 DPOTrainer's)"})
+    max_prompt_length: int = field(default=0, metadata={"help": "--render trl020: prompts keep their last N tokens (0: all)"})
+    truncation_mode: str = field(default="keep_end", metadata={"choices": TRUNCATION_MODES, "help": "--render trl020: a sequence longer than max_length keeps its last (keep_end) or first (keep_start) tokens"})
     weight_decay: float = 0.01
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
@@ -98,6 +102,9 @@ class TrainConfig:
         return PearConfig(self.pear_level, self.pear_clip_low, self.pear_clip_high, self.pear_weight_min,
                           self.pear_weight_max, self.pear_gamma, self.pear_block_size)
 
+    def token_layout(self):
+        return TokenLayout(self.render, self.max_prompt_length, self.truncation_mode)
+
     def resolved_learning_rate(self):
         if self.learning_rate > 0:
             return self.learning_rate
@@ -114,6 +121,7 @@ RANGES = {
     "per_device_batch": (lambda v: v >= 1, ">= 1"),
     "grad_accum": (lambda v: v >= 1, ">= 1"),
     "max_length": (lambda v: v >= 2, ">= 2"),
+    "max_prompt_length": (lambda v: v >= 0, ">= 0 (0: none)"),
     "weight_decay": (lambda v: v >= 0, ">= 0"),
     "adam_beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "adam_beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -140,11 +148,11 @@ RESUME_SAFE = ("output_dir", "cache_dir", "resume", "overwrite", "log_every", "s
 
 def changed_on_resume(saved, config):
     """``[(option, saved value, value now)]`` for the options outside ``RESUME_SAFE`` that differ. An
-    option the checkpoint does not name did not exist when it was written: that run had its default."""
+    option the checkpoint does not name (saved before the option existed) counts as its default."""
     now = dataclasses.asdict(config)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    then = {name: saved.get(name, defaults[name]) for name in now}
-    return [(name, then[name], now[name]) for name in now if name not in RESUME_SAFE and then[name] != now[name]]
+    saved = {name: saved.get(name, defaults[name]) for name in now}
+    return [(name, saved[name], now[name]) for name in now if name not in RESUME_SAFE and saved[name] != now[name]]
 
 
 class ConfigError(ValueError):
@@ -197,6 +205,10 @@ def validate(values, sources):
         config.pear()
     except ValueError as error:
         raise ConfigError(f"PEAR options: {error}") from None
+    try:
+        config.token_layout()
+    except ValueError as error:
+        raise ConfigError(f"token layout options: {error}") from None
     return config
 
 

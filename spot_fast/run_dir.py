@@ -10,6 +10,7 @@ writable, which is tried, not assumed.
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from .checkpoint import STATE_FILE, checkpoints
@@ -26,14 +27,18 @@ def previous_results(output_dir):
 
 
 def check_writable(output_dir):
+    """Raises ConfigError unless ``output_dir`` can be created and written, trying it in the nearest
+    directory that exists (a temporary directory, removed at once: nothing is left behind)."""
     output_dir = Path(output_dir)
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise ConfigError(f"--output-dir {output_dir} is not writable: {error.strerror or error}") from None
+    existing = next(path for path in (output_dir, *output_dir.absolute().parents) if path.exists())
+    problem = None if existing.is_dir() else f"{existing} is not a directory"
+    if problem is None:
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=existing))
+        except OSError as error:
+            problem = f"{existing}: {error.strerror or error}"
+    if problem:
+        raise ConfigError(f"--output-dir {output_dir} is not writable: {problem}")
 
 
 def resume_checkpoint(config, world):

@@ -80,10 +80,11 @@ class Run:
 
 def read_data(config, tokenizer):
     """Training, evaluation and retain pairs (the last two None when not asked for); prints what was read."""
+    layout = config.token_layout()
     pairs, stats = load_pairs(config.data, tokenizer, config.max_length, config.needs_rejected,
-                              with_behavior=config.loss == "pear")
-    eval_pairs = load_pairs(config.eval_data, tokenizer, config.max_length, config.needs_rejected)[0] if config.eval_data else None
-    retain_pairs = load_pairs(config.retain_data, tokenizer, config.max_length, with_rejected=False)[0] if config.retain_data else None
+                              with_behavior=config.loss == "pear", layout=layout)
+    eval_pairs = load_pairs(config.eval_data, tokenizer, config.max_length, config.needs_rejected, layout=layout)[0] if config.eval_data else None
+    retain_pairs = load_pairs(config.retain_data, tokenizer, config.max_length, with_rejected=False, layout=layout)[0] if config.retain_data else None
     if config.loss == "pear" and pairs[0].behavior_logps is not None and config.behavior_model:
         raise DataError(f"{config.data} has behavior_logps and --behavior-model is {config.behavior_model}: give one of the two")
     return pairs, stats, eval_pairs, retain_pairs
@@ -128,8 +129,10 @@ def set_up(config):
     if config.loss == "pear" and config.behavior_model:
         check_behavior_model(config, tokenizer)
     rank, world, device = start_distributed()
-    if rank == 0 and resume_from is None and config.overwrite:
-        run_dir.delete_previous_results(config.output_dir)
+    if rank == 0:
+        if resume_from is None and config.overwrite:
+            run_dir.delete_previous_results(config.output_dir)
+        Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     bf16 = on_when_auto(config.bf16, device)
     dtype = torch.bfloat16 if bf16 else torch.float32
@@ -139,10 +142,12 @@ def set_up(config):
         raise DataError(f"{config.data}: {len(pairs)} pairs do not fill one optimizer step of "
                         f"{order.global_batch} pairs (per_device_batch x grad_accum x world)")
     if rank == 0:
+        prompts = (f"{stats.truncated_prompts} prompts truncated ({stats.prompt_cut_for_longer} cut for the longer "
+                   f"answer), " if config.render == "trl020" else "")
         print(f"data: {stats.pairs} {'pairs' if config.needs_rejected else 'examples'}, {stats.skipped_long_prompt} "
               f"skipped (prompt longer than max_length), {stats.truncated_completions} completions truncated, "
-              f"{order.left_out_per_epoch} left out per epoch; {order.total_steps} optimizer steps on {world} "
-              f"process(es), {device.type}")
+              f"{prompts}{order.left_out_per_epoch} left out per epoch; {order.total_steps} optimizer steps on "
+              f"{world} process(es), {device.type}")
 
     engine_config = deepspeed_config(config, bf16, device)
     policy = load_policy(config.model, config, dtype, device, engine_config if config.zero_stage == 3 else None)
@@ -187,9 +192,10 @@ def set_up(config):
     log = MetricsLog(config.output_dir, enabled=rank == 0, resumed_step=state.step if resume_from else None,
                      report_to=config.report_to, run_config=vars(config))
     forwarded = [pair_tokens(p, config.share_prefix == "on") for p in pairs]
-    return Run(config, rank, world, device, tokenizer, pairs, order, objective, reference, engine, state, scorer,
-               log, Path(config.output_dir), retain=retain, pair_tokens=forwarded.__getitem__, eval_pairs=eval_pairs,
-               eval_reference=eval_reference)
+    return Run(config=config, rank=rank, world=world, device=device, tokenizer=tokenizer, pairs=pairs, order=order,
+               objective=objective, reference=reference, engine=engine, state=state, scorer=scorer, log=log,
+               output_dir=Path(config.output_dir), retain=retain, pair_tokens=forwarded.__getitem__,
+               eval_pairs=eval_pairs, eval_reference=eval_reference)
 
 
 def load_behavior_model(config, tokenizer, dtype, device, engine_config):

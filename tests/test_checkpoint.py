@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(REPO / "spot_fast" / "train.py")]
 INTERRUPTED = [sys.executable, str(REPO / "tests" / "interrupt_save.py")]
 ARGS = ["--max-steps", "4", "--grad-accum", "2", "--per-device-batch", "2", "--log-every", "1", "--learning-rate", "1e-3",
-        "--save-every", "1", "--keep-last", "2"]
+        "--save-every", "1", "--keep-last", "2", "--loss", "dpo"]
 
 
 def run(command, expect_success=True):
@@ -57,7 +57,7 @@ def test_an_interrupted_save_is_never_resumed_from(uninterrupted, point, how):
     expected, got = rows(root / "run"), rows(output_dir)
     assert [r["step"] for r in got] == [1, 2, 3, 4]  # the steps after the checkpoint are logged once
     for mine, theirs in zip(got, expected):
-        for key in ("loss", "delta", "rewards/margin", "grad_norm", "lr"):
+        for key in ("loss", "rewards/margin", "grad_norm", "lr"):
             assert mine[key] == pytest.approx(theirs[key], rel=1e-6, abs=1e-9), (mine["step"], key)
     weights, reference = load_file(output_dir / "final" / "model.safetensors"), load_file(root / "run" / "final" / "model.safetensors")
     for name, value in reference.items():
@@ -82,3 +82,16 @@ def test_a_resume_with_a_changed_setting_is_refused_before_any_work(uninterrupte
     assert main(argv) == 1
     error = capsys.readouterr().err
     assert "learning_rate: 0.001 in the checkpoint, 0.002 now" in error and "checkpoint-3 was trained with other settings" in error
+
+
+def test_token_budget_micro_batches_train_the_same_steps(uninterrupted):
+    """The same 4 pairs per step regrouped by a token budget (about one pair per micro-batch instead
+    of two fixed pairs): each micro-batch's loss is weighted by its share of the step's pairs, so
+    every step's loss, rewards and gradient norm are those of the fixed grouping (dpo: no per-micro-
+    batch state)."""
+    output_dir = uninterrupted / "budget"
+    run(TRAIN + ARGS + ["--max-tokens-per-batch", "150", "--cache-dir", str(uninterrupted / "cache"),
+                        "--output-dir", str(output_dir)])
+    for mine, theirs in zip(rows(output_dir), rows(uninterrupted / "run")):
+        for key in ("loss", "rewards/chosen", "rewards/margin", "grad_norm"):
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-6), (mine["step"], key)

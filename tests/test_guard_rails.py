@@ -149,3 +149,13 @@ def test_hub_names_resolve_from_the_local_cache_offline(tmp_path):
     lines = result.stdout.strip().splitlines()
     assert lines[0] == f"{len(load_tokenizer(BUILTIN_MODEL))} 2"
     assert lines[-1].startswith("the model of 'spotfast/absent' could not be loaded from the local Hugging Face cache")
+
+
+def test_options_a_checkpoint_predates_count_as_their_defaults(tmp_path):
+    path = fake_checkpoint(tmp_path, 2)
+    state = json.loads((path / "trainer_state.json").read_text())
+    del state["config"]["render"], state["config"]["share_prefix"]  # saved before these options existed
+    (path / "trainer_state.json").write_text(json.dumps(state))
+    assert run_dir.prepare(TrainConfig(output_dir=str(tmp_path), resume="latest"), world=1) == path
+    with pytest.raises(ConfigError, match="render: 'spot-fast' in the checkpoint, 'trl020' now"):
+        run_dir.prepare(TrainConfig(output_dir=str(tmp_path), resume="latest", render="trl020"), world=1)

@@ -165,7 +165,7 @@ def test_a_step_loss_does_not_depend_on_how_its_pairs_are_grouped():
             loss, _ = micro_batch_loss(batch_logps(model, batch), batch, reference[group], objective)
             scaled = loss * (len(group) / len(pairs))
             scaled.backward()
-            total += float(scaled)
+            total += float(scaled.detach())
         return total, {n: p.grad.clone() for n, p in model.named_parameters()}
 
     whole, whole_grads = step([list(range(len(pairs)))])

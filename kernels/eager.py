@@ -10,8 +10,8 @@ import torch
 def eager_linear_logprobs(hidden, weight, targets, bias=None, ignore_index=-100, with_stats=False):
     """Per-token log-probs ``z[i, t_i] - logsumexp(z[i])`` with ``z = hidden @ weight.T (+ bias)``.
 
-    Softmax math runs in fp32 (float64 for float64 inputs, which makes this the high-precision
-    reference of the tests). Returns ``(logp, entropy, target_is_argmax)``; the last two are None unless ``with_stats``.
+    Softmax math runs in fp32 (float64 for float64 inputs: the high-precision values the tests
+    hold every backend to). Returns ``(logp, entropy, target_is_argmax)``; the last two are None unless ``with_stats``.
     Ignored tokens get log-prob 0, entropy 0 and ``target_is_argmax`` False. Autograd does the
     backward.
     """
