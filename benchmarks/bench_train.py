@@ -164,14 +164,15 @@ def run(args):
     model_shape = {key: getattr(config, key) for key in ("hidden_size", "intermediate_size", "num_hidden_layers",
                                                           "num_attention_heads", "num_key_value_heads", "head_dim",
                                                           "vocab_size")}
-    return {"device": device_name(device), "torch": torch.__version__,
+    return {"device": {"name": device_name(device), "type": device.type, "threads": torch.get_num_threads()},
+            "torch": torch.__version__,
             "model": model_shape | {"dtype": "bf16" if device.type == "cuda" else "fp32"},
             "matmul_flops_per_s": rate, "pairs": args.pairs, "prompt_tokens": args.prompt_tokens,
         "answer_tokens": args.answer_tokens, "repeats": args.repeats, "results": results}
 
 
 def print_table(report):
-    print(f"one trainer step on {report['device']} (torch {report['torch']}); {report['pairs']} pairs of "
+    print(f"one trainer step on {report['device']['name']} (torch {report['torch']}); {report['pairs']} pairs of "
           f"{report['prompt_tokens']} prompt + 2 x {report['answer_tokens']} answer tokens; "
           f"matmul {report['matmul_flops_per_s'] / 1e12:.2f} TFLOP/s")
     header = f"{'attention':9} {'shared':>6} {'layout':7} {'tokens/pair':>11} {'step ms':>9} {'vs packed':>9} " \
@@ -205,7 +206,7 @@ def main(argv=None):
     args = parse_args(argv)
     report = run(args)
     print_table(report)
-    out = args.out or RESULTS_DIR / f"train-{slug(report['device'])}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    out = args.out or RESULTS_DIR / f"train-{slug(report['device']['name'])}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"results written to {out}")
