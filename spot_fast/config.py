@@ -24,7 +24,7 @@ from spot_kernels import BACKENDS, LOSS_KINDS, PEAR_LEVELS, PearConfig
 
 from .data import RENDER_MODES, TRUNCATION_MODES, TokenLayout
 from .models import ASSETS, BUILTIN_MODEL
-from .objective import PAIRED_OBJECTIVES, REFERENCE_OBJECTIVES
+from .objective import Objective
 
 DEMO_LEARNING_RATE = 2e-3
 OBJECTIVES = (*LOSS_KINDS, "pear")
@@ -92,11 +92,11 @@ class TrainConfig:
 
     @property
     def needs_rejected(self):
-        return self.loss in PAIRED_OBJECTIVES
+        return Objective(self.loss).needs_rejected
 
     @property
     def needs_reference(self):
-        return self.loss in REFERENCE_OBJECTIVES
+        return Objective(self.loss).needs_reference
 
     def pear(self):
         return PearConfig(self.pear_level, self.pear_clip_low, self.pear_clip_high, self.pear_weight_min,
