@@ -77,6 +77,7 @@ class TrainConfig:
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scale numerator: adapters add (alpha / r) * B A x"})
     lora_targets: str = field(default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
                               metadata={"help": "comma-separated names of the linear layers that get adapters"})
+    lora_save_merged: bool = field(default=False, metadata={"help": "also save the final model with its adapters merged (OUTPUT_DIR/final-merged)"})
     zero_stage: int = field(default=2, metadata={"choices": (0, 1, 2, 3)})
     offload: str = field(default="none", metadata={"choices": ("none", "optimizer", "params"),
                                                    "help": "keep in CPU memory: the optimizer state (ZeRO >= 1), or that and the weights (ZeRO-3)"})
@@ -143,7 +144,7 @@ RANGES = {
 # measured, and how long the run goes on (a new max_steps also stretches or shortens the cosine).
 # Every other option changes what the run computes, and a resume that changes it is refused.
 RESUME_SAFE = ("output_dir", "cache_dir", "resume", "overwrite", "log_every", "save_every", "keep_last", "max_steps",
-               "retain_data", "retain_every", "eval_data", "gradient_checkpointing", "report_to")
+               "retain_data", "retain_every", "eval_data", "gradient_checkpointing", "report_to", "lora_save_merged")
 
 
 def changed_on_resume(saved, config):
@@ -195,6 +196,8 @@ def validate(values, sources):
         if name in RANGES and not RANGES[name][0](value):
             raise ConfigError(f"{option} must be {RANGES[name][1]}; got {value!r}")
     config = TrainConfig(**checked)
+    if config.lora_save_merged and not config.lora_r:
+        raise ConfigError("--lora-save-merged needs LoRA adapters (--lora-r)")
     if config.lora_r and config.zero_stage == 3:
         raise ConfigError("--lora-r with --zero-stage 3 is not supported yet: LoRA trains with ZeRO 0-2")
     if config.offload == "params" and config.zero_stage != 3:

@@ -6,9 +6,14 @@ only ``A`` and ``B`` are trainable (every base weight, the LM head included, is 
 head still passes gradients to the hidden states). ``adapters_disabled`` runs the base model
 without the adapters: the reference log-probs are the base model's. With adapters loaded,
 ``save_pretrained`` writes the adapter alone (``adapter_config.json`` + ``adapter_model.safetensors``),
-which ``peft.PeftModel.from_pretrained(base_model, path)`` loads.
+which ``peft.PeftModel.from_pretrained(base_model, path)`` loads. ``save_merged`` writes the model
+with every adapter folded into its weight (``W + (alpha / r) B A``): a plain Hugging Face model that
+needs no PEFT to load.
 """
+import os
+import shutil
 from contextlib import contextmanager
+from pathlib import Path
 
 from .config import ConfigError
 
@@ -49,3 +54,35 @@ def adapters_disabled(model):
         yield
     finally:
         model.enable_adapters()
+
+
+def merged_state_dict(model):
+    """The state dict of ``model`` without adapters, each adapted weight replaced by ``W + (alpha / r) B A``
+    (PEFT's ``merge``, undone afterwards: ``model`` is left as it was)."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [module for module in model.modules() if isinstance(module, LoraLayer)]
+    for layer in layers:
+        layer.merge()
+    try:
+        return {name.replace(".base_layer.", "."): tensor.detach().clone()
+                for name, tensor in model.state_dict().items() if "lora_" not in name}
+    finally:
+        for layer in layers:
+            layer.unmerge()
+
+
+def save_merged(model, tokenizer, path):
+    """Writes ``model`` with its adapters merged as a plain Hugging Face model directory at ``path``,
+    atomically (a temporary directory renamed when complete). Holds a second copy of the weights on
+    the CPU while it writes."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain = type(model)(model.config)
+    plain.load_state_dict({name: tensor.cpu() for name, tensor in merged_state_dict(model).items()})
+    plain.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)

@@ -16,7 +16,7 @@ from pathlib import Path
 from .checkpoint import STATE_FILE, checkpoints
 from .config import RESUME_SAFE, ConfigError, changed_on_resume
 
-RESULT_NAMES = ("metrics.jsonl", "training.png", "tensorboard", "wandb", "final")
+RESULT_NAMES = ("metrics.jsonl", "training.png", "tensorboard", "wandb", "final", "final-merged")
 
 
 def previous_results(output_dir):

@@ -36,7 +36,7 @@ from spot_fast.example_order import ExampleOrder
 from spot_fast.forgetting.retain import RetainSet
 from spot_fast.logprob_cache import CacheError, ScoredOnce
 from spot_fast.logprob_head import LogprobModel, install_logprob_head
-from spot_fast.lora import adapters_disabled, add_lora
+from spot_fast.lora import adapters_disabled, add_lora, save_merged
 from spot_fast.metrics import MetricsLog, MetricsWindow, check_report_to, plot_metrics
 from spot_fast.models import ModelError, check_model_name, load_model, load_tokenizer
 from spot_fast.objective import Objective, micro_batch_loss, reward_metrics
@@ -287,6 +287,8 @@ def evaluate(run):
 
 def finish(run):
     final = save_checkpoint(run.engine, run.tokenizer, run.output_dir, "final", run.state, run.config, run.rank)
+    if run.config.lora_save_merged and run.is_main:
+        save_merged(run.engine.module.model, run.tokenizer, run.output_dir / "final-merged")
     if run.eval_pairs is not None:
         results = evaluate(run)
         run.log.log(run.state.step, results)

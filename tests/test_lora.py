@@ -24,7 +24,7 @@ def lora_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
     command = [sys.executable, str(REPO / "spot_fast" / "train.py"), "--max-steps", "4", "--grad-accum", "1",
                "--per-device-batch", "4", "--learning-rate", "2e-2", "--epochs", "1", "--eval-data",
-               str(ASSETS / "eval_pairs.jsonl"), "--cache-dir", str(root / "cache"), "--output-dir", str(root / "run"), *LORA]
+               str(ASSETS / "eval_pairs.jsonl"), "--cache-dir", str(root / "cache"), "--output-dir", str(root / "run"), "--lora-save-merged", *LORA]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
@@ -76,3 +76,22 @@ def test_saved_adapter_on_the_base_model_is_the_trained_model(lora_run):
     adapted = PeftModel.from_pretrained(load_model(BUILTIN_MODEL), final).eval()
     assert nll(adapted) == pytest.approx(logged, rel=1e-5)
     assert abs(nll(load_model(BUILTIN_MODEL)) - logged) > 1e-3  # training changed it
+
+
+def test_merged_model_loads_without_peft_and_is_the_trained_model(lora_run):
+    """--lora-save-merged: W + (alpha / r) B A written as a plain model; it scores the held-out pairs
+    as the trained model did."""
+    from transformers import AutoModelForCausalLM
+
+    root, _, rows = lora_run
+    merged = root / "run" / "final-merged"
+    assert (merged / "model.safetensors").exists() and not (merged / "adapter_config.json").exists()
+    logged = [r for r in rows if "eval/nll" in r][-1]["eval/nll"]
+    tokenizer = load_tokenizer(BUILTIN_MODEL)
+    eval_pairs = load_pairs(ASSETS / "eval_pairs.jsonl", tokenizer, 8192)[0]
+    tokens = sum(len(p.chosen_ids) for p in eval_pairs)
+    model = AutoModelForCausalLM.from_pretrained(merged).eval()
+    with torch.no_grad():
+        nll = float(-sum(hf_token_logps(model, p.prompt_ids, p.chosen_ids).sum() for p in eval_pairs) / tokens)
+    assert nll == pytest.approx(logged, rel=1e-5)
+    assert not list((root / "run").glob(".tmp-*"))
