@@ -8,10 +8,9 @@ so ``model(input_ids).logits`` and ``model.generate()`` keep working on the trai
 
 ``batch_logps`` runs the model body once over a batch (sequences or pair trees, ``batching.py``),
 keeps only the hidden states that predict completion tokens, scores them with the fused head and sums
-their log-probs per sequence. The batch
-guarantees what the kernel's public entry would check (every target a real token id, sequence
-indices in range), so it calls ``linear_logprobs_unchecked`` and ``segment_sum``: no host
-synchronisation on the hot path.
+their log-probs per sequence. The batch guarantees what the kernel's public entry would check (every
+target a real token id, sequence indices in range), so it calls ``linear_logprobs_unchecked`` and
+``segment_sum``: no host synchronisation on the hot path.
 
 ``LogprobModel`` is the module the trainer hands to DeepSpeed: its forward is ``batch_logps``, so
 training calls ``engine(batch)`` and scoring calls ``engine.module(batch)``. Under ZeRO-3 that matters:

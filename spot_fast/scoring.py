@@ -50,9 +50,9 @@ class Scorer:
         parts = []
         try:
             for index in tqdm(range(per_rank), desc=desc, unit="batch", leave=False, disable=desc is None or rank != 0):
-                batch = mine[index] if index < len(mine) else batches[0]  # a repeat keeps the forwards in step
-                values = self._values(model(collate(batch, self.pack, self.pad_id, self.share_prefix).to(self.device)),
-                                      batch, per_token)
+                pairs_now = mine[index] if index < len(mine) else batches[0]  # a repeat keeps the forwards in step
+                batch = collate(pairs_now, self.pack, self.pad_id, self.share_prefix).to(self.device)
+                values = self._values(model(batch), batch, per_token)
                 if index < len(mine):
                     parts.append(values)
         finally:
@@ -67,7 +67,6 @@ class Scorer:
     @staticmethod
     def _values(logps, batch, per_token):
         if per_token:
-            chosen_tokens = sum(len(p.chosen_ids) for p in batch)
-            return logps.token_logps[:chosen_tokens].float().cpu()  # chosen sequences come first
+            return logps.token_logps[:batch.num_chosen_tokens].float().cpu()  # chosen tokens come first
         sides = [logps.chosen] if logps.rejected is None else [logps.chosen, logps.rejected]
         return torch.stack(sides, dim=1).float().cpu()
