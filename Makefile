@@ -3,13 +3,15 @@
 #               outputs/spot, replacing the previous demo's results there
 # make bench  - run the kernel benchmark (GPU shapes on CUDA, reduced shapes on CPU); writes a new
 #               benchmarks/results/<device>-<UTC time>.json, never over a committed result
+# make claims - run the controlled SPoT experiment (benchmarks/spot_claims.py, CPU, resumable); writes
+#               benchmarks/results/spot_claims.{json,md,png}
 # TORCH_INDEX_URL=URL (variable or environment): the index torch is installed from where none is (tools/install.sh)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench claims clean
 
 install: $(STAMP)
 
@@ -25,6 +27,9 @@ demo: install
 
 bench: install
 	$(PY) benchmarks/bench_kernels.py
+
+claims: install
+	$(PY) benchmarks/spot_claims.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
