@@ -12,13 +12,16 @@ in ``claims_task.py``. Every stage is a command a user would run, printed as it 
    ``correct`` with the minimal-edit Oracle (``claims_task:minimal_edit``), ``verify`` (the paper's
    gamma 0.6) and ``build`` give the SPoT pairs; the same errors corrected by the rewriting Oracle
    (``claims_task:rewrite``) and kept whatever their change ratio give the "direct" data.
-3. **post-training**, the same pairs, steps, learning rate and seeds for every method: ``spot_bco``,
-   ``spot_bce``, ``dpo``, ``reward_sft``, ``sft`` on y+ (SFT+) and ``sft`` on the direct rewrites,
-   with the old skill as the retain set (``--retain-data``: NLL and KL to the start while training).
+3. **post-training**, the same pairs, steps and seeds for every method: ``spot_bco``, ``spot_bce``,
+   ``dpo``, ``reward_sft``, ``sft`` on y+ (SFT+) and ``sft`` on the direct rewrites, with the old
+   skill as the retain set (``--retain-data``: NLL and KL to the start while training). Each method
+   first trains at every rate of ``Scale.post_lrs`` on the first seed; ``spot-fast-eval`` on
+   validation additions picks its rate, and the other seeds train at that rate.
 4. **evaluation**: ``spot-fast-eval`` on held-out additions (avg@k) and reversals, for the start model
-   and every run.
+   and every chosen run.
 5. **report**: per method, the in-domain gain and the old-skill change against the start model
-   (mean +- std over seeds), the implicit reward curves and the retain KL, and a verdict on each claim.
+   (mean +- std over seeds); over the sweep, the implicit rewards and the retain KL at matched rates;
+   and a verdict on each claim.
 
 Each stage skips the work its outputs already hold, so an interrupted run resumes where it stopped.
 """
@@ -48,6 +51,7 @@ METHODS = (  # label, objective, which pairs (minimal edits or direct rewrites)
     ("SFT (direct rewrites)", "sft", "direct"),
 )
 REASONING, OLD_SKILL = "addition", "reversal"
+VALIDATION = f"{REASONING}-validation.jsonl"
 
 
 @dataclass(frozen=True)
@@ -62,12 +66,15 @@ class Scale:
     reversal_share: float = 0.3      # share of pre-training examples that are reversals (old skill)
     elicit_problems: int = 400
     gamma: float = 0.6               # largest change ratio verify keeps for the minimal edits
-    post_steps: int = 60
+    post_steps: int = 40
     post_batch: int = 8
-    post_lr: float = 3e-4
+    post_lrs: tuple = (3e-5, 1e-4, 3e-4)  # each method trains at the one of these that validates best
     beta: float = 0.1
     seeds: tuple = (0, 1, 2)
     eval_problems: int = 150
+    validation_problems: int = 100   # held-out additions that choose each method's learning rate
+    validation_samples: int = 2
+    retain_examples: int = 100       # old-skill examples scored during post-training (forgetting signal)
     eval_samples: int = 4            # avg@k on the reasoning benchmark (the old skill: 1)
     max_new_tokens: int = 160
     temperature: float = 1.0         # sampling the learned distribution, slips included
@@ -76,7 +83,8 @@ class Scale:
 
 FULL = Scale()
 SMOKE = replace(FULL, hidden=32, layers=1, pretrain_steps=8, pretrain_batch=8, elicit_problems=8, gamma=1.0,
-                post_steps=2, post_batch=2, seeds=(0,), eval_problems=4, eval_samples=2, max_new_tokens=24)
+                post_steps=2, post_batch=2, post_lrs=(1e-4,), seeds=(0,), eval_problems=4, validation_problems=4,
+                retain_examples=4, eval_samples=2, max_new_tokens=24)
 
 
 # ---- running commands ----------------------------------------------------------------------------
@@ -124,9 +132,12 @@ def make_data(scale, data):
     held_out = sorted(held_out)
     rng.shuffle(held_out)
     elicit, benchmark = held_out[:scale.elicit_problems], held_out[scale.elicit_problems:]
-    reversals = sorted({task.random_reversal(rng) for _ in range(2 * scale.eval_problems)})[:2 * scale.eval_problems]
+    reversals = set()
+    while len(reversals) < scale.retain_examples + scale.eval_problems:
+        reversals.add(task.random_reversal(rng))
+    reversals = sorted(reversals)
     rng.shuffle(reversals)
-    retain, old_benchmark = reversals[:scale.eval_problems], reversals[scale.eval_problems:]
+    retain, old_benchmark = reversals[:scale.retain_examples], reversals[scale.retain_examples:]
     held_out_reversals = {n for n, _ in reversals}
 
     corpus = []
@@ -153,6 +164,14 @@ def make_data(scale, data):
                                               for n, r in old_benchmark])
     write_jsonl(data / "retain.jsonl", [{"prompt": prompt(task.reversal_question(n)), "response": f"\\boxed{{{r}}}"}
                                         for n, r in retain])
+    in_corpus = {record["prompt"] for record in corpus} | {prompt(task.addition_question(a, b)) for a, b in held_out}
+    validation, rng = [], random.Random(scale.data_seed + 1)
+    while len(validation) < scale.validation_problems:
+        a, b = task.random_addends(rng)
+        if prompt(task.addition_question(a, b)) not in in_corpus | {prompt(task.addition_question(*v)) for v in validation}:
+            validation.append((a, b))
+    write_jsonl(data / VALIDATION, [{"id": f"add{a}+{b}", "question": task.addition_question(a, b), "answer": str(a + b)}
+                                    for a, b in validation])
 
 
 def save_initial_model(scale, path):
@@ -184,7 +203,7 @@ def train_command(model, data, output_dir, loss, steps, batch, lr, seed, extra=(
 def start_model(scale, work):
     """Data, the initial model and its pre-training; returns the start model's directory."""
     data, final = work / "data", work / "pretrain" / "final"
-    if not (data / "retain.jsonl").exists():
+    if not (data / VALIDATION).exists():
         make_data(scale, data)
     if not (work / "init").exists():
         print(f"initial model: {save_initial_model(scale, work / 'init'):,} parameters")
@@ -205,9 +224,13 @@ def sampling_options(scale):
 
 
 def rectify(scale, work, model):
-    """The minimal-edit pairs and the direct-rewrite pairs of the start model's errors."""
+    """The minimal-edit pairs and the direct-rewrite pairs of the start model's errors (the stages
+    resume on their own; a finished rectification, both pair files built, is not run again)."""
     rectify_cli = python("-m", "spot_fast.rectify")
     minimal, direct = work / "rectify-minimal", work / "rectify-direct"
+    pairs = {"minimal": minimal / "pairs.jsonl", "direct": direct / "pairs.jsonl"}
+    if all(path.exists() for path in pairs.values()):
+        return pairs
     log = work / "logs" / "rectify.log"
     run(rectify_cli + ["elicit", "--workdir", minimal, "--problems", work / "data" / "problems.jsonl",
                        "--model", model, "--seed", scale.data_seed, *sampling_options(scale)], log)
@@ -218,44 +241,84 @@ def rectify(scale, work, model):
         run(rectify_cli + ["correct", "--workdir", workdir, "--oracle-callable", f"claims_task:{oracle}"], log)
         run(rectify_cli + ["verify", "--workdir", workdir, "--tokenizer", model, "--gamma", gamma], log)
         run(rectify_cli + ["build", "--workdir", workdir, "--tokenizer", model], log)
-    return {"minimal": minimal / "pairs.jsonl", "direct": direct / "pairs.jsonl"}
+    return pairs
 
 
 # ---- 3. post-training ----------------------------------------------------------------------------
 
-def run_name(objective, pairs, seed):
-    return f"{objective}-{pairs}-s{seed}"
+def run_name(objective, pairs, lr, seed):
+    return f"{objective}-{pairs}-lr{lr:g}-s{seed}"
+
+
+def train_method(scale, work, model, pairs, objective, which, lr, seed):
+    """One post-training run (skipped when its final model exists); returns its directory."""
+    name = run_name(objective, which, lr, seed)
+    out = work / "runs" / name
+    if not (out / "final").exists():
+        retain = ["--retain-data", work / "data" / "retain.jsonl", "--retain-every", max(1, scale.post_steps // 4)]
+        run(train_command(model, pairs[which], out, objective, scale.post_steps, scale.post_batch, lr, seed,
+                          ["--beta", scale.beta, "--warmup-ratio", 0.1, "--overwrite", *retain]),
+            work / "logs" / f"{name}.log")
+    return out
+
+
+def evaluate(scale, work, models, benchmarks, out):
+    """``spot-fast-eval`` of ``models`` ({label: directory}) on ``benchmarks`` ({file: k}); returns
+    {label: {benchmark name: avg@k}}. Not run again when ``out`` holds the results of these models."""
+    results = out / "results.json"
+    if results.exists() and {m["label"] for m in json.loads(results.read_text())["models"]} == set(models):
+        return accuracies(json.loads(results.read_text()))
+    arguments = [a for label, path in models.items() for a in ("--model", f"{label}={path}")]
+    run(python("-m", "spot_fast.evaluate", *arguments, "--benchmarks", *benchmarks,
+               "--samples", *(f"{Path(b).stem}={k}" for b, k in benchmarks.items()), "--output-dir", out,
+               "--seed", scale.data_seed, *sampling_options(scale)),
+        work / "logs" / f"{out.name}.log")
+    return accuracies(json.loads(results.read_text()))
+
+
+def accuracies(results):
+    return {m["label"]: {name: b["avg"] for name, b in m["benchmarks"].items()} for m in results["models"]}
+
+
+def choose_learning_rates(validation, names):
+    """{method label: the learning rate whose run validated best}; ``names[label][lr]`` is the run's
+    label in ``validation``. A tie goes to the smaller rate (the smaller change to the model)."""
+    return {label: max(sorted(by_lr), key=lambda lr: validation[by_lr[lr]][Path(VALIDATION).stem])
+            for label, by_lr in names.items()}
 
 
 def post_train(scale, work, model, pairs):
-    """Every method on every seed; returns {run name: run directory}."""
-    runs = {}
-    for _, objective, which in METHODS:
-        for seed in scale.seeds:
-            name = run_name(objective, which, seed)
-            out = runs[name] = work / "runs" / name
-            if (out / "final").exists():
-                continue
-            retain = ["--retain-data", work / "data" / "retain.jsonl", "--retain-every", max(1, scale.post_steps // 10)]
-            run(train_command(model, pairs[which], out, objective, scale.post_steps, scale.post_batch, scale.post_lr,
-                              seed, ["--beta", scale.beta, "--warmup-ratio", 0.1, "--overwrite", *retain]),
-                work / "logs" / f"{name}.log")
-    return runs
+    """Each method at each learning rate on the first seed, evaluated on the validation problems;
+    then the other seeds at the rate that validated best. Returns (the learning rates chosen, the
+    sweep by method and rate (``sweep_point``), {method label: the chosen runs' directories})."""
+    sweep = {label: {lr: train_method(scale, work, model, pairs, objective, which, lr, scale.seeds[0])
+                     for lr in scale.post_lrs}
+             for label, objective, which in METHODS}
+    names = {label: {lr: out.name for lr, out in by_lr.items()} for label, by_lr in sweep.items()}
+    validation = evaluate(scale, work, {out.name: out / "final" for by_lr in sweep.values() for out in by_lr.values()},
+                          {work / "data" / VALIDATION: scale.validation_samples}, work / "eval-validation")
+    chosen = choose_learning_rates(validation, names)
+    runs = {label: [train_method(scale, work, model, pairs, objective, which, chosen[label], seed) for seed in scale.seeds]
+            for label, objective, which in METHODS}
+    points = {label: {f"{lr:g}": sweep_point(scale, out, validation[out.name][Path(VALIDATION).stem])
+                      for lr, out in by_lr.items()} for label, by_lr in sweep.items()}
+    return chosen, points, runs
 
 
-# ---- 4. evaluation -------------------------------------------------------------------------------
+def sweep_point(scale, run_dir, validation_accuracy):
+    """What one run of the sweep showed: validation accuracy, implicit rewards late in training, and
+    the retain set's KL to the start at the end (the forgetting signal)."""
+    records = read_metrics(run_dir)
+    late = late_records(records, scale.post_steps)
+    return {"validation": validation_accuracy, "chosen_reward_late": _mean_of(late, "rewards/chosen"),
+            "rejected_reward_late": _mean_of(late, "rewards/rejected"), "retain_kl_end": records[-1].get("retain/kl")}
 
-def evaluate(scale, work, model, runs):
-    """``spot-fast-eval`` of the start model and every run's final model; returns its results."""
-    out = work / "eval"
-    models = ["--model", f"start={model}"]
-    for name, run_dir in runs.items():
-        models += ["--model", f"{name}={run_dir / 'final'}"]
-    run(python("-m", "spot_fast.evaluate", *models, "--benchmarks", work / "data" / f"{REASONING}.jsonl",
-               work / "data" / f"{OLD_SKILL}.jsonl", "--samples", f"{REASONING}={scale.eval_samples}", f"{OLD_SKILL}=1",
-               "--output-dir", out, "--seed", scale.data_seed, *sampling_options(scale)),
-        work / "logs" / "eval.log")
-    return json.loads((out / "results.json").read_text())
+
+def test_evaluation(scale, work, model, runs):
+    """The start model and every chosen run on the held-out reasoning and old-skill problems."""
+    models = {"start": model, **{out.name: out / "final" for outs in runs.values() for out in outs}}
+    return evaluate(scale, work, models, {work / "data" / f"{REASONING}.jsonl": scale.eval_samples,
+                                          work / "data" / f"{OLD_SKILL}.jsonl": 1}, work / "eval")
 
 
 # ---- 5. report -----------------------------------------------------------------------------------
@@ -269,29 +332,35 @@ def curve(records, key):
     return [s for s, _ in points], [v for _, v in points]
 
 
-def summarize(scale, evaluation, runs, pairs):
+def summarize(scale, accuracy, chosen, sweep, runs, pairs):
     """The table's numbers: per method, accuracies and their change from the start (mean, std over seeds)."""
-    accuracy = {m["label"]: {name: b["avg"] for name, b in m["benchmarks"].items()} for m in evaluation["models"]}
     start = accuracy["start"]
     methods = []
     for label, objective, which in METHODS:
-        names = [run_name(objective, which, seed) for seed in scale.seeds]
+        names = [out.name for out in runs[label]]
         gains = [accuracy[n][REASONING] - start[REASONING] for n in names]
         changes = [accuracy[n][OLD_SKILL] - start[OLD_SKILL] for n in names]
-        last = [read_metrics(runs[n])[-1] for n in names]
+        metrics = [read_metrics(out) for out in runs[label]]
+        late = [r for records in metrics for r in late_records(records, scale.post_steps)]
         methods.append({
             "method": label, "objective": objective, "pairs": which, "runs": names,
+            "learning_rate": chosen[label], "sweep": sweep[label],
             "reasoning": fmean(accuracy[n][REASONING] for n in names),
             "gain": fmean(gains), "gain_std": pstdev(gains),
             "old_skill": fmean(accuracy[n][OLD_SKILL] for n in names),
             "old_change": fmean(changes), "old_change_std": pstdev(changes),
-            "final_retain_kl": fmean(r["retain/kl"] for r in last if "retain/kl" in r) if any("retain/kl" in r for r in last) else None,
-            "final_chosen_reward": _mean_of(last, "rewards/chosen"),
-            "final_rejected_reward": _mean_of(last, "rewards/rejected"),
+            "retain_kl_end": _mean_of([records[-1] for records in metrics], "retain/kl"),
+            "chosen_reward_late": _mean_of(late, "rewards/chosen"),
+            "rejected_reward_late": _mean_of(late, "rewards/rejected"),
         })
     counted = {which: sum(1 for _ in open(path)) for which, path in pairs.items()}
     return {"scale": asdict(scale), "start": start, "pairs": counted, "methods": methods,
             "claims": claims({m["method"]: m for m in methods})}
+
+
+def late_records(records, steps):
+    """The training records of the last quarter of the steps: their mean is the end of a noisy curve."""
+    return [r for r in records if "loss" in r and r["step"] > 0.75 * steps]
 
 
 def _mean_of(records, key):
@@ -299,26 +368,43 @@ def _mean_of(records, key):
     return fmean(values) if values else None
 
 
+def compare(name, a, b, key, label_a, label_b):
+    """Claim ``name``: ``a[key]`` above ``b[key]`` (mean over seeds), and whether the difference is
+    larger than the two spreads over seeds together (else the seeds cannot tell them apart)."""
+    difference, spread = a[key] - b[key], a[key + "_std"] + b[key + "_std"]
+    return {"claim": name, "reproduced": difference > 0, "beyond_seed_spread": abs(difference) > spread,
+            "detail": f"{a[key]:+.3f} +- {a[key + '_std']:.3f} ({label_a}) vs {b[key]:+.3f} +- {b[key + '_std']:.3f} "
+                      f"({label_b}): difference {difference:+.3f}, seed spread {spread:.3f}"}
+
+
+def below_at_every_rate(name, a, b, key, label_a, label_b, below_zero=False):
+    """Claim ``name``: ``a``'s sweep value ``key`` is below ``b``'s at every learning rate (and below
+    zero too with ``below_zero``)."""
+    rates = list(a["sweep"])
+    held = all(a["sweep"][r][key] < b["sweep"][r][key] and (not below_zero or a["sweep"][r][key] < 0) for r in rates)
+    pairs = ", ".join(f"{r}: {a['sweep'][r][key]:+.3g} vs {b['sweep'][r][key]:+.3g}" for r in rates)
+    return {"claim": name, "reproduced": held, "beyond_seed_spread": None,
+            "detail": f"{key} of {label_a} vs {label_b} at each learning rate (seed 0): {pairs}"}
+
+
 def claims(by_label):
-    """Each of the paper's claims, checked on the summary: what was compared and whether it held."""
+    """Each of the paper's claims checked on the summary: what was compared and whether it held.
+    Accuracies compare the methods at their chosen rates over seeds; the reward and forgetting
+    signals compare them at matched rates over the sweep."""
     spot, sft, dpo, direct = (by_label[k] for k in ("SPoT (spot_bco)", "SFT+ (y+)", "DPO", "SFT (direct rewrites)"))
-
-    def verdict(name, held, detail):
-        return {"claim": name, "reproduced": bool(held), "detail": detail}
-
     return [
-        verdict("SPoT gains more in-domain accuracy than SFT on the same corrected data", spot["gain"] > sft["gain"],
-                f"gain {spot['gain']:+.3f} +- {spot['gain_std']:.3f} (spot_bco) vs {sft['gain']:+.3f} +- {sft['gain_std']:.3f} (SFT+)"),
-        verdict("SPoT loses less of the old skill than SFT", spot["old_change"] > sft["old_change"],
-                f"old-skill change {spot['old_change']:+.3f} +- {spot['old_change_std']:.3f} (spot_bco) vs "
-                f"{sft['old_change']:+.3f} +- {sft['old_change_std']:.3f} (SFT+)"),
-        verdict("DPO pushes the chosen reward down (its failure mode)",
-                dpo["final_chosen_reward"] is not None and dpo["final_chosen_reward"] < 0,
-                f"DPO's last logged rewards/chosen {dpo['final_chosen_reward']:+.4f}, rewards/rejected "
-                f"{dpo['final_rejected_reward']:+.4f} (mean over seeds)"),
-        verdict("Minimal edits beat whole rewrites as SFT data (in-domain gain)", sft["gain"] > direct["gain"],
-                f"gain {sft['gain']:+.3f} (SFT+) vs {direct['gain']:+.3f} (SFT on direct rewrites); old-skill change "
-                f"{sft['old_change']:+.3f} vs {direct['old_change']:+.3f}"),
+        compare("SPoT gains more in-domain accuracy than SFT on the same corrected data", spot, sft, "gain",
+                "spot_bco", "SFT+"),
+        compare("SPoT loses less of the old skill than SFT (old-skill accuracy)", spot, sft, "old_change", "spot_bco",
+                "SFT+"),
+        below_at_every_rate("SPoT loses less of the old skill than SFT (retain KL)", spot, sft, "retain_kl_end",
+                            "spot_bco", "SFT+"),
+        below_at_every_rate("DPO pushes the chosen reward down (its failure mode), more than SPoT", dpo, spot,
+                            "chosen_reward_late", "DPO", "spot_bco", below_zero=True),
+        compare("Minimal edits beat whole rewrites as SFT data (in-domain gain)", sft, direct, "gain", "SFT+",
+                "SFT on rewrites"),
+        below_at_every_rate("Minimal edits beat whole rewrites as SFT data (retain KL)", sft, direct, "retain_kl_end",
+                            "SFT+", "SFT on rewrites"),
     ]
 
 
@@ -329,55 +415,76 @@ def markdown(summary, seconds, device):
         f"Column addition (reasoning) and digit reversal (old skill), a {s['layers']}-layer Qwen3 model "
         f"(hidden {s['hidden']}) with a character-level tokenizer pre-trained from scratch; "
         f"{summary['pairs']['minimal']} minimal-edit pairs (gamma {s['gamma']}) and {summary['pairs']['direct']} "
-        f"direct rewrites of the same errors; {s['post_steps']} steps x {s['post_batch']} pairs at learning rate "
-        f"{s['post_lr']} for every method, seeds {list(s['seeds'])}. Accuracy: avg@{s['eval_samples']} on "
+        f"direct rewrites of the same errors; {s['post_steps']} steps x {s['post_batch']} pairs for every method, at "
+        f"the learning rate of {list(s['post_lrs'])} that scored best on {s['validation_problems']} validation "
+        f"additions (avg@{s['validation_samples']}, seed {s['seeds'][0]}), seeds {list(s['seeds'])}. "
+        f"Accuracy: avg@{s['eval_samples']} on "
         f"{s['eval_problems']} held-out additions and avg@1 on {s['eval_problems']} held-out reversals, sampled at "
         f"temperature {s['temperature']}. Ran on {device} in {seconds / 60:.1f} min.", "",
         f"Start model: reasoning {summary['start'][REASONING]:.3f}, old skill {summary['start'][OLD_SKILL]:.3f}.", "",
-        "| method | reasoning | in-domain gain | old skill | old-skill change | retain KL (end) | chosen reward (end) |",
-        "|---|---|---|---|---|---|---|",
+        "| method | learning rate | reasoning | in-domain gain | old skill | old-skill change | retain KL (end) | "
+        "chosen reward (last quarter) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for m in summary["methods"]:
-        kl = "-" if m["final_retain_kl"] is None else f"{m['final_retain_kl']:.4f}"
-        chosen = "-" if m["final_chosen_reward"] is None else f"{m['final_chosen_reward']:+.4f}"
-        lines.append(f"| {m['method']} | {m['reasoning']:.3f} | {m['gain']:+.3f} +- {m['gain_std']:.3f} | "
+        kl = "-" if m["retain_kl_end"] is None else f"{m['retain_kl_end']:.1e}"
+        chosen = "-" if m["chosen_reward_late"] is None else f"{m['chosen_reward_late']:+.4f}"
+        lines.append(f"| {m['method']} | {m['learning_rate']:g} | {m['reasoning']:.3f} | {m['gain']:+.3f} +- {m['gain_std']:.3f} | "
                      f"{m['old_skill']:.3f} | {m['old_change']:+.3f} +- {m['old_change_std']:.3f} | {kl} | {chosen} |")
-    lines += ["", "| claim | reproduced | measured |", "|---|---|---|"]
-    lines += [f"| {c['claim']} | {'yes' if c['reproduced'] else 'no'} | {c['detail']} |" for c in summary["claims"]]
+    lines += ["", "| claim | reproduced | beyond the seeds' spread | measured |", "|---|---|---|---|"]
+    for c in summary["claims"]:
+        spread = {True: "yes", False: "no", None: "-"}[c["beyond_seed_spread"]]
+        lines.append(f"| {c['claim']} | {'yes' if c['reproduced'] else 'no'} | {spread} | {c['detail']} |")
+    rates = list(summary["methods"][0]["sweep"])
+    lines += ["", f"The learning-rate sweep (seed {s['seeds'][0]}): validation accuracy / chosen reward over the last "
+              "quarter of the steps / retain KL at the end, per rate:", "",
+              "| method | " + " | ".join(rates) + " |", "|---|" + "---|" * len(rates)]
+    for m in summary["methods"]:
+        cells = []
+        for r in rates:
+            point = m["sweep"][r]
+            reward = "-" if point["chosen_reward_late"] is None else f"{point['chosen_reward_late']:+.3f}"
+            cells.append(f"{point['validation']:.3f} / {reward} / {point['retain_kl_end']:.1e}")
+        lines.append(f"| {m['method']} | " + " | ".join(cells) + " |")
+    stages = ", ".join(f"{stage} {seconds / 60:.1f}" for stage, seconds in summary["stage_seconds"].items())
+    lines += ["", f"Minutes per stage: {stages}."]
     return "\n".join(lines) + "\n"
 
 
-def plot(summary, runs, path):
-    """Gain vs old-skill change per method; the implicit rewards of the preference methods; retain KL."""
+def plot(summary, work, path):
+    """Gain and old-skill change per method (chosen rates, over seeds); the implicit rewards of the
+    preference methods at the sweep's largest rate; the retain KL at the end of training by rate."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, (bars, rewards, kl) = plt.subplots(1, 3, figsize=(17, 4.8))
-    methods = summary["methods"]
+    methods, scale = summary["methods"], summary["scale"]
     x = range(len(methods))
-    bars.bar([i - 0.2 for i in x], [m["gain"] for m in methods], 0.4, yerr=[m["gain_std"] for m in methods], label="in-domain gain")
+    bars.bar([i - 0.2 for i in x], [m["gain"] for m in methods], 0.4, yerr=[m["gain_std"] for m in methods],
+             label="in-domain gain")
     bars.bar([i + 0.2 for i in x], [m["old_change"] for m in methods], 0.4, yerr=[m["old_change_std"] for m in methods],
              label="old-skill change")
     bars.axhline(0, color="black", linewidth=0.8)
-    bars.set_xticks(list(x), [m["method"] for m in methods], rotation=30, ha="right", fontsize=8)
-    bars.set_ylabel("accuracy change vs start")
+    bars.set_xticks(list(x), [f"{m['method']}\nlr {m['learning_rate']:g}" for m in methods], rotation=30, ha="right",
+                    fontsize=7)
+    bars.set_ylabel("accuracy change vs the start model")
+    bars.set_title(f"held-out accuracy, mean +- std over {len(scale['seeds'])} seeds")
     bars.legend()
+    top_rate, seed = max(scale["post_lrs"]), scale["seeds"][0]
     for m in methods:
-        records = [read_metrics(runs[n]) for n in m["runs"]]
-        for key, style in (("rewards/chosen", "-"), ("rewards/rejected", "--")):
-            if m["pairs"] == "minimal" and all(any(key in r for r in rs) for rs in records):
-                steps, _ = curve(records[0], key)
-                mean = [fmean(v) for v in zip(*(curve(rs, key)[1] for rs in records))]
-                rewards.plot(steps[:len(mean)], mean, style, label=f"{m['method']} {key.split('/')[1]}")
-        if all(any("retain/kl" in r for r in rs) for rs in records):
-            steps, _ = curve(records[0], "retain/kl")
-            kl.plot(steps, [fmean(v) for v in zip(*(curve(rs, "retain/kl")[1] for rs in records))], label=m["method"])
-    rewards.set_title("implicit rewards (mean over seeds)")
+        records = read_metrics(work / "runs" / run_name(m["objective"], m["pairs"], top_rate, seed))
+        if m["pairs"] == "minimal" and any("rewards/rejected" in r for r in records):
+            for key, style in (("rewards/chosen", "-"), ("rewards/rejected", "--")):
+                rewards.plot(*curve(records, key), style, label=f"{m['method']} {key.split('/')[1]}")
+        rates = [float(r) for r in m["sweep"]]
+        kl.plot(rates, [max(p["retain_kl_end"], 1e-6) for p in m["sweep"].values()], "o-", label=m["method"])
+    rewards.axhline(0, color="black", linewidth=0.8)
+    rewards.set_title(f"implicit rewards at learning rate {top_rate:g} (seed {seed})")
     rewards.set_xlabel("step")
     rewards.legend(fontsize=6)
-    kl.set_title("old skill: retain KL to the start")
-    kl.set_xlabel("step")
+    kl.set(xscale="log", yscale="log", xlabel="learning rate",
+           title="old skill: retain KL to the start at the end (<= 1e-6 drawn at 1e-6)")
     kl.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -401,19 +508,29 @@ def main(argv=None):
     scale = SMOKE if args.smoke else FULL
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
-    began = time.time()
-    model = start_model(scale, work)
-    pairs = rectify(scale, work, model)
-    runs = post_train(scale, work, model, pairs)
-    evaluation = evaluate(scale, work, model, runs)
-    summary = summarize(scale, evaluation, runs, pairs)
-    seconds, device = time.time() - began, device_name()
-    summary.update({"seconds": seconds, "device": device})
+    timing = work / "stage_seconds.json"  # summed over invocations: a resumed run adds what it ran
+    stage_seconds = json.loads(timing.read_text()) if timing.exists() else {}
+
+    def timed(stage, function, *args):
+        start = time.time()
+        try:
+            return function(*args)
+        finally:  # an interrupted stage counts too: its finished work is kept
+            stage_seconds[stage] = stage_seconds.get(stage, 0.0) + time.time() - start
+            timing.write_text(json.dumps(stage_seconds))
+
+    model = timed("start model", start_model, scale, work)
+    pairs = timed("rectification", rectify, scale, work, model)
+    chosen, sweep, runs = timed("post-training", post_train, scale, work, model, pairs)
+    accuracy = timed("evaluation", test_evaluation, scale, work, model, runs)
+    summary = summarize(scale, accuracy, chosen, sweep, runs, pairs)
+    seconds, device = sum(stage_seconds.values()), device_name()
+    summary.update({"seconds": seconds, "stage_seconds": stage_seconds, "device": device})
     out = work if args.smoke else args.results
     out.mkdir(parents=True, exist_ok=True)
     (out / "spot_claims.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "spot_claims.md").write_text(markdown(summary, seconds, device))
-    plot(summary, runs, out / "spot_claims.png")
+    plot(summary, work, out / "spot_claims.png")
     print(markdown(summary, seconds, device))
     print(f"written: {out / 'spot_claims.json'}, .md, .png")
 

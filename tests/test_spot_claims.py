@@ -117,7 +117,7 @@ def test_smoke_experiment_runs_end_to_end(tmp_path):
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     summary = json.loads((tmp_path / "spot_claims.json").read_text())
     assert [m["method"] for m in summary["methods"]] == [label for label, _, _ in spot_claims.METHODS]
-    assert len(summary["claims"]) == 4 and (tmp_path / "spot_claims.png").stat().st_size > 10_000
+    assert len(summary["claims"]) == 6 and (tmp_path / "spot_claims.png").stat().st_size > 10_000
     pairs = [json.loads(line) for line in (tmp_path / "rectify-minimal" / "pairs.jsonl").read_text().splitlines()]
     direct = [json.loads(line) for line in (tmp_path / "rectify-direct" / "pairs.jsonl").read_text().splitlines()]
     assert pairs and summary["pairs"] == {"minimal": len(pairs), "direct": len(direct)}
@@ -132,3 +132,11 @@ def test_smoke_experiment_runs_end_to_end(tmp_path):
             assert metrics[-1]["step"] == spot_claims.SMOKE.post_steps
             assert any("retain/kl" in record for record in metrics)
     assert "| SPoT (spot_bco) |" in (tmp_path / "spot_claims.md").read_text()
+
+
+def test_learning_rate_choice_takes_the_best_validation_and_the_smaller_rate_on_a_tie():
+    stem = Path(spot_claims.VALIDATION).stem
+    validation = {"a1": {stem: 0.5}, "a2": {stem: 0.7}, "a3": {stem: 0.6},
+                  "b1": {stem: 0.4}, "b2": {stem: 0.4}, "b3": {stem: 0.3}}
+    names = {"A": {1e-5: "a1", 1e-4: "a2", 1e-3: "a3"}, "B": {1e-3: "b3", 1e-4: "b2", 1e-5: "b1"}}
+    assert spot_claims.choose_learning_rates(validation, names) == {"A": 1e-4, "B": 1e-5}
