@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from .engine import barrier
+from .lora import adapter_weights, has_adapters
 
 STATE_FILE = "trainer_state.json"
 
@@ -86,9 +87,12 @@ def _fsync_dir(path):
 def model_weights(engine):
     """The Hugging Face model's state dict for ``save_pretrained``: None (its own) unless ZeRO-3
     partitions it; then the full weights gathered from every rank (every rank must call this; rank 0
-    receives them), with the ``LogprobModel`` wrapper's ``model.`` prefix removed."""
+    receives them), with the ``LogprobModel`` wrapper's ``model.`` prefix removed. With LoRA adapters
+    only the adapters are gathered: ``save_pretrained`` writes them alone."""
     if engine.zero_optimization_stage() != 3:
         return None
+    if has_adapters(engine.module.model):
+        return adapter_weights(engine.module.model)
     weights = engine._zero3_consolidated_16bit_state_dict()
     if weights is None:  # ranks other than 0
         return None

@@ -198,8 +198,6 @@ def validate(values, sources):
     config = TrainConfig(**checked)
     if config.lora_save_merged and not config.lora_r:
         raise ConfigError("--lora-save-merged needs LoRA adapters (--lora-r)")
-    if config.lora_r and config.zero_stage == 3:
-        raise ConfigError("--lora-r with --zero-stage 3 is not supported yet: LoRA trains with ZeRO 0-2")
     if config.offload == "params" and config.zero_stage != 3:
         raise ConfigError(f"--offload params needs --zero-stage 3 (ZeRO-3 partitions the weights); got --zero-stage {config.zero_stage}")
     if config.offload == "optimizer" and config.zero_stage == 0:

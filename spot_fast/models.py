@@ -120,6 +120,15 @@ def _builtin_model(dtype, partitioned):
     return model
 
 
+def hidden_size(name):
+    """The hidden size of model ``name``, from its configuration alone (no weights are read)."""
+    if name == BUILTIN_MODEL:
+        return tiny_qwen3_config(len(load_tokenizer(BUILTIN_MODEL))).hidden_size
+    check_model_name(name)
+    from transformers import AutoConfig
+    return _loaded("the configuration", name, lambda: AutoConfig.from_pretrained(name)).hidden_size
+
+
 def model_identity(name):
     """A string that changes whenever the weights behind ``name`` may have changed (for cache keys)."""
     if name == BUILTIN_MODEL:

@@ -36,9 +36,9 @@ from spot_fast.example_order import ExampleOrder
 from spot_fast.forgetting.retain import RetainSet
 from spot_fast.logprob_cache import CacheError, ScoredOnce
 from spot_fast.logprob_head import LogprobModel, install_logprob_head
-from spot_fast.lora import adapters_disabled, add_lora, save_merged
+from spot_fast.lora import adapters_disabled, add_lora, parameter_count, save_merged
 from spot_fast.metrics import MetricsLog, MetricsWindow, check_report_to, plot_metrics
-from spot_fast.models import ModelError, check_model_name, load_model, load_tokenizer
+from spot_fast.models import ModelError, check_model_name, hidden_size, load_model, load_tokenizer
 from spot_fast.objective import Objective, micro_batch_loss, reward_metrics
 from spot_fast.scoring import Scorer
 from spot_kernels import RewardShift, implicit_reward, resolve_backend
@@ -114,7 +114,7 @@ def load_policy(name, config, dtype, device, zero3_config=None):
         _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
     model = install_logprob_head(model, config.kernel_backend)
     if config.lora_r and name == config.model:
-        add_lora(model, config.lora_r, config.lora_alpha, config.lora_targets)
+        add_lora(model, config.lora_r, config.lora_alpha, config.lora_targets, config.seed)
     return LogprobModel(model if zero3_config is not None else model.to(device))
 
 
@@ -149,15 +149,15 @@ def set_up(config):
               f"{prompts}{order.left_out_per_epoch} left out per epoch; {order.total_steps} optimizer steps on "
               f"{world} process(es), {device.type}")
 
-    engine_config = deepspeed_config(config, bf16, device)
+    engine_config = deepspeed_config(config, bf16, device, hidden_size(config.model))
     policy = load_policy(config.model, config, dtype, device, engine_config if config.zero_stage == 3 else None)
     if on_when_auto(config.gradient_checkpointing, device):
         policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy.train()
     engine = build_engine(policy, config, engine_config, config.resolved_learning_rate(), order.total_steps)
     if rank == 0 and config.lora_r:
-        trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
-        print(f"LoRA: {trainable} trainable parameters of {sum(p.numel() for p in policy.parameters())}")
+        trainable = parameter_count(p for p in policy.parameters() if p.requires_grad)
+        print(f"LoRA: {trainable} trainable parameters of {parameter_count(policy.parameters())}")
 
     scorer = Scorer(2 * config.per_device_batch, config.pack == "on", tokenizer.pad_token_id, device,
                     config.share_prefix == "on")
@@ -287,7 +287,7 @@ def evaluate(run):
 
 def finish(run):
     final = save_checkpoint(run.engine, run.tokenizer, run.output_dir, "final", run.state, run.config, run.rank)
-    if run.config.lora_save_merged and run.is_main:
+    if run.config.lora_save_merged:
         save_merged(run.engine.module.model, run.tokenizer, run.output_dir / "final-merged")
     if run.eval_pairs is not None:
         results = evaluate(run)
