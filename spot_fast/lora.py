@@ -15,7 +15,7 @@ Under ZeRO-3 the base model is partitioned by ``zero.Init`` when it is built; th
 afterwards as ordinary full tensors (PEFT reads only the base layers' ``in_features`` and
 ``out_features``, which partitioning leaves alone), and the DeepSpeed engine converts every parameter
 that is not yet partitioned when it starts (``_convert_to_zero_parameters``: rank 0's values are
-broadcast, then split). Whatever reads weights outside a forward gathers them: ``adapter_weights``
+broadcast, then split). Whatever reads weights outside a forward gathers them: ``adapters_gathered``
 the adapters alone, ``merged_state_dict`` one adapted layer or one parameter at a time.
 """
 import os
@@ -82,21 +82,23 @@ def gathered(parameters, partitioned):
 
 
 def parameter_count(parameters):
-    """Elements in ``parameters``, counting a ZeRO-3 partitioned one whole (``ds_numel``)."""
-    return sum(getattr(p, "ds_numel", p.numel()) for p in parameters)
+    """Elements in ``parameters``, counting a ZeRO-3 partitioned one whole (``ds_numel``) and a 4-bit
+    one by the weights it packs (two to a byte; its ``quant_state`` knows their shape)."""
+    def count(p):
+        quant_state = getattr(p, "quant_state", None)
+        return quant_state.shape.numel() if quant_state is not None else getattr(p, "ds_numel", p.numel())
+    return sum(count(p) for p in parameters)
 
 
 def _is_main():
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def adapter_weights(model):
-    """The trainable (adapter) parameters of ``model`` by name, as CPU copies of their full values,
-    for ``save_pretrained(state_dict=...)``; under ZeRO-3 gathered (every rank must call it), and
-    None on ranks other than 0."""
-    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    with gathered(trainable.values(), is_partitioned(model)):
-        return {name: p.detach().cpu().clone() for name, p in trainable.items()} if _is_main() else None
+def adapters_gathered(model):
+    """The adapters of ``model`` whole within the block (under ZeRO-3 every rank must enter it together;
+    elsewhere, and without adapters, nothing happens)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return gathered(trainable, has_adapters(model) and is_partitioned(model))
 
 
 def merged_state_dict(model):

@@ -105,15 +105,17 @@ def check_behavior_model(config, tokenizer):
 
 def load_policy(name, config, dtype, device, zero3_config=None):
     """A ``LogprobModel``: the model with the fused log-prob head and the chosen attention kernel (and,
-    for the policy, LoRA adapters when ``--lora-r``), on ``device``, or partitioned over the ranks
-    when given ``zero3_config`` (ZeRO-3's ``zero.Init`` places each shard on the device)."""
+    for the policy, LoRA adapters when ``--lora-r`` on a 4-bit body when ``--load-in-4bit``), on
+    ``device``, or partitioned over the ranks when given ``zero3_config`` (ZeRO-3's ``zero.Init``
+    places each shard on the device)."""
+    is_policy = name == config.model
     model = load_model(name, dtype=dtype, attn_implementation="flex_attention" if config.attention == "flex" else "sdpa",
-                       zero3_config=zero3_config)
+                       zero3_config=zero3_config, load_in_4bit=config.load_in_4bit and is_policy)
     if on_when_auto(config.liger, device):
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
         _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
     model = install_logprob_head(model, config.kernel_backend)
-    if config.lora_r and name == config.model:
+    if config.lora_r and is_policy:
         add_lora(model, config.lora_r, config.lora_alpha, config.lora_targets, config.seed)
     return LogprobModel(model if zero3_config is not None else model.to(device))
 
@@ -164,22 +166,26 @@ def set_up(config):
     scored = ScoredOnce(scorer, config.cache_dir or str(Path(config.output_dir).parent / ".logprob_cache"), dtype,
                         resolve_backend(config.kernel_backend, device, dtype))
     starting_policy = lambda: engine.module  # noqa: E731  (no step taken yet: the starting weights)
+    four_bit = config.load_in_4bit  # the starting policy's base is the 4-bit model
     reference = eval_reference = retain = None
     with adapters_disabled(policy.model):  # LoRA: every reference is the base model's, adapters off
         if config.needs_reference:
-            reference = scored.get("reference", config.data, config.model, pairs, False, starting_policy).to(device)
+            reference = scored.get("reference", config.data, config.model, pairs, False, starting_policy,
+                                   four_bit).to(device)
             if eval_pairs is not None:
                 eval_reference = scored.get("reference", config.eval_data, config.model, eval_pairs, False,
-                                            starting_policy)
+                                            starting_policy, four_bit)
         if config.loss == "pear" and pairs[0].behavior_logps is None:
-            load = ((lambda: load_behavior_model(config, tokenizer, dtype, device, engine_config)) if config.behavior_model
-                    else starting_policy)
-            behavior = scored.get("behaviour", config.data, config.behavior_model or config.model, pairs, True, load)
+            if config.behavior_model:
+                behavior = scored.get("behaviour", config.data, config.behavior_model, pairs, True,
+                                      lambda: load_behavior_model(config, tokenizer, dtype, device, engine_config))
+            else:
+                behavior = scored.get("behaviour", config.data, config.model, pairs, True, starting_policy, four_bit)
             for pair, values in zip(pairs, behavior.split([len(p.chosen_ids) for p in pairs])):
                 pair.behavior_logps = values  # a view: the pairs share one fp32 tensor
         if retain_pairs is not None:
             retain_reference = scored.get("retain-reference", config.retain_data, config.model, retain_pairs, True,
-                                          starting_policy)
+                                          starting_policy, four_bit)
             retain = RetainSet(retain_pairs, retain_reference, scorer)
 
     reward_shift = RewardShift(config.delta_mode, config.delta_decay, all_reduce=dist.all_reduce if world > 1 else None)
