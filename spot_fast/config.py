@@ -226,8 +226,8 @@ def check_four_bit(config):
     if not config.lora_r:
         raise ConfigError("--load-in-4bit needs --lora-r: 4-bit weights do not train; adapters on them do (QLoRA)")
     if config.lora_save_merged:
-        raise ConfigError("--lora-save-merged with --load-in-4bit: merging into 4-bit weights would round the adapters "
-                          "away; load the full-precision base and merge the saved adapter into it (PEFT's merge_and_unload)")
+        raise ConfigError("--lora-save-merged with --load-in-4bit: the merged weights would have to be quantized again; "
+                          "merge the saved adapter into the full-precision base instead (PEFT's merge_and_unload)")
     if not bitsandbytes_installed():
         raise ConfigError("--load-in-4bit needs bitsandbytes, which is not installed (pip install bitsandbytes)")
 

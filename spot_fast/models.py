@@ -111,6 +111,7 @@ def load_model(name, dtype=torch.float32, attn_implementation=None, zero3_config
         check_model_name(name)
         model = _loaded("the model", name, lambda: AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs))
     if load_in_4bit:
+        _check_4bit_rows(model, name)
         _same_4bit_path_for_scoring(model)
     return model
 
@@ -123,6 +124,17 @@ def _same_4bit_path_for_scoring(model):
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
+
+
+def _check_4bit_rows(model, name):
+    """ModelError for a 4-bit layer on the CPU whose rows are not a multiple of the 64-element
+    quantization block: bitsandbytes 0.50.2's CPU dequantization scales them with the wrong block's
+    absmax (measured on 64 x 48 and 128 x 96 weights)."""
+    for layer_name, module in model.named_modules():
+        quant_state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if quant_state is not None and module.weight.device.type == "cpu" and quant_state.shape[-1] % quant_state.blocksize:
+            raise ModelError(f"{name}: layer {layer_name} has rows of {quant_state.shape[-1]} elements, not a multiple of "
+                             f"{quant_state.blocksize}; bitsandbytes' CPU 4-bit dequantization is wrong for them")
 
 
 def _builtin_model(dtype, partitioned):

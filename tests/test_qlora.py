@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from spot_fast import config as train_config
 from spot_fast.data import load_pairs
-from spot_fast.models import ASSETS, BUILTIN_MODEL, load_model, load_tokenizer
+from spot_fast.models import (ASSETS, BUILTIN_MODEL, ModelError, load_model, load_tokenizer, model_identity,
+                              tiny_qwen3_config)
 
 from hf_logps import hf_token_logps
 
@@ -95,6 +96,11 @@ def test_saved_adapter_on_the_4bit_base_is_the_trained_model(qlora_runs, name):
     assert abs(eval_nll(load_model(BUILTIN_MODEL, load_in_4bit=True)) - logged) > 3e-4  # training changed it (> 4x the tolerance)
 
 
+def test_a_4bit_model_is_another_model_for_the_log_prob_cache():
+    """The cache key names the model: a full-precision run must not reuse a 4-bit reference."""
+    assert model_identity(BUILTIN_MODEL, load_in_4bit=True) != model_identity(BUILTIN_MODEL)
+
+
 def test_zero3_trains_the_adapters_of_one_process(qlora_runs):
     """ZeRO-3 partitions the packed 4-bit weights with the rest; it must train what one process trains."""
     one, zero3 = ([r for r in qlora_runs[name][2] if "loss" in r] for name in ("one", "zero3"))
@@ -121,3 +127,14 @@ def test_4bit_without_bitsandbytes_is_refused(monkeypatch):
     monkeypatch.setattr(train_config, "bitsandbytes_installed", lambda: False)
     with pytest.raises(SystemExit, match="--load-in-4bit needs bitsandbytes, which is not installed"):
         train_config.parse_config(["--load-in-4bit", "--lora-r", "4"])
+
+
+def test_4bit_rows_that_bitsandbytes_dequantizes_wrong_on_the_cpu_are_refused(tmp_path):
+    """A hidden size of 48 gives q_proj rows of 48 elements, not a multiple of the 64-element block."""
+    from transformers import Qwen3ForCausalLM
+
+    config = tiny_qwen3_config(640)
+    config.hidden_size = 48
+    Qwen3ForCausalLM(config).save_pretrained(tmp_path)
+    with pytest.raises(ModelError, match="q_proj has rows of 48 elements, not a multiple of 64"):
+        load_model(str(tmp_path), load_in_4bit=True)
