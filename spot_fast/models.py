@@ -119,8 +119,8 @@ def load_model(name, dtype=torch.float32, attn_implementation=None, zero3_config
 def _same_4bit_path_for_scoring(model):
     """On a CPU with AVX512-BF16, bitsandbytes' ``Linear4bit`` repacks its weight the first time it
     runs in eval mode without gradients and from then on computes in bf16, whatever the compute
-    dtype: scoring (the reference) and training would compute different functions (measured: first
-    rewards of 1.6e-4 instead of 0 under ZeRO 0-1; under ZeRO-2 an adapter got no gradient and the
+    dtype: scoring (the reference) and training would compute different functions (measured: first-step
+    rewards of up to 1.6e-4 instead of 0 under ZeRO 0-1; under ZeRO-2 an adapter got no gradient and the
     engine's gradient hook stopped the run). Every layer is kept on the path training takes
     (dequantize, then a matmul in the compute dtype)."""
     for module in model.modules():
