@@ -31,6 +31,7 @@ setup(
         "math-verify",
         "wandb",
         "peft",
+        "bitsandbytes",
     ],
     extras_require={
         "gpu": ["liger-kernel>=0.5"],

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from .engine import barrier
+from .lora import adapters_gathered, has_adapters
 
 STATE_FILE = "trainer_state.json"
 
@@ -86,8 +87,10 @@ def _fsync_dir(path):
 def model_weights(engine):
     """The Hugging Face model's state dict for ``save_pretrained``: None (its own) unless ZeRO-3
     partitions it; then the full weights gathered from every rank (every rank must call this; rank 0
-    receives them), with the ``LogprobModel`` wrapper's ``model.`` prefix removed."""
-    if engine.zero_optimization_stage() != 3:
+    receives them), with the ``LogprobModel`` wrapper's ``model.`` prefix removed. None as well with
+    LoRA adapters: ``save_pretrained`` writes the adapters alone, gathered by ``adapters_gathered``
+    (transformers ignores a given state dict for a 4-bit model)."""
+    if engine.zero_optimization_stage() != 3 or has_adapters(engine.module.model):
         return None
     weights = engine._zero3_consolidated_16bit_state_dict()
     if weights is None:  # ranks other than 0
@@ -106,8 +109,10 @@ def save_checkpoint(engine, tokenizer, output_dir, name, state, config, rank):
     state_dict = state.state_dict()
     engine.save_checkpoint(str(tmp / "deepspeed"), tag="state", client_state={"training_state": state_dict})
     weights = model_weights(engine)
+    with adapters_gathered(engine.module.model):
+        if rank == 0:
+            engine.module.model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
     if rank == 0:
-        engine.module.model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         readable = {key: value for key, value in state_dict.items() if key != "rng"}
         world = dist.get_world_size() if dist.is_initialized() else 1

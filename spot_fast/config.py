@@ -15,6 +15,7 @@ choices and its range (``RANGES``); an error names the option and, for a YAML va
 """
 import argparse
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +79,7 @@ class TrainConfig:
     lora_targets: str = field(default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
                               metadata={"help": "comma-separated names of the linear layers that get adapters"})
     lora_save_merged: bool = field(default=False, metadata={"help": "also save the final model with its adapters merged (OUTPUT_DIR/final-merged)"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: the base model's linear layers in 4-bit NF4 (bitsandbytes), the LM head unquantized; needs --lora-r"})
     zero_stage: int = field(default=2, metadata={"choices": (0, 1, 2, 3)})
     offload: str = field(default="none", metadata={"choices": ("none", "optimizer", "params"),
                                                    "help": "keep in CPU memory: the optimizer state (ZeRO >= 1), or that and the weights (ZeRO-3)"})
@@ -198,8 +200,8 @@ def validate(values, sources):
     config = TrainConfig(**checked)
     if config.lora_save_merged and not config.lora_r:
         raise ConfigError("--lora-save-merged needs LoRA adapters (--lora-r)")
-    if config.lora_r and config.zero_stage == 3:
-        raise ConfigError("--lora-r with --zero-stage 3 is not supported yet: LoRA trains with ZeRO 0-2")
+    if config.load_in_4bit:
+        check_four_bit(config)
     if config.offload == "params" and config.zero_stage != 3:
         raise ConfigError(f"--offload params needs --zero-stage 3 (ZeRO-3 partitions the weights); got --zero-stage {config.zero_stage}")
     if config.offload == "optimizer" and config.zero_stage == 0:
@@ -213,6 +215,21 @@ def validate(values, sources):
     except ValueError as error:
         raise ConfigError(f"token layout options: {error}") from None
     return config
+
+
+def bitsandbytes_installed():
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def check_four_bit(config):
+    """ConfigError unless ``--load-in-4bit`` can run with the other options."""
+    if not config.lora_r:
+        raise ConfigError("--load-in-4bit needs --lora-r: 4-bit weights do not train; adapters on them do (QLoRA)")
+    if config.lora_save_merged:
+        raise ConfigError("--lora-save-merged with --load-in-4bit: the merged weights would have to be quantized again; "
+                          "merge the saved adapter into the full-precision base instead (PEFT's merge_and_unload)")
+    if not bitsandbytes_installed():
+        raise ConfigError("--load-in-4bit needs bitsandbytes, which is not installed (pip install bitsandbytes)")
 
 
 def build_parser():

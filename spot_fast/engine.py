@@ -83,17 +83,21 @@ def adamw(model, config, learning_rate):
                              fused=next(model.parameters()).is_cuda and config.offload == "none")
 
 
-def deepspeed_config(config, bf16, device):
+def deepspeed_config(config, bf16, device, hidden_size):
     """The engine's configuration. ``--offload optimizer`` keeps the fp32 master weights, Adam moments
     and gradient partitions in CPU memory and steps there; ``params`` also the 16-bit weights (ZeRO-3),
     fetched to the device layer by layer. The client AdamW steps on the CPU shards (DeepSpeed's own
-    CPU Adam would need its C++ extension built)."""
+    CPU Adam would need its C++ extension built). Under ZeRO-3 a parameter of fewer than
+    ``10 * hidden_size`` elements (norm weights, biases) stays whole on every rank, as transformers'
+    DeepSpeed integration sets it; every weight matrix is partitioned and gathered where it is used
+    (DeepSpeed's fixed default, 1e5 elements, would keep a small model whole after its first forward)."""
     offload = {"device": "cpu", "pin_memory": device.type == "cuda"}
     zero = {
         "stage": config.zero_stage,
         "overlap_comm": device.type == "cuda",
         "contiguous_gradients": True,
         "stage3_gather_16bit_weights_on_model_save": True,
+        "stage3_param_persistence_threshold": 10 * hidden_size,
     }
     if config.offload in ("optimizer", "params"):
         zero["offload_optimizer"] = offload

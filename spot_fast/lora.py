@@ -1,25 +1,37 @@
 """LoRA adapters through PEFT, on the model itself (transformers' adapter integration).
 
 ``add_lora`` injects rank-``r`` adapters into the named linear layers: each gets ``W x + (alpha / r)
-B A x`` with ``A`` random and ``B`` zero, so the adapted model starts equal to the base model, and
+B A x`` with ``A`` random (drawn from the run's seed alone, so every rank and every ZeRO stage starts
+from the same adapters) and ``B`` zero, so the adapted model starts equal to the base model, and
 only ``A`` and ``B`` are trainable (every base weight, the LM head included, is frozen; the fused
 head still passes gradients to the hidden states). ``adapters_disabled`` runs the base model
 without the adapters: the reference log-probs are the base model's. With adapters loaded,
 ``save_pretrained`` writes the adapter alone (``adapter_config.json`` + ``adapter_model.safetensors``),
 which ``peft.PeftModel.from_pretrained(base_model, path)`` loads. ``save_merged`` writes the model
-with every adapter folded into its weight (``W + (alpha / r) B A``): a plain Hugging Face model that
-needs no PEFT to load.
+with every adapter folded into its weight (``W + (alpha / r) B A``, PEFT's ``get_delta_weight``; the
+model itself is never changed): a plain Hugging Face model that needs no PEFT to load.
+
+Under ZeRO-3 the base model is partitioned by ``zero.Init`` when it is built; the adapters are added
+afterwards as ordinary full tensors (PEFT reads only the base layers' ``in_features`` and
+``out_features``, which partitioning leaves alone), and the DeepSpeed engine converts every parameter
+that is not yet partitioned when it starts (``_convert_to_zero_parameters``: rank 0's values are
+broadcast, then split). Whatever reads weights outside a forward gathers them: ``adapters_gathered``
+the adapters alone, ``merged_state_dict`` one adapted layer or one parameter at a time.
 """
 import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+
 from .config import ConfigError
 
 
-def add_lora(model, r, alpha, targets):
-    """Adds trainable LoRA adapters to the layers named in ``targets`` (comma-separated) of ``model``."""
+def add_lora(model, r, alpha, targets, seed):
+    """Adds trainable LoRA adapters to the layers named in ``targets`` (comma-separated) of ``model``;
+    their random half is drawn from ``seed`` (the global RNG is left as it was)."""
     from peft import LoraConfig
 
     names = [name.strip() for name in targets.split(",")]
@@ -28,14 +40,15 @@ def add_lora(model, r, alpha, targets):
     if missing:
         raise ConfigError(f"--lora-targets: the model has no layer named {', '.join(missing)} "
                          f"(its linear layers: {', '.join(sorted(linear_layer_names(model)))})")
-    model.add_adapter(LoraConfig(r=r, lora_alpha=alpha, target_modules=names, lora_dropout=0.0, bias="none"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model.add_adapter(LoraConfig(r=r, lora_alpha=alpha, target_modules=names, lora_dropout=0.0, bias="none"))
     for name, parameter in model.named_parameters():
         parameter.requires_grad_("lora_" in name)
     return model
 
 
 def linear_layer_names(model):
-    import torch
     return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
 
 
@@ -56,31 +69,78 @@ def adapters_disabled(model):
         model.enable_adapters()
 
 
+def is_partitioned(model):
+    """Whether ZeRO-3 partitions the parameters of ``model``."""
+    return any(hasattr(parameter, "ds_id") for parameter in model.parameters())
+
+
+def gathered(parameters, partitioned):
+    """The full values of ``parameters`` within the block (every rank must enter it together when
+    ``partitioned``); read-only: what the block writes into them is dropped."""
+    import deepspeed
+    return deepspeed.zero.GatheredParameters(list(parameters), enabled=partitioned)
+
+
+def parameter_count(parameters):
+    """Elements in ``parameters``, counting a ZeRO-3 partitioned one whole (``ds_numel``) and a 4-bit
+    one by the weights it packs (two to a byte; its ``quant_state`` knows their shape)."""
+    def count(p):
+        quant_state = getattr(p, "quant_state", None)
+        return quant_state.shape.numel() if quant_state is not None else getattr(p, "ds_numel", p.numel())
+    return sum(count(p) for p in parameters)
+
+
+def _is_main():
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def adapters_gathered(model):
+    """The adapters of ``model`` whole within the block (under ZeRO-3 every rank must enter it together;
+    elsewhere, and without adapters, nothing happens)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return gathered(trainable, has_adapters(model) and is_partitioned(model))
+
+
 def merged_state_dict(model):
-    """The state dict of ``model`` without adapters, each adapted weight replaced by ``W + (alpha / r) B A``
-    (PEFT's ``merge``, undone afterwards: ``model`` is left as it was)."""
+    """The state dict of ``model`` without adapters, each adapted weight replaced by ``W + (alpha / r)
+    B A`` (the sum of PEFT's ``get_delta_weight`` over the active adapters), as CPU copies. Under
+    ZeRO-3 (every rank must call it) one adapted layer or one other parameter is gathered at a time,
+    and ranks other than 0 get None."""
     from peft.tuners.lora import LoraLayer
 
-    layers = [module for module in model.modules() if isinstance(module, LoraLayer)]
-    for layer in layers:
-        layer.merge()
-    try:
-        return {name.replace(".base_layer.", "."): tensor.detach().clone()
-                for name, tensor in model.state_dict().items() if "lora_" not in name}
-    finally:
-        for layer in layers:
-            layer.unmerge()
+    partitioned, main = is_partitioned(model), _is_main()
+    merged = {}
+    for name, layer in model.named_modules():
+        if isinstance(layer, LoraLayer):
+            with gathered(layer.parameters(), partitioned):
+                weight = layer.base_layer.weight.detach().clone()
+                for adapter in layer.active_adapters:
+                    weight += layer.get_delta_weight(adapter)
+                merged[f"{name}.base_layer.weight"] = weight.cpu() if main else None
+    result = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if "lora_" in name:
+            continue
+        if name not in merged:
+            with gathered([tensor], partitioned and hasattr(tensor, "ds_id")):
+                merged[name] = tensor.detach().cpu().clone() if main else None
+        result[name.replace(".base_layer.", ".")] = merged[name]
+    return result if main else None
 
 
 def save_merged(model, tokenizer, path):
     """Writes ``model`` with its adapters merged as a plain Hugging Face model directory at ``path``,
-    atomically (a temporary directory renamed when complete). Holds a second copy of the weights on
-    the CPU while it writes."""
+    atomically (a temporary directory renamed when complete). Every rank must call it (under ZeRO-3
+    they gather the weights together); rank 0 writes, holding a second copy of the weights in CPU
+    memory while it does."""
+    weights = merged_state_dict(model)
+    if not _is_main():
+        return
     path = Path(path)
     tmp = path.with_name(f".tmp-{path.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     plain = type(model)(model.config)
-    plain.load_state_dict({name: tensor.cpu() for name, tensor in merged_state_dict(model).items()})
+    plain.load_state_dict(weights)
     plain.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     if path.exists():

@@ -13,6 +13,11 @@ again). No
 rank holds all the weights at once, before or after. transformers keeps only a weak reference to the
 ``HfDeepSpeedConfig``; ``_ZERO3_CONFIGS`` holds it for the life of the process, as transformers'
 own Trainer does through its arguments.
+
+With ``load_in_4bit`` (QLoRA) every linear layer of the body is loaded as bitsandbytes' 4-bit NF4
+(``Linear4bit``, computing in ``dtype``); transformers leaves the LM head and the embeddings in
+``dtype``, so the fused head reads the head's weight as it is. The built-in model is quantized from
+its seeded weights through the same ``from_pretrained``.
 """
 import os
 from pathlib import Path
@@ -77,21 +82,61 @@ def load_tokenizer(name, need_chat_template=True):
 _ZERO3_CONFIGS = []
 
 
-def load_model(name, dtype=torch.float32, attn_implementation=None, zero3_config=None):
+def four_bit_config(dtype):
+    """QLoRA's quantization: NF4 weights in blocks of 64, computing in ``dtype``."""
+    from transformers import BitsAndBytesConfig
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+
+
+def load_model(name, dtype=torch.float32, attn_implementation=None, zero3_config=None, load_in_4bit=False):
     """The causal LM called ``name``; the built-in model is rebuilt identically on every call.
     With ``zero3_config`` (the run's DeepSpeed configuration, ZeRO stage 3; every rank must call
-    this together) the model is partitioned over the ranks from construction on (module docstring)."""
+    this together) the model is partitioned over the ranks from construction on; with
+    ``load_in_4bit`` its body's linear layers are 4-bit (module docstring)."""
     if zero3_config is not None:
         from transformers.integrations import HfDeepSpeedConfig
         _ZERO3_CONFIGS.append(HfDeepSpeedConfig(zero3_config))  # before the model is built
-    if name == BUILTIN_MODEL:
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if load_in_4bit:
+        kwargs["quantization_config"] = four_bit_config(dtype)
+    if name == BUILTIN_MODEL and load_in_4bit:
+        config = tiny_qwen3_config(len(load_tokenizer(BUILTIN_MODEL)))
+        model = Qwen3ForCausalLM.from_pretrained(None, config=config, state_dict=_builtin_model(dtype, False).state_dict(),
+                                                 dtype=dtype, **kwargs)
+    elif name == BUILTIN_MODEL:
         model = _builtin_model(dtype, partitioned=zero3_config is not None)
         if attn_implementation:
             model.set_attn_implementation(attn_implementation)
-        return model
-    check_model_name(name)
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    return _loaded("the model", name, lambda: AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs))
+    else:
+        check_model_name(name)
+        model = _loaded("the model", name, lambda: AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs))
+    if load_in_4bit:
+        _check_4bit_rows(model, name)
+        _same_4bit_path_for_scoring(model)
+    return model
+
+
+def _same_4bit_path_for_scoring(model):
+    """On a CPU with AVX512-BF16, bitsandbytes' ``Linear4bit`` repacks its weight the first time it
+    runs in eval mode without gradients and from then on computes in bf16, whatever the compute
+    dtype: scoring (the reference) and training would compute different functions (measured: first-step
+    rewards of up to 1.6e-4 instead of 0 under ZeRO 0-1; under ZeRO-2 an adapter got no gradient and the
+    engine's gradient hook stopped the run). Every layer is kept on the path training takes
+    (dequantize, then a matmul in the compute dtype)."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def _check_4bit_rows(model, name):
+    """ModelError for a 4-bit layer on the CPU whose rows are not a multiple of the 64-element
+    quantization block: bitsandbytes 0.50.2's CPU dequantization scales them with the wrong block's
+    absmax (measured on 64 x 48 and 128 x 96 weights)."""
+    for layer_name, module in model.named_modules():
+        quant_state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if quant_state is not None and module.weight.device.type == "cpu" and quant_state.shape[-1] % quant_state.blocksize:
+            raise ModelError(f"{name}: layer {layer_name} has rows of {quant_state.shape[-1]} elements, not a multiple of "
+                             f"{quant_state.blocksize}; bitsandbytes' CPU 4-bit dequantization is wrong for them")
 
 
 def _builtin_model(dtype, partitioned):
@@ -120,8 +165,20 @@ def _builtin_model(dtype, partitioned):
     return model
 
 
-def model_identity(name):
-    """A string that changes whenever the weights behind ``name`` may have changed (for cache keys)."""
+def hidden_size(name):
+    """The hidden size of model ``name``, from its configuration alone (no weights are read)."""
+    if name == BUILTIN_MODEL:
+        return tiny_qwen3_config(len(load_tokenizer(BUILTIN_MODEL))).hidden_size
+    check_model_name(name)
+    from transformers import AutoConfig
+    return _loaded("the configuration", name, lambda: AutoConfig.from_pretrained(name)).hidden_size
+
+
+def model_identity(name, load_in_4bit=False):
+    """A string that changes whenever the weights behind ``name`` may have changed (for cache keys);
+    a 4-bit load of the same weights is another model."""
+    if load_in_4bit:
+        return f"{model_identity(name)}|4-bit nf4"
     if name == BUILTIN_MODEL:
         return f"{BUILTIN_MODEL}@seed{BUILTIN_SEED}"
     if os.path.isdir(name):

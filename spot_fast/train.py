@@ -36,9 +36,9 @@ from spot_fast.example_order import ExampleOrder
 from spot_fast.forgetting.retain import RetainSet
 from spot_fast.logprob_cache import CacheError, ScoredOnce
 from spot_fast.logprob_head import LogprobModel, install_logprob_head
-from spot_fast.lora import adapters_disabled, add_lora, save_merged
+from spot_fast.lora import adapters_disabled, add_lora, parameter_count, save_merged
 from spot_fast.metrics import MetricsLog, MetricsWindow, check_report_to, plot_metrics
-from spot_fast.models import ModelError, check_model_name, load_model, load_tokenizer
+from spot_fast.models import ModelError, check_model_name, hidden_size, load_model, load_tokenizer
 from spot_fast.objective import Objective, micro_batch_loss, reward_metrics
 from spot_fast.scoring import Scorer
 from spot_kernels import RewardShift, implicit_reward, resolve_backend
@@ -105,16 +105,18 @@ def check_behavior_model(config, tokenizer):
 
 def load_policy(name, config, dtype, device, zero3_config=None):
     """A ``LogprobModel``: the model with the fused log-prob head and the chosen attention kernel (and,
-    for the policy, LoRA adapters when ``--lora-r``), on ``device``, or partitioned over the ranks
-    when given ``zero3_config`` (ZeRO-3's ``zero.Init`` places each shard on the device)."""
+    for the policy, LoRA adapters when ``--lora-r`` on a 4-bit body when ``--load-in-4bit``), on
+    ``device``, or partitioned over the ranks when given ``zero3_config`` (ZeRO-3's ``zero.Init``
+    places each shard on the device)."""
+    is_policy = name == config.model
     model = load_model(name, dtype=dtype, attn_implementation="flex_attention" if config.attention == "flex" else "sdpa",
-                       zero3_config=zero3_config)
+                       zero3_config=zero3_config, load_in_4bit=config.load_in_4bit and is_policy)
     if on_when_auto(config.liger, device):
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
         _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
     model = install_logprob_head(model, config.kernel_backend)
-    if config.lora_r and name == config.model:
-        add_lora(model, config.lora_r, config.lora_alpha, config.lora_targets)
+    if config.lora_r and is_policy:
+        add_lora(model, config.lora_r, config.lora_alpha, config.lora_targets, config.seed)
     return LogprobModel(model if zero3_config is not None else model.to(device))
 
 
@@ -149,37 +151,41 @@ def set_up(config):
               f"{prompts}{order.left_out_per_epoch} left out per epoch; {order.total_steps} optimizer steps on "
               f"{world} process(es), {device.type}")
 
-    engine_config = deepspeed_config(config, bf16, device)
+    engine_config = deepspeed_config(config, bf16, device, hidden_size(config.model))
     policy = load_policy(config.model, config, dtype, device, engine_config if config.zero_stage == 3 else None)
     if on_when_auto(config.gradient_checkpointing, device):
         policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy.train()
     engine = build_engine(policy, config, engine_config, config.resolved_learning_rate(), order.total_steps)
     if rank == 0 and config.lora_r:
-        trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
-        print(f"LoRA: {trainable} trainable parameters of {sum(p.numel() for p in policy.parameters())}")
+        trainable = parameter_count(p for p in policy.parameters() if p.requires_grad)
+        print(f"LoRA: {trainable} trainable parameters of {parameter_count(policy.parameters())}")
 
     scorer = Scorer(2 * config.per_device_batch, config.pack == "on", tokenizer.pad_token_id, device,
                     config.share_prefix == "on")
     scored = ScoredOnce(scorer, config.cache_dir or str(Path(config.output_dir).parent / ".logprob_cache"), dtype,
                         resolve_backend(config.kernel_backend, device, dtype))
     starting_policy = lambda: engine.module  # noqa: E731  (no step taken yet: the starting weights)
+    four_bit = config.load_in_4bit  # the starting policy's base is the 4-bit model
     reference = eval_reference = retain = None
     with adapters_disabled(policy.model):  # LoRA: every reference is the base model's, adapters off
         if config.needs_reference:
-            reference = scored.get("reference", config.data, config.model, pairs, False, starting_policy).to(device)
+            reference = scored.get("reference", config.data, config.model, pairs, False, starting_policy,
+                                   four_bit).to(device)
             if eval_pairs is not None:
                 eval_reference = scored.get("reference", config.eval_data, config.model, eval_pairs, False,
-                                            starting_policy)
+                                            starting_policy, four_bit)
         if config.loss == "pear" and pairs[0].behavior_logps is None:
-            load = ((lambda: load_behavior_model(config, tokenizer, dtype, device, engine_config)) if config.behavior_model
-                    else starting_policy)
-            behavior = scored.get("behaviour", config.data, config.behavior_model or config.model, pairs, True, load)
+            if config.behavior_model:
+                behavior = scored.get("behaviour", config.data, config.behavior_model, pairs, True,
+                                      lambda: load_behavior_model(config, tokenizer, dtype, device, engine_config))
+            else:
+                behavior = scored.get("behaviour", config.data, config.model, pairs, True, starting_policy, four_bit)
             for pair, values in zip(pairs, behavior.split([len(p.chosen_ids) for p in pairs])):
                 pair.behavior_logps = values  # a view: the pairs share one fp32 tensor
         if retain_pairs is not None:
             retain_reference = scored.get("retain-reference", config.retain_data, config.model, retain_pairs, True,
-                                          starting_policy)
+                                          starting_policy, four_bit)
             retain = RetainSet(retain_pairs, retain_reference, scorer)
 
     reward_shift = RewardShift(config.delta_mode, config.delta_decay, all_reduce=dist.all_reduce if world > 1 else None)
@@ -287,7 +293,7 @@ def evaluate(run):
 
 def finish(run):
     final = save_checkpoint(run.engine, run.tokenizer, run.output_dir, "final", run.state, run.config, run.rank)
-    if run.config.lora_save_merged and run.is_main:
+    if run.config.lora_save_merged:
         save_merged(run.engine.module.model, run.tokenizer, run.output_dir / "final-merged")
     if run.eval_pairs is not None:
         results = evaluate(run)

@@ -1,6 +1,7 @@
-"""LoRA through PEFT, as a real run (one process, the built-in model): the reference log-probs are the
-base model's, only the adapters train, and the saved adapter, loaded with PEFT onto the untouched
-base model, is the trained model (its held-out NLL is the one the run logged)."""
+"""LoRA through PEFT, as real runs of the built-in model, in one process and under ZeRO-3 on two (gloo):
+the reference log-probs are the base model's, only the adapters train, ZeRO-3 trains the same adapters
+as one process, and the saved adapter, loaded with PEFT onto the untouched base model, is the trained
+model (its held-out NLL is the one the run logged), as is the merged model."""
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from spot_fast.data import load_pairs
 from spot_fast.models import ASSETS, BUILTIN_MODEL, load_model, load_tokenizer
@@ -16,20 +18,38 @@ from spot_fast.models import ASSETS, BUILTIN_MODEL, load_model, load_tokenizer
 from hf_logps import hf_token_logps
 
 REPO = Path(__file__).resolve().parents[1]
-LORA = ["--lora-r", "4", "--lora-alpha", "8", "--lora-targets", "q_proj,v_proj,down_proj"]
+TRAIN = [str(REPO / "spot_fast" / "train.py"), "--max-steps", "4", "--grad-accum", "1", "--learning-rate", "2e-2",
+         "--epochs", "1", "--eval-data", str(ASSETS / "eval_pairs.jsonl"), "--lora-save-merged",
+         "--lora-r", "4", "--lora-alpha", "8", "--lora-targets", "q_proj,v_proj,down_proj"]
+LAUNCHES = {  # the same 4 steps of 4 pairs: one process, or 2 pairs on each of 2 ZeRO-3 processes
+    "one": [sys.executable] + TRAIN + ["--per-device-batch", "4"],
+    "zero3": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] + TRAIN
+             + ["--per-device-batch", "2", "--zero-stage", "3"],
+}
 
 
-@pytest.fixture(scope="module")
-def lora_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lora")
-    command = [sys.executable, str(REPO / "spot_fast" / "train.py"), "--max-steps", "4", "--grad-accum", "1",
-               "--per-device-batch", "4", "--learning-rate", "2e-2", "--epochs", "1", "--eval-data",
-               str(ASSETS / "eval_pairs.jsonl"), "--cache-dir", str(root / "cache"), "--output-dir", str(root / "run"), "--lora-save-merged", *LORA]
+def train(root, name):
+    command = LAUNCHES[name] + ["--cache-dir", str(root / f"cache-{name}"), "--output-dir", str(root / name)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    rows = [json.loads(line) for line in open(root / "run" / "metrics.jsonl")]
-    return root, result, rows
+    return result
+
+
+@pytest.fixture(scope="module")
+def lora_runs(tmp_path_factory):
+    """name -> (run directory, result, metric rows) for both launches (each with its own cache)."""
+    root = tmp_path_factory.mktemp("lora")
+    runs = {}
+    for name in LAUNCHES:
+        result = train(root, name)
+        runs[name] = root / name, result, [json.loads(line) for line in open(root / name / "metrics.jsonl")]
+    return runs
+
+
+@pytest.fixture(params=list(LAUNCHES))
+def lora_run(request, lora_runs):
+    return lora_runs[request.param]
 
 
 def test_only_adapters_train(lora_run):
@@ -43,10 +63,10 @@ def test_only_adapters_train(lora_run):
 
 
 def test_reference_cache_holds_the_base_models_log_probs(lora_run):
-    root, _, _ = lora_run
+    run_dir, _, _ = lora_run
     tokenizer = load_tokenizer(BUILTIN_MODEL)
     pairs = load_pairs(ASSETS / "pairs.jsonl", tokenizer, 8192)[0][:4]
-    [train_cache] = [p for p in (root / "cache").glob("reference-*.pt")
+    [train_cache] = [p for p in (run_dir.parent / f"cache-{run_dir.name}").glob("reference-*.pt")
                      if torch.load(p, weights_only=True)["logps"].shape[0] > 100]
     cached = torch.load(train_cache, weights_only=True)["logps"]
     base = load_model(BUILTIN_MODEL)
@@ -60,8 +80,8 @@ def test_saved_adapter_on_the_base_model_is_the_trained_model(lora_run):
     NLL, which it would not if any base weight had moved or the adapter were saved wrong."""
     from peft import PeftModel
 
-    root, _, rows = lora_run
-    final = root / "run" / "final"
+    run_dir, _, rows = lora_run
+    final = run_dir / "final"
     assert (final / "adapter_config.json").exists() and (final / "adapter_model.safetensors").exists()
     assert not (final / "model.safetensors").exists()  # the adapter alone
     logged = [r for r in rows if "eval/nll" in r][-1]["eval/nll"]
@@ -83,8 +103,8 @@ def test_merged_model_loads_without_peft_and_is_the_trained_model(lora_run):
     as the trained model did."""
     from transformers import AutoModelForCausalLM
 
-    root, _, rows = lora_run
-    merged = root / "run" / "final-merged"
+    run_dir, _, rows = lora_run
+    merged = run_dir / "final-merged"
     assert (merged / "model.safetensors").exists() and not (merged / "adapter_config.json").exists()
     logged = [r for r in rows if "eval/nll" in r][-1]["eval/nll"]
     tokenizer = load_tokenizer(BUILTIN_MODEL)
@@ -94,4 +114,43 @@ def test_merged_model_loads_without_peft_and_is_the_trained_model(lora_run):
     with torch.no_grad():
         nll = float(-sum(hf_token_logps(model, p.prompt_ids, p.chosen_ids).sum() for p in eval_pairs) / tokens)
     assert nll == pytest.approx(logged, rel=1e-5)
-    assert not list((root / "run").glob(".tmp-*"))
+    assert not list(run_dir.glob(".tmp-*"))
+
+
+def test_merged_model_is_the_base_model_plus_the_saved_adapter(lora_run):
+    """Every weight of the merged model equals the base model's, except the adapted ones, which equal
+    W + (alpha / r) B A with the saved B and A: no base weight moved, and under ZeRO-3 every adapted
+    layer was gathered whole when merged."""
+    run_dir, _, _ = lora_run
+    base = load_model(BUILTIN_MODEL).state_dict()
+    merged = load_file(run_dir / "final-merged" / "model.safetensors")
+    adapter = load_file(run_dir / "final" / "adapter_model.safetensors")
+    assert sorted(merged) == sorted(base)
+    adapted = 0
+    for name, weight in base.items():
+        layer = "base_model.model." + name.removesuffix(".weight")
+        if f"{layer}.lora_A.weight" in adapter:
+            delta = (8 / 4) * adapter[f"{layer}.lora_B.weight"] @ adapter[f"{layer}.lora_A.weight"]
+            assert delta.abs().max() > 1e-4, name  # the adapter moved this layer
+            torch.testing.assert_close(merged[name], weight + delta, rtol=0, atol=1e-6)
+            adapted += 1
+        else:
+            assert torch.equal(merged[name], weight), name
+    assert adapted == 2 * 3
+
+
+def test_zero3_trains_the_adapters_of_one_process(lora_runs):
+    """Under ZeRO-3 the partitioned base model gets the same adapters (drawn from the seed on every
+    rank) and trains them as one process does: loss, rewards and grad norm at every step to 1e-5, the final
+    adapters to float noise (Adam turns reassociation noise on near-zero gradients into steps of up
+    to lr; a difference in what trains would move most elements)."""
+    one, zero3 = ([r for r in lora_runs[name][2] if "loss" in r] for name in ("one", "zero3"))
+    assert [r["step"] for r in zero3] == [r["step"] for r in one] == [1, 2, 3, 4]
+    for mine, theirs in zip(zero3, one):
+        for key in ("loss", "rewards/chosen", "rewards/rejected", "grad_norm"):
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-5), (mine["step"], key)
+    expected, got = (load_file(lora_runs[name][0] / "final" / "adapter_model.safetensors") for name in ("one", "zero3"))
+    assert sorted(got) == sorted(expected)
+    differences = torch.cat([(got[k] - expected[k]).abs().flatten() for k in expected])
+    assert (differences > 1e-5).float().mean() < 1e-3
+    assert differences.max() < 1e-3

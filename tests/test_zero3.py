@@ -26,6 +26,9 @@ TRAIN = [sys.executable, str(REPO / "spot_fast" / "train.py")]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 COMMON = ["--max-steps", "4", "--grad-accum", "1", "--log-every", "1", "--learning-rate", "1e-3", "--epochs", "1"]
 STEP_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margin", "grad_norm")
+# pear's per-token metrics are token means per micro-batch, averaged over micro-batches and ranks by
+# pairs: they depend on how a step's pairs are split (one process: one mean over 4 pairs' tokens)
+PEAR_TOKEN_METRICS = ("pear/weight_mean", "pear/log_ratio", "pear/abs_log_ratio")
 
 
 def run(command):
@@ -59,11 +62,12 @@ def weights(output_dir):
     return load_file(Path(output_dir) / "final" / "model.safetensors")
 
 
-@pytest.fixture(scope="module", params=["spot_bco", "dpo"])
+@pytest.fixture(scope="module", params=["spot_bco", "dpo", "pear"])
 def three_ways(request, tmp_path_factory):
     """The same 4 steps of 4 pairs: one process (4 pairs each), ZeRO-2 and ZeRO-3 on 2 processes (2
     each). spot_bco measures a retain set (scoring with uneven shares: 7 batches on 2 ranks) and
-    ZeRO-3 saves at step 2; dpo evaluates held-out pairs at the end."""
+    ZeRO-3 saves at step 2; dpo and pear evaluate held-out pairs at the end. pear's behaviour
+    log-probs are the starting policy's, scored per token before the first step."""
     loss = request.param
     root = tmp_path_factory.mktemp(loss)
     extra = ["--loss", loss]
@@ -87,24 +91,30 @@ def three_ways(request, tmp_path_factory):
 
 
 def test_zero3_and_zero2_match_one_process_at_every_step(three_ways):
-    """Loss, rewards, margin and grad norm at each of 4 steps to 1e-5, and the final weights to
-    float noise (as test_train.py's 2-vs-1-process test: Adam turns reassociation noise on
-    near-zero gradients into steps of up to lr)."""
-    _, root, _ = three_ways
+    """Loss, rewards and margin (pear: the loss) and grad norm at each of 4 steps to 1e-5, and the
+    final weights to float noise (as test_train.py's 2-vs-1-process test: Adam turns reassociation
+    noise on near-zero gradients into steps of up to lr); pear's weights and log-ratios, which depend
+    on the split, ZeRO-3 against ZeRO-2 (the same split)."""
+    loss, root, _ = three_ways
+    keys, moved = (("loss", "grad_norm"), "pear/abs_log_ratio") if loss == "pear" else (STEP_METRICS, "rewards/margin")
     one = metrics(root / "one")
     assert [r["step"] for r in one] == [1, 2, 3, 4]
-    assert one[-1]["rewards/margin"] != one[0]["rewards/margin"]  # it trained
+    assert one[-1][moved] != one[0][moved]  # it trained
     for stage in ("zero2", "zero3"):
         rows = metrics(root / stage)
         assert [r["step"] for r in rows] == [1, 2, 3, 4], stage
         for mine, theirs in zip(rows, one):
-            for key in STEP_METRICS:
+            for key in keys:
                 assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-5), (stage, mine["step"], key)
         expected, got = weights(root / "one"), weights(root / stage)
         assert sorted(got) == sorted(expected)
         differences = torch.cat([(got[k].float() - expected[k].float()).abs().flatten() for k in expected])
         assert (differences > 1e-5).float().mean() < 1e-3, stage
         assert differences.max() < 1e-3 * 4, stage
+    if loss == "pear":
+        for mine, theirs in zip(metrics(root / "zero3"), metrics(root / "zero2")):
+            for key in PEAR_TOKEN_METRICS:
+                assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-6), (mine["step"], key)
 
 
 def test_two_nodes_need_the_log_prob_cache_on_node_0_only(three_ways):
@@ -121,7 +131,8 @@ def test_zero3_scores_retain_and_evaluation_sets_like_one_process(three_ways):
     loss, root, _ = three_ways
     one = {r["step"]: r for r in map(json.loads, open(root / "one" / "metrics.jsonl"))}
     zero3 = {r["step"]: r for r in map(json.loads, open(root / "zero3" / "metrics.jsonl"))}
-    keys = ("retain/nll", "retain/kl", "retain/kl_k3") if loss == "spot_bco" else ("eval/nll", "eval/rewards/margin")
+    keys = {"spot_bco": ("retain/nll", "retain/kl", "retain/kl_k3"), "dpo": ("eval/nll", "eval/rewards/margin"),
+            "pear": ("eval/nll",)}[loss]
     steps = (0, 2, 4) if loss == "spot_bco" else (4,)
     for step in steps:
         for key in keys:

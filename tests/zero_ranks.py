@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from spot_fast.config import parse_config
 from spot_fast.engine import deepspeed_config, start_distributed
 from spot_fast.metrics import MetricsWindow
-from spot_fast.models import BUILTIN_MODEL
+from spot_fast.models import BUILTIN_MODEL, hidden_size
 from spot_fast.train import load_policy, optimizer_step, set_up
 
 
@@ -36,7 +36,7 @@ def shards(policy):
 
 def partitioned_construction(model_dir, out_dir):
     config = parse_config(["--zero-stage", "3", "--output-dir", str(out_dir / "unused")])
-    engine_config = deepspeed_config(config, False, torch.device("cpu"))
+    engine_config = deepspeed_config(config, False, torch.device("cpu"), hidden_size(BUILTIN_MODEL))
     found = {}
     for name in (BUILTIN_MODEL, str(model_dir)):
         policy = load_policy(name, config, torch.float32, torch.device("cpu"), engine_config)
