@@ -408,8 +408,8 @@ def claims(by_label):
     ]
 
 
-def markdown(summary, seconds, device):
-    s = summary["scale"]
+def markdown(summary):
+    s, machine = summary["scale"], summary["device"]
     lines = [
         "# SPoT claims on a controlled task", "",
         f"Column addition (reasoning) and digit reversal (old skill), a {s['layers']}-layer Qwen3 model "
@@ -420,7 +420,8 @@ def markdown(summary, seconds, device):
         f"additions (avg@{s['validation_samples']}, seed {s['seeds'][0]}), seeds {list(s['seeds'])}. "
         f"Accuracy: avg@{s['eval_samples']} on "
         f"{s['eval_problems']} held-out additions and avg@1 on {s['eval_problems']} held-out reversals, sampled at "
-        f"temperature {s['temperature']}. Ran on {device} in {seconds / 60:.1f} min.", "",
+        f"temperature {s['temperature']}. Ran on {machine['name']} ({machine['cpu_count']} cores) in "
+        f"{summary['seconds'] / 60:.1f} min.", "",
         f"Start model: reasoning {summary['start'][REASONING]:.3f}, old skill {summary['start'][OLD_SKILL]:.3f}.", "",
         "| method | learning rate | reasoning | in-domain gain | old skill | old-skill change | retain KL (end) | "
         "chosen reward (last quarter) |",
@@ -491,12 +492,12 @@ def plot(summary, work, path):
     plt.close(figure)
 
 
-def device_name():
-    import platform
+def device():
+    """The machine, named as the other benchmarks' results name it (every stage runs on the CPU)."""
+    import torch
+    from bench_kernels import device_name
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    return f"{cpu}, {os.cpu_count()} cores"
+    return {"name": device_name(torch.device("cpu")), "type": "cpu", "cpu_count": os.cpu_count()}
 
 
 def main(argv=None):
@@ -524,14 +525,14 @@ def main(argv=None):
     chosen, sweep, runs = timed("post-training", post_train, scale, work, model, pairs)
     accuracy = timed("evaluation", test_evaluation, scale, work, model, runs)
     summary = summarize(scale, accuracy, chosen, sweep, runs, pairs)
-    seconds, device = sum(stage_seconds.values()), device_name()
-    summary.update({"seconds": seconds, "stage_seconds": stage_seconds, "device": device})
+    seconds = sum(stage_seconds.values())
+    summary.update({"seconds": seconds, "stage_seconds": stage_seconds, "device": device()})
     out = work if args.smoke else args.results
     out.mkdir(parents=True, exist_ok=True)
     (out / "spot_claims.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "spot_claims.md").write_text(markdown(summary, seconds, device))
+    (out / "spot_claims.md").write_text(markdown(summary))
     plot(summary, work, out / "spot_claims.png")
-    print(markdown(summary, seconds, device))
+    print(markdown(summary))
     print(f"written: {out / 'spot_claims.json'}, .md, .png")
 
 

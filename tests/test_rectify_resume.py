@@ -62,8 +62,11 @@ def test_correct_stopped_mid_run_resumes_without_loss_or_duplicates(tmp_path, st
     write_jsonl_atomic(tmp_path / layout.ERRORS, errors)
     output = tmp_path / layout.CORRECTIONS
 
+    # SIGINT as from a terminal, even where this test runs in a background job (which ignores SIGINT,
+    # and a child inherits that: Python would then never raise KeyboardInterrupt)
     process = subprocess.Popen(correct_command(tmp_path), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 30
     while complete_lines(output) < 8:
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
