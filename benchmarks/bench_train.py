@@ -122,7 +122,7 @@ def measure(model, pairs, layout, repeats, device):
     objective = Objective("spot_bco", 0.1, RewardShift())
 
     def step():
-        loss, _ = micro_batch_loss(batch_logps(model, batch), batch, reference, objective)
+        loss, _, _ = micro_batch_loss(batch_logps(model, batch), batch, reference, objective)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -19,31 +19,35 @@ import torch
 import torch.distributed as dist
 
 
-def mean_over_ranks(metrics):
-    """``metrics`` (name -> 0-d tensor or number, the same names on every rank) averaged over ranks, as floats."""
-    names = sorted(metrics)
+def pooled_over_ranks(sums, counts):
+    """``sums[name] / counts[name]`` with both summed over ranks first (name -> 0-d tensor or number,
+    the same names on every rank): the mean over everything every rank counted, as floats."""
+    names = sorted(sums)
     distributed = dist.is_initialized() and dist.get_world_size() > 1
     device = "cuda" if distributed and dist.get_backend() == "nccl" else "cpu"  # NCCL reduces device tensors only
-    values = torch.stack([torch.as_tensor(metrics[name], dtype=torch.float32).reshape(()).to(device) for name in names])
+    values = torch.stack([torch.as_tensor(table[name], dtype=torch.float64).reshape(()).to(device)
+                          for table in (sums, counts) for name in names])
     if distributed:
         dist.all_reduce(values)
-        values /= dist.get_world_size()
-    return dict(zip(names, values.tolist()))
+    totals, numbers = values.view(2, len(names))
+    return dict(zip(names, (totals / numbers).tolist()))
 
 
 class MetricsWindow:
-    """The metrics of the micro-batches between two logged steps: ``row`` averages them over
-    micro-batches (weighted by their pairs) and ranks, and adds the tokens forwarded, the tokens the
-    unshared layout would have forwarded, and the throughput (time spent measuring, ``exclude``d,
-    not counted)."""
+    """The metrics of the micro-batches between two logged steps: ``row`` pools them over
+    micro-batches and ranks, each metric weighted by what it is a mean over (``counts``: pairs or
+    tokens, see ``objective.micro_batch_loss``), so a row does not depend on how the step's pairs
+    were split; and adds the tokens forwarded, the tokens the unshared layout would have forwarded,
+    and the throughput (time spent measuring, ``exclude``d, not counted)."""
 
     def __init__(self):
-        self.sums, self.weight, self.tokens, self.unshared_tokens = {}, 0, 0, 0
+        self.sums, self.counts, self.tokens, self.unshared_tokens = {}, {}, 0, 0
         self.started = time.perf_counter()
 
-    def add(self, metrics, pairs, tokens, unshared_tokens):
-        self.sums = {name: self.sums.get(name, 0) + value * pairs for name, value in metrics.items()}
-        self.weight += pairs
+    def add(self, metrics, counts, tokens, unshared_tokens):
+        for name, value in metrics.items():
+            self.sums[name] = self.sums.get(name, 0) + value * counts[name]
+            self.counts[name] = self.counts.get(name, 0) + counts[name]
         self.tokens += tokens
         self.unshared_tokens += unshared_tokens
 
@@ -51,8 +55,8 @@ class MetricsWindow:
         self.started += seconds
 
     def row(self, world):
-        """The averaged metrics and ``tokens_per_s`` (over all ranks), then an empty window."""
-        row = mean_over_ranks({name: value / self.weight for name, value in self.sums.items()})
+        """The pooled metrics and ``tokens_per_s`` (over all ranks), then an empty window."""
+        row = pooled_over_ranks(self.sums, self.counts)
         row["tokens_per_s"] = self.tokens * world / (time.perf_counter() - self.started)
         row["tokens/forwarded"] = self.tokens * world
         row["tokens/shared_fraction"] = 1.0 - self.tokens / self.unshared_tokens

@@ -51,7 +51,10 @@ def pear_metrics(policy_logps, behavior_logps, weights, pear):
 
 
 def micro_batch_loss(logps, batch, reference, objective):
-    """Loss of one micro-batch (mean over its pairs) and its detached metrics.
+    """Loss of one micro-batch (mean over its pairs), its detached metrics, and what each metric is a
+    mean over: ``counts[name]`` is its number of pairs, chosen tokens (``chosen/*``), scored tokens
+    (``pear/*``) or token slots (``padding_fraction``), so that ``MetricsWindow`` pools micro-batches
+    and ranks into the mean over the whole step, however its pairs were split.
 
     ``logps`` is the ``BatchLogps`` of ``batch`` under the policy (``LogprobModel``'s forward);
     ``reference`` is the [B, 2] (or [B, 1]) reference log-probs of the batch's pairs for the
@@ -83,4 +86,16 @@ def micro_batch_loss(logps, batch, reference, objective):
                                       beta=objective.beta, delta=delta)
     loss = per_example.mean()
     metrics["loss"] = loss.detach()
-    return loss, metrics
+    counts = {name: count_of(name, batch, logps) for name in metrics}
+    return loss, metrics, counts
+
+
+def count_of(name, batch, logps):
+    """How many things metric ``name`` of ``micro_batch_loss`` averages over in ``batch``."""
+    if name.startswith("chosen/"):
+        return batch.num_chosen_tokens
+    if name.startswith("pear/"):
+        return logps.token_logps.numel()
+    if name == "padding_fraction":
+        return batch.input_ids.numel()
+    return batch.num_pairs

@@ -235,10 +235,10 @@ def optimizer_step(run, step, window):
         batch = collate([run.pairs[i] for i in indices], config.pack == "on", run.tokenizer.pad_token_id,
                         config.share_prefix == "on").to(run.device)
         reference = run.reference[indices] if run.reference is not None else None
-        loss, metrics = micro_batch_loss(engine(batch), batch, reference, run.objective)
+        loss, metrics, counts = micro_batch_loss(engine(batch), batch, reference, run.objective)
         engine.set_gradient_accumulation_boundary(number == len(micro_batches) - 1)
         engine.backward(loss * (len(indices) / pairs_in_step), scale_wrt_gas=False)
-        window.add(metrics, len(indices), batch.num_tokens, batch.unshared_tokens)
+        window.add(metrics, counts, batch.num_tokens, batch.unshared_tokens)
     engine.step()
     return learning_rate
 

@@ -75,7 +75,7 @@ def test_gradient_equals_the_gradient_from_materialized_logits(objective, pack):
 
     batch = collate(pairs, pack=pack, pad_id=tokenizer.pad_token_id)
     pear = PearConfig(block_size=4) if objective == "pear" else None
-    loss, _ = micro_batch_loss(batch_logps(policy, batch), batch, reference, Objective(objective, BETA, RewardShift(), pear))
+    loss, _, _ = micro_batch_loss(batch_logps(policy, batch), batch, reference, Objective(objective, BETA, RewardShift(), pear))
     loss.backward()
     expected = direct_loss(objective, plain, pairs, reference)
     expected.backward()

@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from spot_fast.metrics import MetricsLog, check_report_to
+from spot_fast.metrics import MetricsLog, MetricsWindow, check_report_to
 
 ROWS = [(1, {"loss": 1.25, "rewards/chosen": 0.5, "rewards/margin": -0.125, "grad_norm": 2.0}),
         (2, {"loss": 0.75, "rewards/chosen": 0.25, "rewards/margin": 0.375, "grad_norm": 1.5}),
@@ -68,3 +68,15 @@ def test_a_report_without_its_package_is_refused_by_name(monkeypatch):
     with pytest.raises(ValueError, match="--report-to wandb needs the wandb package"):
         check_report_to("wandb")
     check_report_to("none")
+
+
+def test_window_pools_each_metric_over_what_it_counts():
+    """Two micro-batches: a token mean is pooled by tokens (not averaged per micro-batch), a pair
+    mean by pairs, so a row does not depend on how the step's pairs were split."""
+    window = MetricsWindow()
+    window.add({"chosen/nll": 1.0, "loss": 2.0}, {"chosen/nll": 10, "loss": 3}, tokens=40, unshared_tokens=50)
+    window.add({"chosen/nll": 4.0, "loss": 6.0}, {"chosen/nll": 30, "loss": 1}, tokens=60, unshared_tokens=50)
+    row = window.row(world=1)
+    assert row["chosen/nll"] == pytest.approx((1.0 * 10 + 4.0 * 30) / 40)
+    assert row["loss"] == pytest.approx((2.0 * 3 + 6.0 * 1) / 4)
+    assert row["tokens/forwarded"] == 100 and row["tokens/shared_fraction"] == pytest.approx(0.0)

@@ -139,7 +139,7 @@ def test_dpo_gives_shared_tokens_exactly_zero_gradient():
         return out
     head.forward = keep_logp
     reference = torch.zeros(len(pairs), 2, dtype=torch.float64)
-    loss, _ = micro_batch_loss(batch_logps(model, batch), batch, reference, Objective("dpo", 0.5, RewardShift()))
+    loss, _, _ = micro_batch_loss(batch_logps(model, batch), batch, reference, Objective("dpo", 0.5, RewardShift()))
     loss.backward()
     grad = captured["logp"].grad
     assert batch.also_token_index.numel() > 0
@@ -162,7 +162,7 @@ def test_a_step_loss_does_not_depend_on_how_its_pairs_are_grouped():
         total = 0.0
         for group in groups:
             batch = collate([pairs[i] for i in group], pack=True, pad_id=0, share_prefix=True)
-            loss, _ = micro_batch_loss(batch_logps(model, batch), batch, reference[group], objective)
+            loss, _, _ = micro_batch_loss(batch_logps(model, batch), batch, reference[group], objective)
             scaled = loss * (len(group) / len(pairs))
             scaled.backward()
             total += float(scaled.detach())

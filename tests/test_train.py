@@ -48,7 +48,7 @@ def test_micro_batch_loss_equals_direct_computation(loss):
     ref = torch.tensor([[float(hf_sequence_logps(reference_model, p.prompt_ids, c)) for c in (p.chosen_ids, p.rejected_ids)]
                         for p in pairs])
     batch = collate(pairs, pack=True, pad_id=tokenizer.pad_token_id)
-    got, metrics = micro_batch_loss(batch_logps(policy, batch), batch, ref, Objective(loss, 0.1, RewardShift()))
+    got, metrics, _ = micro_batch_loss(batch_logps(policy, batch), batch, ref, Objective(loss, 0.1, RewardShift()))
 
     with torch.no_grad():
         chosen = torch.stack([hf_sequence_logps(policy_copy, p.prompt_ids, p.chosen_ids) for p in pairs])
@@ -86,7 +86,7 @@ def test_pear_micro_batch_loss_equals_direct_computation(level, pack):
     for batch_pairs in (pairs[:3], pairs[3:]):
         batch = collate(batch_pairs, pack=pack, pad_id=tokenizer.pad_token_id)
         assert batch.num_sequences == len(batch_pairs)
-        got, metrics = micro_batch_loss(batch_logps(policy, batch), batch, None, Objective("pear", pear=config.pear()))
+        got, metrics, _ = micro_batch_loss(batch_logps(policy, batch), batch, None, Objective("pear", pear=config.pear()))
 
         policy_tokens = torch.cat([hf_token_logps(policy_copy, p.prompt_ids, p.chosen_ids) for p in batch_pairs])
         behavior_tokens = torch.cat([p.behavior_logps for p in batch_pairs])
@@ -195,14 +195,15 @@ def test_resume_continues_exactly(runs):
 
 def test_two_processes_match_one_process_with_the_same_global_batch(runs):
     """Gradients are averaged over ranks and delta over all ranks' rewards, so 2 x 2 pairs equals
-    1 x 4 pairs up to float reassociation. Tolerances: loss, delta, margin, grad norm 1e-5 (rel or abs) at
+    1 x 4 pairs up to float reassociation; token metrics are pooled over the ranks' tokens, so they
+    are the same means too. Tolerances: loss, delta, margin, grad norm 1e-5 (rel or abs) at
     every step; weights after 4 steps within 1e-5 for at least 99.9% of elements. The rest are
     elements whose gradient is at float-noise level, where Adam's m / sqrt(v) turns reassociation
     noise into a step of up to +-lr; they must still differ by less than lr * steps."""
     root, _, _, c = runs
     one = {r["step"]: r for r in metrics(root / "a")}
     for row in metrics(root / "c"):
-        for key in ("loss", "delta", "grad_norm", "rewards/margin"):
+        for key in ("loss", "delta", "grad_norm", "rewards/margin", "chosen/nll", "chosen/entropy"):
             assert row[key] == pytest.approx(one[row["step"]][key], rel=1e-5, abs=1e-5), key
     weights_a = load_file(root / "a" / "final" / "model.safetensors")
     weights_c = load_file(root / "c" / "final" / "model.safetensors")
