@@ -41,6 +41,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import claims_task as task  # noqa: E402
 
+from spot_fast.rectify.jsonl import write_atomic, write_jsonl_atomic  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results"
 METHODS = (  # label, objective, which pairs (minimal edits or direct rewrites)
     ("SPoT (spot_bco)", "spot_bco", "minimal"),
@@ -105,15 +107,6 @@ def python(*args):
     return [sys.executable, *args]
 
 
-def write_jsonl(path, records):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
-    os.replace(tmp, path)
-
-
 # ---- 1. data and start model ---------------------------------------------------------------------
 
 def prompt(question):
@@ -122,21 +115,30 @@ def prompt(question):
     return f"{question}\n\n{task.INSTRUCTION}"
 
 
+def distinct_draws(rng, draw, count):
+    """``count`` distinct values of ``draw(rng)``, in an order ``rng`` shuffles."""
+    values = set()
+    while len(values) < count:
+        values.add(draw(rng))
+    values = sorted(values)
+    rng.shuffle(values)
+    return values
+
+
+def addition_problem(a, b, instructed):
+    """A problems line for ``a + b``: its question with the instruction (for ``elicit``, which uses
+    the question as the prompt) or bare (a benchmark: ``spot-fast-eval`` adds the instruction)."""
+    question = task.addition_question(a, b)
+    return {"id": f"add{a}+{b}", "question": prompt(question) if instructed else question, "answer": str(a + b)}
+
+
 def make_data(scale, data):
-    """The pre-training corpus, the elicitation problems, the benchmarks and the retain set, from
-    ``scale.data_seed``; problems held out of pre-training are never in its corpus."""
+    """The pre-training corpus, the elicitation problems, the benchmarks, the retain set and the
+    validation problems, from ``scale.data_seed``; no problem held out of pre-training is in its corpus."""
     rng = random.Random(scale.data_seed)
-    held_out = set()
-    while len(held_out) < scale.elicit_problems + scale.eval_problems:
-        held_out.add(task.random_addends(rng))
-    held_out = sorted(held_out)
-    rng.shuffle(held_out)
+    held_out = distinct_draws(rng, task.random_addends, scale.elicit_problems + scale.eval_problems)
     elicit, benchmark = held_out[:scale.elicit_problems], held_out[scale.elicit_problems:]
-    reversals = set()
-    while len(reversals) < scale.retain_examples + scale.eval_problems:
-        reversals.add(task.random_reversal(rng))
-    reversals = sorted(reversals)
-    rng.shuffle(reversals)
+    reversals = distinct_draws(rng, task.random_reversal, scale.retain_examples + scale.eval_problems)
     retain, old_benchmark = reversals[:scale.retain_examples], reversals[scale.retain_examples:]
     held_out_reversals = {n for n, _ in reversals}
 
@@ -155,23 +157,24 @@ def make_data(scale, data):
         text = (task.slipped_solution(a, b, opening, rng) if rng.random() < scale.slip_rate
                 else task.addition_solution(a, b, opening))
         corpus.append({"prompt": prompt(task.addition_question(a, b)), "response": text})
-    write_jsonl(data / "pretrain.jsonl", corpus)
-    write_jsonl(data / "problems.jsonl", [{"id": f"add{a}+{b}", "question": prompt(task.addition_question(a, b)),
-                                           "answer": str(a + b)} for a, b in elicit])
-    write_jsonl(data / f"{REASONING}.jsonl", [{"id": f"add{a}+{b}", "question": task.addition_question(a, b),
-                                               "answer": str(a + b)} for a, b in benchmark])
-    write_jsonl(data / f"{OLD_SKILL}.jsonl", [{"id": f"rev{n}", "question": task.reversal_question(n), "answer": str(r)}
-                                              for n, r in old_benchmark])
-    write_jsonl(data / "retain.jsonl", [{"prompt": prompt(task.reversal_question(n)), "response": f"\\boxed{{{r}}}"}
-                                        for n, r in retain])
-    in_corpus = {record["prompt"] for record in corpus} | {prompt(task.addition_question(a, b)) for a, b in held_out}
-    validation, rng = [], random.Random(scale.data_seed + 1)
+
+    # validation problems come last, from a generator of their own, so adding them left the rest as it was
+    taken = {record["prompt"] for record in corpus} | {prompt(task.addition_question(a, b)) for a, b in held_out}
+    validation, validation_rng = [], random.Random(scale.data_seed + 1)
     while len(validation) < scale.validation_problems:
-        a, b = task.random_addends(rng)
-        if prompt(task.addition_question(a, b)) not in in_corpus | {prompt(task.addition_question(*v)) for v in validation}:
+        a, b = task.random_addends(validation_rng)
+        if prompt(task.addition_question(a, b)) not in taken:
+            taken.add(prompt(task.addition_question(a, b)))
             validation.append((a, b))
-    write_jsonl(data / VALIDATION, [{"id": f"add{a}+{b}", "question": task.addition_question(a, b), "answer": str(a + b)}
-                                    for a, b in validation])
+
+    write_jsonl_atomic(data / "pretrain.jsonl", corpus)
+    write_jsonl_atomic(data / "problems.jsonl", [addition_problem(a, b, instructed=True) for a, b in elicit])
+    write_jsonl_atomic(data / f"{REASONING}.jsonl", [addition_problem(a, b, instructed=False) for a, b in benchmark])
+    write_jsonl_atomic(data / VALIDATION, [addition_problem(a, b, instructed=False) for a, b in validation])
+    write_jsonl_atomic(data / f"{OLD_SKILL}.jsonl", [{"id": f"rev{n}", "question": task.reversal_question(n), "answer": str(r)}
+                                                     for n, r in old_benchmark])
+    write_jsonl_atomic(data / "retain.jsonl", [{"prompt": prompt(task.reversal_question(n)), "response": f"\\boxed{{{r}}}"}
+                                               for n, r in retain])
 
 
 def save_initial_model(scale, path):
@@ -518,7 +521,7 @@ def main(argv=None):
             return function(*args)
         finally:  # an interrupted stage counts too: its finished work is kept
             stage_seconds[stage] = stage_seconds.get(stage, 0.0) + time.time() - start
-            timing.write_text(json.dumps(stage_seconds))
+            write_atomic(timing, json.dumps(stage_seconds))
 
     model = timed("start model", start_model, scale, work)
     pairs = timed("rectification", rectify, scale, work, model)
@@ -529,8 +532,8 @@ def main(argv=None):
     summary.update({"seconds": seconds, "stage_seconds": stage_seconds, "device": device()})
     out = work if args.smoke else args.results
     out.mkdir(parents=True, exist_ok=True)
-    (out / "spot_claims.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "spot_claims.md").write_text(markdown(summary))
+    write_atomic(out / "spot_claims.json", json.dumps(summary, indent=2) + "\n")
+    write_atomic(out / "spot_claims.md", markdown(summary))
     plot(summary, work, out / "spot_claims.png")
     print(markdown(summary))
     print(f"written: {out / 'spot_claims.json'}, .md, .png")
