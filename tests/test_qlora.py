@@ -19,6 +19,7 @@ from spot_fast.models import (ASSETS, BUILTIN_MODEL, ModelError, load_model, loa
                               tiny_qwen3_config)
 
 from hf_logps import hf_token_logps
+from same_training import assert_same_steps, assert_same_weights
 
 pytest.importorskip("bitsandbytes", reason="--load-in-4bit needs bitsandbytes")
 
@@ -104,14 +105,9 @@ def test_a_4bit_model_is_another_model_for_the_log_prob_cache():
 def test_zero3_trains_the_adapters_of_one_process(qlora_runs):
     """ZeRO-3 partitions the packed 4-bit weights with the rest; it must train what one process trains."""
     one, zero3 = ([r for r in qlora_runs[name][2] if "loss" in r] for name in ("one", "zero3"))
-    for mine, theirs in zip(zero3, one, strict=True):
-        for key in ("loss", "rewards/chosen", "rewards/rejected", "grad_norm"):
-            assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-5), (mine["step"], key)
-    expected, got = (load_file(qlora_runs[name][0] / "final" / "adapter_model.safetensors") for name in ("one", "zero3"))
-    assert sorted(got) == sorted(expected)
-    differences = torch.cat([(got[k] - expected[k]).abs().flatten() for k in expected])
-    assert (differences > 1e-5).float().mean() < 1e-3
-    assert differences.max() < 1e-3
+    assert_same_steps(zero3, one, ("loss", "rewards/chosen", "rewards/rejected", "grad_norm"))
+    assert_same_weights(*(load_file(qlora_runs[name][0] / "final" / "adapter_model.safetensors") for name in ("zero3", "one")),
+                        bound=1e-3)
 
 
 @pytest.mark.parametrize("argv, message", [

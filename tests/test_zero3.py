@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from same_training import assert_same_steps, assert_same_weights, logged_steps
 from spot_fast.models import ASSETS, BUILTIN_MODEL, load_model, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,10 +53,6 @@ def run_two_nodes(command, node_cache_dirs):
     outputs = [launch.communicate(timeout=600) for launch in launches]
     for launch, (stdout, stderr) in zip(launches, outputs):
         assert launch.returncode == 0, f"{launch.args} failed:\n{stdout[-3000:]}\n{stderr[-5000:]}"
-
-
-def metrics(output_dir):
-    return [json.loads(line) for line in open(Path(output_dir) / "metrics.jsonl") if "loss" in line]
 
 
 def weights(output_dir):
@@ -98,20 +95,12 @@ def test_zero3_and_zero2_match_one_process_at_every_step(three_ways):
     keys, moved = (((("loss", "grad_norm") + PEAR_TOKEN_METRICS), "pear/abs_log_ratio") if loss == "pear"
                    else (STEP_METRICS, "rewards/margin"))
     keys += TOKEN_METRICS
-    one = metrics(root / "one")
+    one = logged_steps(root / "one")
     assert [r["step"] for r in one] == [1, 2, 3, 4]
     assert one[-1][moved] != one[0][moved]  # it trained
     for stage in ("zero2", "zero3"):
-        rows = metrics(root / stage)
-        assert [r["step"] for r in rows] == [1, 2, 3, 4], stage
-        for mine, theirs in zip(rows, one):
-            for key in keys:
-                assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-5), (stage, mine["step"], key)
-        expected, got = weights(root / "one"), weights(root / stage)
-        assert sorted(got) == sorted(expected)
-        differences = torch.cat([(got[k].float() - expected[k].float()).abs().flatten() for k in expected])
-        assert (differences > 1e-5).float().mean() < 1e-3, stage
-        assert differences.max() < 1e-3 * 4, stage
+        assert_same_steps(logged_steps(root / stage), one, keys, context=(stage,))
+        assert_same_weights(weights(root / stage), weights(root / "one"), bound=1e-3 * 4, context=(stage,))
 
 
 def test_two_nodes_need_the_log_prob_cache_on_node_0_only(three_ways):
@@ -150,8 +139,8 @@ def test_zero3_checkpoint_is_a_consolidated_model_and_resumes_exactly(three_ways
 
     run(two + ["--zero-stage", "3", "--resume", str(root / "zero3" / "checkpoint-2"),
                "--output-dir", str(root / "zero3-resumed")])
-    uninterrupted = {r["step"]: r for r in metrics(root / "zero3")}
-    resumed = metrics(root / "zero3-resumed")
+    uninterrupted = {r["step"]: r for r in logged_steps(root / "zero3")}
+    resumed = logged_steps(root / "zero3-resumed")
     assert [r["step"] for r in resumed] == [3, 4]
     for row in resumed:
         for key in (*STEP_METRICS, "delta", "lr"):
