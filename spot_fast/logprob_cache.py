@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .models import model_identity
 from .scoring import Scorer, rank_and_world
 
 
@@ -112,13 +111,13 @@ class ScoredOnce:
     dtype: torch.dtype
     kernel_backend: str  # the resolved backend (``triton``, ``chunked`` or ``eager``)
 
-    def get(self, what, source, model_name, pairs, per_token, load, load_in_4bit=False):
-        """Log-probs of ``pairs`` (read from the file ``source``) under the model ``model_name`` (its
-        body 4-bit with ``load_in_4bit``) that ``load()`` returns (called only when the cache misses):
+    def get(self, what, source, model, pairs, per_token, load):
+        """Log-probs of ``pairs`` (read from the file ``source``) under the model that ``load()`` returns
+        (called only when the cache misses), whose ``models.model_identity`` is ``model``:
         ``Scorer.score``'s result."""
         with_rejected = not per_token and pairs[0].rejected_ids is not None
         cache = LogprobCache(self.directory, what, {
-            "tokens": token_digest(pairs, with_rejected), "model": model_identity(model_name, load_in_4bit),
+            "tokens": token_digest(pairs, with_rejected), "model": model,
             "dtype": str(self.dtype), "kernel_backend": self.kernel_backend})
         rows = sum(len(p.chosen_ids) for p in pairs) if per_token else len(pairs)
         label = f"{what} log-probs of {Path(source).name}"

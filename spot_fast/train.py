@@ -38,7 +38,7 @@ from spot_fast.logprob_cache import CacheError, ScoredOnce
 from spot_fast.logprob_head import LogprobModel, install_logprob_head
 from spot_fast.lora import adapters_disabled, add_lora, parameter_count, save_merged
 from spot_fast.metrics import MetricsLog, MetricsWindow, check_report_to, plot_metrics
-from spot_fast.models import ModelError, check_model_name, hidden_size, load_model, load_tokenizer
+from spot_fast.models import ModelError, check_model_name, hidden_size, load_model, load_tokenizer, model_identity
 from spot_fast.objective import Objective, micro_batch_loss, reward_metrics
 from spot_fast.scoring import Scorer
 from spot_kernels import RewardShift, implicit_reward, resolve_backend
@@ -166,26 +166,23 @@ def set_up(config):
     scored = ScoredOnce(scorer, config.cache_dir or str(Path(config.output_dir).parent / ".logprob_cache"), dtype,
                         resolve_backend(config.kernel_backend, device, dtype))
     starting_policy = lambda: engine.module  # noqa: E731  (no step taken yet: the starting weights)
-    four_bit = config.load_in_4bit  # the starting policy's base is the 4-bit model
+    start = model_identity(config.model, config.load_in_4bit)  # the starting policy (a 4-bit base is another model)
     reference = eval_reference = retain = None
     with adapters_disabled(policy.model):  # LoRA: every reference is the base model's, adapters off
         if config.needs_reference:
-            reference = scored.get("reference", config.data, config.model, pairs, False, starting_policy,
-                                   four_bit).to(device)
+            reference = scored.get("reference", config.data, start, pairs, False, starting_policy).to(device)
             if eval_pairs is not None:
-                eval_reference = scored.get("reference", config.eval_data, config.model, eval_pairs, False,
-                                            starting_policy, four_bit)
+                eval_reference = scored.get("reference", config.eval_data, start, eval_pairs, False, starting_policy)
         if config.loss == "pear" and pairs[0].behavior_logps is None:
-            if config.behavior_model:
-                behavior = scored.get("behaviour", config.data, config.behavior_model, pairs, True,
-                                      lambda: load_behavior_model(config, tokenizer, dtype, device, engine_config))
-            else:
-                behavior = scored.get("behaviour", config.data, config.model, pairs, True, starting_policy, four_bit)
+            model, load = ((model_identity(config.behavior_model),
+                            lambda: load_behavior_model(config, tokenizer, dtype, device, engine_config))
+                           if config.behavior_model else (start, starting_policy))
+            behavior = scored.get("behaviour", config.data, model, pairs, True, load)
             for pair, values in zip(pairs, behavior.split([len(p.chosen_ids) for p in pairs])):
                 pair.behavior_logps = values  # a view: the pairs share one fp32 tensor
         if retain_pairs is not None:
-            retain_reference = scored.get("retain-reference", config.retain_data, config.model, retain_pairs, True,
-                                          starting_policy, four_bit)
+            retain_reference = scored.get("retain-reference", config.retain_data, start, retain_pairs, True,
+                                          starting_policy)
             retain = RetainSet(retain_pairs, retain_reference, scorer)
 
     reward_shift = RewardShift(config.delta_mode, config.delta_decay, all_reduce=dist.all_reduce if world > 1 else None)

@@ -5,6 +5,7 @@ full-precision model's); only the adapters train, so PEFT's 4-bit base plus the 
 trained model; ZeRO-3 trains the same adapters as one process."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -97,9 +98,21 @@ def test_saved_adapter_on_the_4bit_base_is_the_trained_model(qlora_runs, name):
     assert abs(eval_nll(load_model(BUILTIN_MODEL, load_in_4bit=True)) - logged) > 3e-4  # training changed it (> 4x the tolerance)
 
 
-def test_a_4bit_model_is_another_model_for_the_log_prob_cache():
-    """The cache key names the model: a full-precision run must not reuse a 4-bit reference."""
+def test_a_4bit_model_is_another_model_for_the_log_prob_cache(qlora_runs):
+    """The cache key names the model: a full-precision run given the 4-bit run's cache directory
+    computes its own reference instead of reusing the 4-bit one."""
     assert model_identity(BUILTIN_MODEL, load_in_4bit=True) != model_identity(BUILTIN_MODEL)
+    root = qlora_runs["one"][0].parent
+    shared = root / "cache-shared"
+    shutil.copytree(root / "cache-one", shared)
+    four_bit = sorted(p.name for p in shared.glob("reference-*.pt"))
+    command = [a for a in LAUNCHES["one"] if a != "--load-in-4bit"] + [
+        "--max-steps", "1", "--data", str(root / "pairs.jsonl"), "--cache-dir", str(shared),
+        "--output-dir", str(root / "full-precision")]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reference log-probs of pairs.jsonl computed" in result.stdout
+    assert len(sorted(p.name for p in shared.glob("reference-*.pt"))) == 2 * len(four_bit) == 4  # train + eval, each twice
 
 
 def test_zero3_trains_the_adapters_of_one_process(qlora_runs):
