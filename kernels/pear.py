@@ -16,7 +16,10 @@ sequence has weight ``gamma^0 * exp(0) = 1`` at the token and block levels.
 The weights are computed in float64 in log space (no overflow before the clip), from the per-token
 log-probs the fused kernel already returns: no extra pass over the vocabulary. Cost O(N log N) for
 one stable sort by sequence; tokens of a sequence may be interleaved with other sequences' tokens
-but must appear in position order.
+but must appear in position order. The computation never synchronises with the host (per-sequence
+counts by ``segment_sum``, not ``bincount``, whose CUDA kernel reads the maximum back); checking the
+sequence indices does (one read of their range), so a caller that guarantees them (the trainer's
+batches) passes ``check=False``.
 
 Each sequence's weights are those of the sequence computed alone. The suffix sums come from one
 cumulative sum over all tokens, so a NaN log-ratio (a NaN log-prob) is summed as 0 there and its NaN
@@ -61,9 +64,11 @@ class PearConfig:
 
 
 @torch.no_grad()
-def pear_weights(policy_logps, behavior_logps, seq_index, num_seqs, config=PearConfig()):
-    """[N] fp32 detached PEAR weights (see the module docstring) of tokens in sequences ``seq_index``."""
-    check_sequence_index(seq_index, num_seqs, policy_logps=policy_logps, behavior_logps=behavior_logps)
+def pear_weights(policy_logps, behavior_logps, seq_index, num_seqs, config=PearConfig(), check=True):
+    """[N] fp32 detached PEAR weights (see the module docstring) of tokens in sequences ``seq_index``
+    (``check=False``: the caller guarantees ``seq_index`` is [N] in [0, num_seqs); no host sync)."""
+    if check:
+        check_sequence_index(seq_index, num_seqs, policy_logps=policy_logps, behavior_logps=behavior_logps)
     seq = seq_index.long()
     ratios = (policy_logps.double() - behavior_logps.double()).clamp(-config.clip_low, config.clip_high)
     if config.level == "sequence":
@@ -72,7 +77,7 @@ def pear_weights(policy_logps, behavior_logps, seq_index, num_seqs, config=PearC
         # Sort by sequence (stable: keeps position order), so each sequence is one contiguous run.
         order = torch.argsort(seq, stable=True)
         sorted_seq = seq[order]
-        counts = torch.bincount(seq, minlength=num_seqs)
+        counts = segment_sum(torch.ones_like(seq), seq, num_seqs)                # tokens per sequence
         starts = counts.cumsum(0) - counts
         position = torch.arange(seq.numel(), device=seq.device) - starts[sorted_seq]  # t - 1
         length = counts[sorted_seq]                                                    # T
@@ -96,10 +101,10 @@ def pear_weights(policy_logps, behavior_logps, seq_index, num_seqs, config=PearC
     return log_weights.exp().float()
 
 
-def pear_loss(policy_logps, behavior_logps, seq_index, num_seqs, config=PearConfig()):
+def pear_loss(policy_logps, behavior_logps, seq_index, num_seqs, config=PearConfig(), check=True):
     """Per-sequence PEAR loss ``sum_t w_t * (-policy_logps[t])`` [num_seqs] and the weights ``w`` [N].
 
     Differentiable w.r.t. ``policy_logps`` only through the NLL: ``d loss / d policy_logps[t] = -w_t``.
     """
-    weights = pear_weights(policy_logps, behavior_logps, seq_index, num_seqs, config)
+    weights = pear_weights(policy_logps, behavior_logps, seq_index, num_seqs, config, check)
     return segment_sum(-weights * policy_logps.float(), seq_index, num_seqs), weights

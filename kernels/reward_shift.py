@@ -8,8 +8,9 @@ state is updated, and the new value is what the loss uses for that same batch.
   ranks and batches of different sizes are combined exactly).
 - ``ema``: ``delta <- decay * delta + (1 - decay) * batch_mean``; the first batch sets it directly.
 
-The state lives on the rewards' device as float64 tensors, so updates do not synchronize with the
-host; ``state_dict`` (which does) is for checkpoints.
+The state lives on the rewards' device as float64 tensors, and an update neither reads from nor
+copies to the host (the batch's count is a device fill, not a tensor made from a Python number);
+``state_dict`` (which reads) is for checkpoints.
 """
 import torch
 
@@ -31,7 +32,8 @@ class RewardShift:
     def update(self, chosen_rewards, rejected_rewards):
         """Fold this batch's rewards into the state; return the new delta (0-d fp32, no grad)."""
         values = torch.cat([chosen_rewards.detach().reshape(-1), rejected_rewards.detach().reshape(-1)]).double()
-        stats = torch.stack([values.sum(), torch.tensor(float(values.numel()), dtype=torch.float64, device=values.device)])
+        count = torch.full((), values.numel(), dtype=torch.float64, device=values.device)  # a fill: no host copy
+        stats = torch.stack([values.sum(), count])
         if self.all_reduce is not None:
             self.all_reduce(stats)
         batch_sum, batch_count = stats[0], stats[1]

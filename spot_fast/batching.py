@@ -51,8 +51,20 @@ class Batch:
     shares_prefix: bool
 
     def to(self, device):
-        move = lambda t: t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t  # noqa: E731
+        """The batch on ``device``: on CUDA every tensor is copied from pinned memory without waiting
+        (the copies overlap the work queued before them); elsewhere ``Tensor.to``."""
+        move = lambda t: to_device(t, device) if isinstance(t, torch.Tensor) else t  # noqa: E731
         return Batch(**{k: move(v) for k, v in self.__dict__.items()})
+
+
+def to_device(tensor, device):
+    """``tensor`` on ``device``; a host tensor goes to CUDA through pinned memory, asynchronously (a copy
+    from pageable memory would block the host until the GPU reached it). The caching host allocator
+    keeps the pinned buffer until the copy is done."""
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def common_prefix_length(a, b):

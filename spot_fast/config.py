@@ -92,6 +92,8 @@ class TrainConfig:
     report_to: str = field(default="auto", metadata={"choices": ("auto", "none", "tensorboard", "wandb"),
                                                      "help": "where metrics go besides metrics.jsonl; auto: TensorBoard if installed"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0: all epochs)"})
+    sync_debug: str = field(default="off", metadata={"choices": ("off", "warn"),
+                                                     "help": "warn (CUDA): count every host synchronisation in the training loop by call site, into OUTPUT_DIR/host_syncs.json"})
 
     @property
     def needs_rejected(self):
@@ -146,7 +148,7 @@ RANGES = {
 # measured, and how long the run goes on (a new max_steps also stretches or shortens the cosine).
 # Every other option changes what the run computes, and a resume that changes it is refused.
 RESUME_SAFE = ("output_dir", "cache_dir", "resume", "overwrite", "log_every", "save_every", "keep_last", "max_steps",
-               "retain_data", "retain_every", "eval_data", "gradient_checkpointing", "report_to", "lora_save_merged")
+               "retain_data", "retain_every", "eval_data", "gradient_checkpointing", "report_to", "lora_save_merged", "sync_debug")
 
 
 def changed_on_resume(saved, config):

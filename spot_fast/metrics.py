@@ -19,18 +19,30 @@ import torch
 import torch.distributed as dist
 
 
-def pooled_over_ranks(sums, counts):
+def pooled_over_ranks(sums, counts, same_on_every_rank=None):
     """``sums[name] / counts[name]`` with both summed over ranks first (name -> 0-d tensor or number,
-    the same names on every rank): the mean over everything every rank counted, as floats."""
-    names = sorted(sums)
+    the same names on every rank): the mean over everything every rank counted, as floats; and the
+    values of ``same_on_every_rank`` (name -> 0-d tensor or number, e.g. the global gradient norm) as
+    they are. The device's values come to the host in one copy (and one all-reduce), not one per metric."""
+    names, extra = sorted(sums), sorted(same_on_every_rank or {})
     distributed = dist.is_initialized() and dist.get_world_size() > 1
     device = "cuda" if distributed and dist.get_backend() == "nccl" else "cpu"  # NCCL reduces device tensors only
-    values = torch.stack([torch.as_tensor(table[name], dtype=torch.float64).reshape(()).to(device)
-                          for table in (sums, counts) for name in names])
+    entries = [table[name] for table in (sums, counts) for name in names] + [same_on_every_rank[n] for n in extra]
+    values = one_vector(entries, device)
     if distributed:
-        dist.all_reduce(values)
-    totals, numbers = values.view(2, len(names))
-    return dict(zip(names, (totals / numbers).tolist()))
+        dist.all_reduce(values[:2 * len(names)])
+    read = values.tolist()
+    totals, numbers = read[:len(names)], read[len(names):2 * len(names)]
+    return {name: total / number for name, total, number in zip(names, totals, numbers)} | dict(zip(extra, read[2 * len(names):]))
+
+
+def one_vector(entries, device):
+    """The float64 vector of ``entries`` (0-d tensors and numbers) on ``device``: stacked where the
+    tensors live (numbers as device fills, not copies), then moved in one copy."""
+    home = next((value.device for value in entries if isinstance(value, torch.Tensor)), torch.device(device))
+    values = torch.stack([value.detach().reshape(()).to(home, torch.float64) if isinstance(value, torch.Tensor)
+                          else torch.full((), float(value), dtype=torch.float64, device=home) for value in entries])
+    return values.to(device)
 
 
 class MetricsWindow:
@@ -54,9 +66,10 @@ class MetricsWindow:
     def exclude(self, seconds):
         self.started += seconds
 
-    def row(self, world):
-        """The pooled metrics and ``tokens_per_s`` (over all ranks), then an empty window."""
-        row = pooled_over_ranks(self.sums, self.counts)
+    def row(self, world, same_on_every_rank=None):
+        """The pooled metrics, the values of ``same_on_every_rank`` (read in the same copy) and
+        ``tokens_per_s`` (over all ranks), then an empty window."""
+        row = pooled_over_ranks(self.sums, self.counts, same_on_every_rank)
         row["tokens_per_s"] = self.tokens * world / (time.perf_counter() - self.started)
         row["tokens/forwarded"] = self.tokens * world
         row["tokens/shared_fraction"] = 1.0 - self.tokens / self.unshared_tokens

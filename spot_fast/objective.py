@@ -69,7 +69,7 @@ def micro_batch_loss(logps, batch, reference, objective):
     }
     if objective.loss == "pear":
         per_example, weights = pear_loss(logps.token_logps, batch.behavior_logps, batch.seq_index,
-                                         batch.num_sequences, objective.pear)
+                                         batch.num_sequences, objective.pear, check=False)  # collate's indices are in range
         metrics.update(pear_metrics(logps.token_logps, batch.behavior_logps, weights, objective.pear))
     elif objective.loss == "sft":
         per_example = preference_loss("sft", logps.chosen, chosen_lengths=batch.chosen_lengths)

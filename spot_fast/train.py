@@ -13,12 +13,14 @@ the CPU if there is no GPU. Read it top to bottom:
 - ``train``: the loop, one ``optimizer_step`` per step: per micro-batch log-probs -> rewards ->
   (delta) -> loss, or PEAR weights -> loss; backward; the engine steps at the accumulation boundary.
   Metrics every ``log_every`` steps, retain-set forgetting signals every ``retain_every``, atomic
-  checkpoints every ``save_every``.
+  checkpoints every ``save_every``. ``--sync-debug warn`` (CUDA) counts every host synchronisation in
+  the loop by call site into OUTPUT_DIR/host_syncs.json (``host_syncs.py``).
 - ``finish``: final checkpoint, evaluation on ``eval_data``, plot.
 """
 import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +31,12 @@ from tqdm.auto import tqdm
 from spot_fast import run_dir
 from spot_fast.checkpoint import TrainingState, load_checkpoint, prune_checkpoints, save_checkpoint
 from spot_fast.config import ConfigError, TrainConfig, parse_config
-from spot_fast.batching import collate, pair_tokens
+from spot_fast.batching import collate, pair_tokens, to_device
 from spot_fast.data import DataError, load_pairs
 from spot_fast.engine import build_engine, deepspeed_config, start_distributed, stop_distributed
 from spot_fast.example_order import ExampleOrder
 from spot_fast.forgetting.retain import RetainSet
+from spot_fast.host_syncs import HostSyncs
 from spot_fast.logprob_cache import CacheError, ScoredOnce
 from spot_fast.logprob_head import LogprobModel, install_logprob_head
 from spot_fast.lora import adapters_disabled, add_lora, parameter_count, save_merged
@@ -62,7 +65,7 @@ class Run:
     pairs: list
     order: ExampleOrder
     objective: Objective
-    reference: object        # [P, 2] or [P, 1] reference sums on the device, or None
+    reference: object        # [P, 2] or [P, 1] reference sums on the host (rows gathered per micro-batch), or None
     engine: object
     state: TrainingState
     scorer: Scorer
@@ -170,7 +173,7 @@ def set_up(config):
     reference = eval_reference = retain = None
     with adapters_disabled(policy.model):  # LoRA: every reference is the base model's, adapters off
         if config.needs_reference:
-            reference = scored.get("reference", config.data, start, pairs, False, starting_policy).to(device)
+            reference = scored.get("reference", config.data, start, pairs, False, starting_policy)  # on the host
             if eval_pairs is not None:
                 eval_reference = scored.get("reference", config.eval_data, start, eval_pairs, False, starting_policy)
         if config.loss == "pear" and pairs[0].behavior_logps is None:
@@ -223,7 +226,9 @@ def optimizer_step(run, step, window):
     micro-batch's loss is its pairs' summed losses over the pairs of the whole step on this rank, so
     the step's loss is the mean over its pairs however they are grouped; gradients accumulate until
     the last micro-batch, then the engine averages them over ranks and steps. Adds each micro-batch's
-    metrics to ``window``; returns the learning rate the step used."""
+    metrics to ``window`` (device tensors, read once per logged row); returns the learning rate the
+    step used. Nothing here waits for the device (tests/test_host_sync.py): batches and reference rows
+    are gathered on the host and copied from pinned memory without blocking."""
     config, engine = run.config, run.engine
     learning_rate = engine.get_lr()[0]  # the scheduler moves on inside engine.step()
     micro_batches = run.order.micro_batches(step, run.rank, run.pair_tokens, config.max_tokens_per_batch)
@@ -231,7 +236,7 @@ def optimizer_step(run, step, window):
     for number, indices in enumerate(micro_batches):
         batch = collate([run.pairs[i] for i in indices], config.pack == "on", run.tokenizer.pad_token_id,
                         config.share_prefix == "on").to(run.device)
-        reference = run.reference[indices] if run.reference is not None else None
+        reference = to_device(run.reference[indices], run.device) if run.reference is not None else None
         loss, metrics, counts = micro_batch_loss(engine(batch), batch, reference, run.objective)
         engine.set_gradient_accumulation_boundary(number == len(micro_batches) - 1)
         engine.backward(loss * (len(indices) / pairs_in_step), scale_wrt_gas=False)
@@ -252,27 +257,31 @@ def train(config):
     config, order = run.config, run.order
     if run.retain is not None and run.state.step == 0:
         run.log.log(0, run.retain.measure(run.engine.module))  # the starting point: KL 0 up to float noise
-    window = MetricsWindow()
+    window, first_step = MetricsWindow(), run.state.step
     progress = tqdm(range(run.state.step, order.total_steps), desc="train", unit="step", disable=not run.is_main,
                     initial=run.state.step, total=order.total_steps)
-    for step in progress:
-        learning_rate = optimizer_step(run, step, window)
-        run.state.step = done = step + 1
-        row = {}
-        if done % config.log_every == 0 or done == order.total_steps:
-            row = window.row(run.world)
-            row.update({"grad_norm": float(run.engine.get_global_grad_norm() or 0.0), "lr": learning_rate,
-                        "epoch": step / order.steps_per_epoch})
-        if run.retain is not None and (done % config.retain_every == 0 or done == order.total_steps):
-            row.update(measure_retain(run, window))
-        if row:
-            run.log.log(done, row)
-            progress.set_postfix({name: f"{row[key]:.4g}" for name, key in PROGRESS_METRICS if key in row})
-        if config.save_every and done % config.save_every == 0 and done < order.total_steps:
-            save_checkpoint(run.engine, run.tokenizer, run.output_dir, f"checkpoint-{done}", run.state, config, run.rank)
-            if run.is_main:
-                prune_checkpoints(run.output_dir, config.keep_last)
+    host_syncs = HostSyncs(run.device) if config.sync_debug == "warn" else None
+    with host_syncs.traced() if host_syncs else nullcontext():
+        for step in progress:
+            learning_rate = optimizer_step(run, step, window)
+            run.state.step = done = step + 1
+            row = {}
+            if done % config.log_every == 0 or done == order.total_steps:
+                grad_norm = run.engine.get_global_grad_norm()  # a device tensor: read with the metrics, in one copy
+                row = window.row(run.world, {"grad_norm": 0.0 if grad_norm is None else grad_norm})
+                row.update({"lr": learning_rate, "epoch": step / order.steps_per_epoch})
+            if run.retain is not None and (done % config.retain_every == 0 or done == order.total_steps):
+                row.update(measure_retain(run, window))
+            if row:
+                run.log.log(done, row)
+                progress.set_postfix({name: f"{row[key]:.4g}" for name, key in PROGRESS_METRICS if key in row})
+            if config.save_every and done % config.save_every == 0 and done < order.total_steps:
+                save_checkpoint(run.engine, run.tokenizer, run.output_dir, f"checkpoint-{done}", run.state, config, run.rank)
+                if run.is_main:
+                    prune_checkpoints(run.output_dir, config.keep_last)
     progress.close()
+    if host_syncs is not None and run.is_main:
+        host_syncs.write(run.output_dir / "host_syncs.json", order.total_steps - first_step)
     finish(run)
 
 

@@ -1,0 +1,77 @@
+"""No host synchronisation inside a training step, one batched read per logged step.
+
+Real runs of the trainer (built-in model, bundled pairs, DeepSpeed; spot_bco on packed pair trees,
+dpo on padded sequences, PEAR) each take one ``optimizer_step`` of two micro-batches under
+``HostReads`` (tests/host_reads.py), which records by call site every call that would make the host
+wait for the accelerator (tests/step_host_reads.py; one subprocess for the three runs, ~25 s). On a
+GPU each such call stalls the queue of kernels; here it fails the test, naming the site. DeepSpeed's
+and transformers' own reads are theirs, printed but not counted; the trainer's and the kernels' must
+be none. The logged row's metrics and the gradient norm come to the host in one read.
+"""
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from spot_fast.host_syncs import HostSyncs
+
+REPO = Path(__file__).resolve().parents[1]
+OURS = (str(REPO / "spot_fast") + "/", str(REPO / "kernels") + "/")
+COMMON = "--max-steps 1 --per-device-batch 2 --grad-accum 2 --learning-rate 1e-3"
+RUNS = {"spot_bco": f"{COMMON} --loss spot_bco",
+        "dpo": f"{COMMON} --loss dpo --pack off --share-prefix off",
+        "pear": f"{COMMON} --loss pear --pear-level block --pear-block-size 4"}
+
+
+@pytest.fixture(scope="module")
+def reads(tmp_path_factory):
+    root = tmp_path_factory.mktemp("host-reads")
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "step_host_reads.py"), str(root / "reads.json"),
+                           str(root), *RUNS.values()], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads((root / "reads.json").read_text())
+
+
+def ours(sites):
+    """The sites whose innermost frame outside torch is in spot_fast/ or kernels/."""
+    return {site: n for site, n in sites.items() if any(f": {root}" in site for root in OURS)}
+
+
+@pytest.mark.parametrize("objective", list(RUNS))
+def test_a_training_step_reads_nothing_from_the_device(reads, objective):
+    sites = reads[RUNS[objective]]["step"]
+    print("host reads of DeepSpeed / transformers in the step:", *sorted(set(sites) - set(ours(sites))), sep="\n  ")
+    assert ours(sites) == {}, "host reads inside the training step:\n" + "\n".join(ours(sites))
+
+
+@pytest.mark.parametrize("objective", list(RUNS))
+def test_a_logged_row_is_one_read(reads, objective):
+    result = reads[RUNS[objective]]
+    assert sum(result["row"].values()) == 1, f"the logged row reads the device more than once: {result['row']}"
+    assert {"loss", "grad_norm", "chosen/nll"} <= set(result["row_names"])
+
+
+def a_synchronising_call():
+    warnings.warn("called a synchronizing CUDA operation", UserWarning)  # what torch's sync debug mode warns
+
+
+def test_sync_debug_counts_torch_sync_warnings_by_call_site(monkeypatch, tmp_path, recwarn):
+    """``--sync-debug warn``'s recorder (spot_fast/host_syncs.py), fed the warning torch's sync debug mode
+    gives at each synchronising call (the mode itself needs CUDA): counted by the line that made it;
+    other warnings pass through."""
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda mode: None)
+    syncs = HostSyncs(torch.device("cuda"))
+    with syncs.traced():
+        for _ in range(3):
+            a_synchronising_call()
+        warnings.warn("something else", UserWarning)
+    syncs.write(tmp_path / "host_syncs.json", steps=1)
+    line = a_synchronising_call.__code__.co_firstlineno + 1
+    site = f"{Path(__file__).resolve()}:{line} (a_synchronising_call)"
+    assert json.loads((tmp_path / "host_syncs.json").read_text()) == {
+        "traced": True, "steps": 1, "sites": [{"site": site, "calls": 3}]}
+    assert [str(w.message) for w in recwarn] == ["something else"]
