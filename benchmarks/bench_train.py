@@ -5,7 +5,7 @@
 
 The model is built from a config (no download): on CPU hidden 256, 4 layers, the Qwen3 vocabulary
 (151936), fp32; on CUDA Qwen3-1.7B's shape (hidden 2048, 28 layers, 16 heads, 8 KV heads, head dim
-128, MLP 6144, vocabulary 151936) in bf16 with gradient checkpointing and Liger's body kernels
+128, MLP 6144, vocabulary 151936) in bf16, initialized on the GPU, with gradient checkpointing and Liger's body kernels
 (RMSNorm, RoPE, SwiGLU) where Liger is installed. Weights are random (seeded): the step's cost does
 not depend on them.
 
@@ -55,7 +55,10 @@ VOCAB = 151936
 SEED = 0
 
 
-def model_config(device):
+def model_config(device, toy=False):
+    if toy:  # a code path check, not a measurement
+        return Qwen3Config(vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=4096)
     if device.type == "cuda":  # Qwen3-1.7B's shape
         return Qwen3Config(vocab_size=VOCAB, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
                            num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
@@ -65,10 +68,16 @@ def model_config(device):
                        max_position_embeddings=40960)
 
 
-def build_model(config, attention, device):
+def model_dtype(device):
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def build_model(config, attention, device, dtype):
+    """The benchmark model, initialized where it runs in the dtype it runs in: on CUDA no fp32 copy of
+    its ~2B parameters is ever made on the CPU (building there first took minutes and 8 GB)."""
     torch.manual_seed(SEED)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = Qwen3ForCausalLM(config).to(dtype)
+    with torch.device(device):
+        model = Qwen3ForCausalLM._from_config(config, dtype=dtype)
     model.set_attn_implementation("flex_attention" if attention == "flex" else "sdpa")
     if device.type == "cuda":
         try:
@@ -77,19 +86,19 @@ def build_model(config, attention, device):
         except ImportError:
             pass
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return install_logprob_head(model).to(device).train()
+    return install_logprob_head(model).train()
 
 
-def spot_pairs(count, prompt_tokens, answer_tokens, fraction, seed):
+def spot_pairs(count, prompt_tokens, answer_tokens, fraction, seed, vocab=VOCAB):
     """Pairs whose answers share their first ``round(fraction * answer_tokens)`` tokens, then differ."""
     generator = torch.Generator().manual_seed(seed)
-    ids = lambda n: torch.randint(10, VOCAB, (n,), generator=generator).tolist()  # noqa: E731
+    ids = lambda n: torch.randint(10, vocab, (n,), generator=generator).tolist()  # noqa: E731
     shared = round(fraction * answer_tokens)
     pairs = []
     for line in range(count):
         common = ids(shared)
         chosen, rejected = common + ids(answer_tokens - shared), common + ids(answer_tokens - shared)
-        rejected[shared] = (chosen[shared] + 1) % VOCAB if shared < answer_tokens else rejected[shared - 1]
+        rejected[shared] = (chosen[shared] + 1) % vocab if shared < answer_tokens else rejected[shared - 1]
         pairs.append(Pair(ids(prompt_tokens), chosen, rejected, line=line))
     return pairs
 
@@ -105,8 +114,8 @@ def attention_flops_per_token(config, tokens_in_context):
     return 6 * config.num_hidden_layers * config.num_attention_heads * config.head_dim * tokens_in_context
 
 
-def matmul_rate(device):
-    size = 8192 if device.type == "cuda" else 2048
+def matmul_rate(device, toy=False):
+    size = 256 if toy else 8192 if device.type == "cuda" else 2048
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     a = torch.randn(size, size, dtype=dtype, device=device)
     with torch.no_grad():
@@ -139,16 +148,16 @@ def measure(model, pairs, layout, repeats, device):
 
 def run(args):
     device = torch.device(args.device)
-    config = model_config(device)
-    rate = matmul_rate(device)
+    config = model_config(device, args.toy)
+    rate = matmul_rate(device, args.toy)
     useful_per_pair = 2 * (args.prompt_tokens + args.answer_tokens)
     results = []
     for attention in args.attention:
-        model = build_model(config, attention, device)
+        model = build_model(config, attention, device, model_dtype(device))
         flops_per_token = 6 * parameters_without_embeddings(model) + attention_flops_per_token(
             config, args.prompt_tokens + args.answer_tokens)
         for fraction in args.fractions:
-            pairs = spot_pairs(args.pairs, args.prompt_tokens, args.answer_tokens, fraction, SEED)
+            pairs = spot_pairs(args.pairs, args.prompt_tokens, args.answer_tokens, fraction, SEED, config.vocab_size)
             for layout in args.layouts:
                 row = measure(model, pairs, layout, args.repeats, device)
                 useful_per_s = useful_per_pair * args.pairs / (row["step_ms"] * 1e-3)
@@ -199,6 +208,8 @@ def parse_args(argv=None):
     parser.add_argument("--answer-tokens", type=int, default=3072 if cuda else 1024)
     parser.add_argument("--repeats", type=int, default=5 if cuda else 3)
     parser.add_argument("--out", type=Path, help="JSON output path (default: a new file under benchmarks/results)")
+    parser.add_argument("--toy", action="store_true", help="a toy model (hidden 32, 2 layers, vocabulary 1024): "
+                        "runs the code path in seconds (benchmarks/gpu_check.py --dry-run); measures nothing")
     return parser.parse_args(argv)
 
 
