@@ -5,13 +5,18 @@
 #               benchmarks/results/<device>-<UTC time>.json, never over a committed result
 # make claims - run the controlled SPoT experiment (benchmarks/spot_claims.py, CPU, resumable); writes
 #               benchmarks/results/spot_claims.{json,md,png}
+# make gpu-check  - on a GPU node: the CUDA tests, the LM-head and trainer benchmarks and 5 traced DeepSpeed
+#                   steps (benchmarks/gpu_check.py, < 8 min on one H100); writes
+#                   benchmarks/results/gpu-check-<device>-<UTC time>.{json,md}; without CUDA does nothing
+# make gpu-wheels - download (and build, for DeepSpeed) into gpu-wheels/ the wheels a node with only torch and
+#                   triton lacks, for `python3 benchmarks/gpu_check.py --wheels gpu-wheels` there
 # TORCH_INDEX_URL=URL (variable or environment): the index torch is installed from where none is (tools/install.sh)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench claims clean
+.PHONY: install test demo bench claims gpu-check gpu-wheels clean
 
 install: $(STAMP)
 
@@ -30,6 +35,12 @@ bench: install
 
 claims: install
 	$(PY) benchmarks/spot_claims.py
+
+gpu-check: install
+	$(PY) benchmarks/gpu_check.py
+
+gpu-wheels: install
+	$(PY) tools/gpu_wheels.py gpu-wheels $(GPU_WHEELS_OPTIONS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,90 @@
+"""benchmarks/gpu_check.py: honest without CUDA, every part's code path alive (--dry-run), and the
+rules each part runs under (a missing package is a named skip, a time limit kills the part)."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_without_cuda_it_says_so_and_does_nothing(gpu_check, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main(["--out-dir", str(tmp_path)]) == 0
+    assert "no CUDA device here; nothing to check" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_package_is_a_skip_that_names_it(gpu_check, tmp_path):
+    part = gpu_check.Part("needs-more", ("yaml", "no_such_package_here"), 60, None, None)
+    entry = gpu_check.run_part(part, tmp_path / "work", {}, dry_run=False, limit_s=60)
+    assert entry["status"] == "skipped" and "needs no_such_package_here: not importable" in entry["reason"]
+
+
+def test_a_part_is_killed_at_its_time_limit(gpu_check, tmp_path):
+    part = gpu_check.Part("sleeps", (), 60, lambda work, dry_run: [sys.executable, "-c", "import time; time.sleep(120)"],
+                          gpu_check.read_json)
+    entry = gpu_check.run_part(part, tmp_path / "work", None, dry_run=False, limit_s=gpu_check.MIN_PART_S)
+    assert entry["status"] == "timed out" and entry["seconds"] < 60
+
+
+def write_wheel(folder):
+    """A pure-Python wheel of one module, ``probe_module``."""
+    folder.mkdir()
+    info = "probe_module-1.0.dist-info"
+    files = {"probe_module.py": "VALUE = 42\n", f"{info}/METADATA": "Metadata-Version: 2.1\nName: probe-module\nVersion: 1.0\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(folder / "probe_module-1.0-py3-none-any.whl", "w") as wheel:
+        for name, text in files.items():
+            wheel.writestr(name, text)
+
+
+def test_wheels_are_installed_for_the_run_and_importable_in_every_part(gpu_check, tmp_path, monkeypatch):
+    """``--wheels DIR``: its wheels go into a folder of the run, which is on the parts' PYTHONPATH after
+    this checkout (whose ``kernels/`` is imported as ``spot_kernels``)."""
+    write_wheel(tmp_path / "wheels")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "work").mkdir()
+    paths = gpu_check.import_paths(tmp_path / "work", tmp_path / "wheels")
+    assert gpu_check.missing_modules(["probe_module", "spot_kernels"]) == []
+    probe = "import probe_module, spot_kernels; print(probe_module.VALUE, spot_kernels.__file__)"
+    done = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ, PYTHONPATH=os.pathsep.join(paths)),
+                          capture_output=True, text=True, cwd=tmp_path, check=True)
+    value, kernels = done.stdout.split()
+    assert value == "42" and Path(kernels).resolve() == REPO / "kernels" / "__init__.py"
+
+
+def test_dry_run_runs_every_part_at_toy_sizes(tmp_path):
+    """One dry run (~30 s of CPU): every part's command runs and its results are read into the JSON
+    and the table, except FlexAttention's training step (CUDA only), skipped with its reason."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--out-dir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [written] = tmp_path.glob("gpu-check-dry-run-*.json")
+    report = json.loads(written.read_text())
+    parts = {part["name"]: part for part in report["parts"]}
+    assert {name: part["status"] for name, part in parts.items()} == {
+        "cuda-tests": "ok", "lm-head": "ok", "train-bench-sdpa": "ok", "train-bench-flex": "skipped", "train-steps": "ok"}
+    tests = parts["cuda-tests"]["result"]
+    assert "tests/test_attention_cuda.py" in tests["files"] and tests["counts"]["tests collected"] > 10
+    assert [row["method"] for row in parts["lm-head"]["result"]["shapes"][0]["results"]] == ["eager"]
+    assert [row["layout"] for row in parts["train-bench-sdpa"]["result"]["results"]] == ["padded", "packed", "shared"]
+    steps = parts["train-steps"]["result"]
+    assert steps["host_syncs"] == {"traced": False, "steps": 1, "sites": []} and steps["last_row"]["step"] == 1
+    table = written.with_suffix(".md").read_text()
+    assert all(f"| {name} | {part['status']} |" in table for name, part in parts.items())
