@@ -126,10 +126,10 @@ def read_train_steps(work):
 
 
 PARTS = (
-    Part("cuda-tests", ("pytest", "transformers"), 90, cuda_tests_command, read_pytest),
-    Part("lm-head", ("tqdm",), 120, lm_head_command, read_json),
-    Part("train-bench-sdpa", ("transformers",), 75, train_bench_command("sdpa"), read_json),
-    Part("train-bench-flex", ("transformers", "torch.nn.attention.flex_attention"), 90, train_bench_command("flex"),
+    Part("cuda-tests", ("pytest", "transformers"), 75, cuda_tests_command, read_pytest),
+    Part("lm-head", ("tqdm",), 110, lm_head_command, read_json),
+    Part("train-bench-sdpa", ("transformers",), 70, train_bench_command("sdpa"), read_json),
+    Part("train-bench-flex", ("transformers", "torch.nn.attention.flex_attention"), 120, train_bench_command("flex"),
          read_json, cuda_only="FlexAttention trains on CUDA only (no CPU backward)"),
     Part("train-steps", ("deepspeed", "transformers", "yaml"), 75, train_steps_command, read_train_steps),
 )
@@ -272,16 +272,6 @@ def details(part):
     return lines
 
 
-def slug(text):
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
-def device_name(on_cuda):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from bench_kernels import device_name as name_of
-    return name_of(torch.device("cuda" if on_cuda else "cpu"))
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU: every part's code path")
@@ -293,12 +283,14 @@ def main(argv=None):
         print("gpu-check: no CUDA device here; nothing to check (--dry-run runs toy sizes on the CPU)")
         return 0
     utc = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    device = device_name(on_cuda and not args.dry_run)
-    report = {"device": device, "utc": utc, "dry_run": args.dry_run, "budget_s": BUDGET_S, "parts": []}
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
         work = Path(scratch)
         paths = import_paths(work, args.wheels)
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from bench_kernels import device_name, slug  # imports spot_kernels: only now on the path
+        device = device_name(torch.device("cuda" if on_cuda and not args.dry_run else "cpu"))
+        report = {"device": device, "utc": utc, "dry_run": args.dry_run, "budget_s": BUDGET_S, "parts": []}
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
                    PYTHONUNBUFFERED="1")
         if args.dry_run:
