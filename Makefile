@@ -9,7 +9,8 @@
 #                   steps (benchmarks/gpu_check.py, < 8 min on one H100); writes
 #                   benchmarks/results/gpu-check-<device>-<UTC time>.{json,md}; without CUDA does nothing
 # make gpu-wheels - download (and build, for DeepSpeed) into gpu-wheels/ the wheels a node with only torch and
-#                   triton lacks, for `python3 benchmarks/gpu_check.py --wheels gpu-wheels` there
+#                   triton lacks, for `python3 benchmarks/gpu_check.py --wheels gpu-wheels` there;
+#                   GPU_WHEELS_OPTIONS="--omit numpy matplotlib" leaves out packages the node already has
 # TORCH_INDEX_URL=URL (variable or environment): the index torch is installed from where none is (tools/install.sh)
 PYTHON ?= python3
 VENV ?= .venv

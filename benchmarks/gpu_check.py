@@ -182,8 +182,11 @@ def run_part(part, work, env, dry_run, limit_s):
         entry["read_error"] = f"{type(error).__name__}: {error}"
     if code is None:
         return entry | {"status": "timed out", "reason": f"killed at its limit of {limit_s} s"}
-    failed = code != 0 or (part.read is read_pytest and entry["result"]["failed"])
-    return entry | {"status": "failed" if failed else "ok", "exit_code": code}
+    if code != 0 or "read_error" in entry:
+        return entry | {"status": "failed", "exit_code": code, "reason": entry.get("read_error", f"exit code {code}")}
+    if part.read is read_pytest and entry["result"]["failed"]:
+        return entry | {"status": "failed", "exit_code": code, "reason": f"{len(entry['result']['failed'])} tests failed"}
+    return entry | {"status": "ok", "exit_code": code}
 
 
 def install_wheels(wheels, site):
