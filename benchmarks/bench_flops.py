@@ -46,7 +46,10 @@ way); spot-fast with FlexAttention (the same, attention counted by blocks).
 rectified pairs (regenerated: ``benchmarks/results/spot_claims.json`` stores counts, not pairs, so the
 start model's errors are drawn from the slip model it was pre-trained on, corrected by the same
 minimal-edit Oracle and kept at the same gamma; character tokenizer); and SPoT-like synthetic pairs
-(``SpotLike``: lengths of Qwen3-8B answers on competition math, first edit anywhere in the answer).
+(``SpotLike``: lengths of Qwen3-8B answers on competition math, first edit anywhere in the answer; a
+sample of ``--synthetic-pairs``, 1000 by default: FLOPs per pair are summed over their micro-batches
+and scale linearly to the job's pairs; token lengths are drawn once, so both layouts get the same
+lengths, without the few template tokens by which ``trl020`` differs).
 
 **Projected.** The paper's job (about 4k pairs, 2 epochs, global batch 32 on 8 GPUs: 1 pair per
 micro-batch, as ``README.md``'s 8-GPU command) in FLOPs, and its time on 8 H800s at an assumed share
@@ -512,12 +515,22 @@ def run(args):
 
 
 def minutes(flops, report):
+    """Projected minutes of ``flops`` on the job's GPUs at the report's utilisation."""
     return flops / (report["job"]["gpus"] * report["peak_flops_per_gpu"] * report["utilisation"]) / 60
+
+
+def implied_utilisation(flops, report, minutes_taken):
+    """The share of the GPUs' peak at which ``flops`` take ``minutes_taken``."""
+    return flops / (report["job"]["gpus"] * report["peak_flops_per_gpu"] * minutes_taken * 60)
+
+
+def amount(value):
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def markdown(report):
     steps = report["job"]["optimizer_steps"]
-    lines = [f"# FLOPs of a SPoT job: the release's recipe against spot-fast", "",
+    lines = ["# FLOPs of a SPoT job: the release's recipe against spot-fast", "",
              f"Counted with `FlopCounterMode` on the meta device (torch {report['torch']}); block-sparse attention "
              f"counted by {report['block']}x{report['block']} blocks holding a visible entry; "
              f"{report['pairs_per_micro_batch']} pair(s) per micro-batch. Job: {report['job']['pairs']} pairs x "
@@ -525,8 +538,8 @@ def markdown(report):
              f"plus one reference forward of every pair. Projected minutes: job FLOPs / (8 H800 x "
              f"{report['peak_flops_per_gpu'] / 1e12:.1f} TFLOP/s x {report['utilisation']:.0%} utilisation), a "
              f"projection, not a measurement; the paper: {PAPER_MINUTES['v1']} min (v1), {PAPER_MINUTES['v2']} min (v2).", ""]
-    lines += ["| model | pairs | layout | TFLOP/step | body | attention | LM head | recompute | reference (job) | "
-              "job PFLOP | vs recipe | projected min |", "|---" * 12 + "|"]
+    lines += [f"| model | pairs | layout | TFLOP/step ({report['job']['global_batch']} pairs) | body | attention | LM head | "
+              "recompute | reference (job) | job PFLOP | vs recipe | projected min |", "|---" * 12 + "|"]
     for model_name, entry in report["models"].items():
         for dist, jobs in entry["jobs"].items():
             recipe = jobs["recipe (TRL 0.20)"]["job_total"]
@@ -534,12 +547,19 @@ def markdown(report):
                 per_step = job["job_training"] / steps
                 share = {k: v / job["per_pair_total"] for k, v in job["per_pair"].items()}
                 lines.append(
-                    f"| {model_name} | {dist} | {layout} | {per_step / 1e12:.4g} | "
+                    f"| {model_name} | {dist} | {layout} | {amount(per_step / 1e12)} | "
                     + " | ".join(f"{share[p]:.0%}" for p in PARTS)
-                    + f" | {job['job_reference'] / job['job_total']:.0%} | {job['job_total'] / 1e15:.4g} | "
+                    + f" | {job['job_reference'] / job['job_total']:.0%} | {amount(job['job_total'] / 1e15)} | "
                     f"{job['job_total'] / recipe:.2f} | {minutes(job['job_total'], report):.3g} |")
-    lines += ["", "Shares: of a training step (body, attention, LM head, recompute), and of the whole job (reference).",
-              "", "## Pairs", "", "| pairs | count | prompt tokens | answer tokens | common prefix / y+ |", "|---|---|---|---|---|"]
+    lines += ["", "Shares: of a training step (body, attention, LM head, recompute), and of the whole job (reference).", ""]
+    for model_name, entry in report["models"].items():
+        recipe = entry["jobs"]["SPoT-like synthetic"]["recipe (TRL 0.20)"]["job_total"]
+        implied = ", ".join(f"{implied_utilisation(recipe, report, m):.0%} for {m} min ({v})" for v, m in PAPER_MINUTES.items())
+        lines.append(f"- {model_name}, SPoT-like pairs: the recipe's counted FLOPs take the paper's times at a "
+                     f"utilisation of {implied} of the bf16 dense peak.")
+    lines += ["",
+              "", "## Pairs", "", "| pairs | count | prompt tokens | answer tokens | common prefix / y+ |",
+              "|---|---|---|---|---|"]
     for name, s in report["distributions"].items():
         lines.append(f"| {name} | {s['pairs']} | {s['mean_prompt_tokens']:.0f} | {s['mean_answer_tokens']:.0f} | "
                      f"{s['mean_common_prefix_fraction']:.2f} |")

@@ -31,8 +31,8 @@ def test_counter_agrees_with_the_formulas_on_a_small_shape(toy_config):
 
 @pytest.mark.parametrize("pack, share", [(True, True), (False, False), (True, False)])
 def test_block_and_entry_counts_are_those_of_the_dense_mask(pack, share):
-    """Visible entries, and blocks holding one: trees packed in a row, padded sequences (padding sees only itself) and packed sequences, at a
-    block size that leaves a partial last block."""
+    """Visible entries, and blocks holding one: trees packed in a row, padded sequences (padding sees
+    only itself) and packed sequences, at a block size that leaves a partial last block."""
     pairs = bench_flops.SpotLike(prompt_median=12, answer_median=30, max_length=96, seed=3).pairs(5)
     batch = collate(pairs, pack=pack, pad_id=0, share_prefix=share)
     block = 8
