@@ -14,9 +14,11 @@ runs). What the counter sees:
 
 - **body matmuls**: ``aten.mm`` in the body (the linear layers);
 - **attention**: ``aten.bmm``: on the meta device SDPA runs its math path (two batched matmuls
-  forward, four backward) over the whole ``[L, L]`` score matrix whatever the mask holds, which is
-  what SDPA's kernels execute on a GPU with a mask (the counter's convention: a kernel's recompute of
-  the scores in its backward is not counted, here or for the block-sparse count);
+  forward, four backward) over the whole ``[L, L]`` score matrix whatever the mask holds (a meta
+  tensor has no values), which is what SDPA's kernels execute on a GPU with a mask (the counter's
+  convention: a kernel's recompute of the scores in its backward is not counted, here or for the
+  block-sparse count). On a CPU the counter sees no SDPA at all: its CPU kernel
+  (``_scaled_dot_product_flash_attention_for_cpu``) has no formula, which is why counting runs on meta;
 - **LM head**: a materialized head (``lm_head`` then ``log_softmax`` and a gather) counted like the
   body; the fused head through ``spot_kernels``' ``chunked`` backend (the same algorithm as the Triton
   kernel, which cannot run on the meta device: forward tile, recomputed tile, two gradient matmuls),
@@ -63,6 +65,7 @@ import random
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -145,6 +148,7 @@ def count_body(model, rows, length):
             raise RuntimeError(f"the body ran ops this script does not classify: {sorted(unknown)}")
         return {"matmul": counts.get("mm", 0), "attention": counts.get("bmm", 0)}
 
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing_(en|dis)able.* is deprecated", category=FutureWarning)
     model.gradient_checkpointing_disable()
     with counter() as mode:
         hidden = run()
@@ -531,8 +535,11 @@ def amount(value):
 def markdown(report):
     steps = report["job"]["optimizer_steps"]
     lines = ["# FLOPs of a SPoT job: the release's recipe against spot-fast", "",
-             f"Counted with `FlopCounterMode` on the meta device (torch {report['torch']}); block-sparse attention "
-             f"counted by {report['block']}x{report['block']} blocks holding a visible entry; "
+             f"Counted with `FlopCounterMode` on the meta device (torch {report['torch']}): the model bodies, SDPA "
+             f"(its math path there: every score entry, masked or not), the materialized head, and the fused head "
+             f"through `spot_kernels`' chunked backend (the Triton kernel cannot run on the meta device; checked "
+             f"against 8 N H V). By formula: block-sparse attention, {report['block']}x{report['block']} blocks "
+             f"holding a visible entry (the counter cannot see a block mask). "
              f"{report['pairs_per_micro_batch']} pair(s) per micro-batch. Job: {report['job']['pairs']} pairs x "
              f"{report['job']['epochs']} epochs = {steps} optimizer steps of {report['job']['global_batch']} pairs, "
              f"plus one reference forward of every pair. Projected minutes: job FLOPs / (8 H800 x "
