@@ -3,6 +3,8 @@
 #               outputs/spot, replacing the previous demo's results there
 # make bench  - run the kernel benchmark (GPU shapes on CUDA, reduced shapes on CPU); writes a new
 #               benchmarks/results/<device>-<UTC time>.json, never over a committed result
+# make flops  - count the FLOPs of a SPoT job, the release's recipe against spot-fast, on 8B shapes
+#               (benchmarks/bench_flops.py, any machine, minutes); writes benchmarks/results/flops.{json,md}
 # make claims - run the controlled SPoT experiment (benchmarks/spot_claims.py, CPU, resumable); writes
 #               benchmarks/results/spot_claims.{json,md,png}
 # make gpu-check  - on a GPU node: the CUDA tests, the LM-head and trainer benchmarks and 5 traced DeepSpeed
@@ -17,7 +19,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench claims gpu-check gpu-wheels clean
+.PHONY: install test demo bench flops claims gpu-check gpu-wheels clean
 
 install: $(STAMP)
 
@@ -33,6 +35,9 @@ demo: install
 
 bench: install
 	$(PY) benchmarks/bench_kernels.py
+
+flops: install
+	$(PY) benchmarks/bench_flops.py
 
 claims: install
 	$(PY) benchmarks/spot_claims.py
