@@ -241,9 +241,10 @@ def test_trl020_strips_a_leading_blank_line_from_answers_in_the_spot_field_names
                   "rejected": padded["original_answer"]}
     path = write_rows(tmp_path / "rows.jsonl", [padded, SPOT_ROW, trl_fields])
     stripped, plain, kept = load_pairs(path, tokenizer, 8192, layout=TokenLayout("trl020"))[0]
+    assert stripped.chosen_ids == plain.chosen_ids, "trl020: gemini_corrected_answer's leading \\n\\n was scored"
+    assert tokenizer.decode(stripped.rejected_ids).count("\n") == tokenizer.decode(plain.rejected_ids).count("\n") + 1, \
+        "trl020: original_answer must lose exactly one leading \\n\\n"
     assert sequences_of(stripped) == trl020_sequences(tokenizer, padded)
-    assert stripped.chosen_ids == plain.chosen_ids
-    assert tokenizer.decode(stripped.rejected_ids).count("\n") == tokenizer.decode(plain.rejected_ids).count("\n") + 1
     assert kept.chosen_ids != stripped.chosen_ids and kept.rejected_ids != stripped.rejected_ids
     spot_fast, spot_fast_plain = load_pairs(write_rows(path, [padded, SPOT_ROW]), tokenizer, 8192)[0]
     assert spot_fast.chosen_ids != spot_fast_plain.chosen_ids
