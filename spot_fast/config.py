@@ -50,7 +50,7 @@ class TrainConfig:
     grad_accum: int = 8
     max_length: int = 8192
     render: str = field(default="spot-fast", metadata={"choices": RENDER_MODES, "help": "token layout: spot-fast, or trl020 (the SPoT release's: TRL 0.20 DPOTrainer's)"})
-    max_prompt_length: int = field(default=0, metadata={"help": "--render trl020: prompts keep their last N tokens (0: all)"})
+    max_prompt_length: int = field(default=0, metadata={"help": "--render trl020: prompts keep their last N tokens (0: max_length // 2, the SPoT release's setting)"})
     truncation_mode: str = field(default="keep_end", metadata={"choices": TRUNCATION_MODES, "help": "--render trl020: a sequence longer than max_length keeps its last (keep_end) or first (keep_start) tokens"})
     weight_decay: float = 0.01
     adam_beta1: float = 0.9
@@ -108,7 +108,10 @@ class TrainConfig:
                           self.pear_weight_max, self.pear_gamma, self.pear_block_size)
 
     def token_layout(self):
-        return TokenLayout(self.render, self.max_prompt_length, self.truncation_mode)
+        """The token layout; ``trl020`` without ``max_prompt_length`` keeps the last ``max_length // 2``
+        prompt tokens, as the SPoT release ran (its script sets TRL's max_prompt_length so)."""
+        max_prompt_length = self.max_prompt_length or (self.max_length // 2 if self.render == "trl020" else 0)
+        return TokenLayout(self.render, max_prompt_length, self.truncation_mode)
 
     def resolved_learning_rate(self):
         if self.learning_rate > 0:
@@ -126,7 +129,7 @@ RANGES = {
     "per_device_batch": (lambda v: v >= 1, ">= 1"),
     "grad_accum": (lambda v: v >= 1, ">= 1"),
     "max_length": (lambda v: v >= 2, ">= 2"),
-    "max_prompt_length": (lambda v: v >= 0, ">= 0 (0: none)"),
+    "max_prompt_length": (lambda v: v >= 0, ">= 0 (0: max_length // 2)"),
     "weight_decay": (lambda v: v >= 0, ">= 0"),
     "adam_beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "adam_beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),

@@ -23,7 +23,8 @@ Two token layouts (``TokenLayout.render``):
   the empty think block and the end token comes twice). Then, as TRL does: the prompt keeps its last
   ``max_prompt_length`` tokens (0: all), and a sequence longer than ``max_length`` keeps its first
   (``keep_start``) or last (``keep_end``) ``max_length`` tokens (``fit_to_length`` says where one
-  shared prompt cannot follow TRL exactly).
+  shared prompt cannot follow TRL exactly). Answers read from the SPoT field names
+  (``SPOT_ANSWER_FIELDS``) lose a leading ``"\n\n"`` first, as the release's script strips them.
 A malformed line raises ``DataError`` naming the file and line. Batching is in ``batching.py``.
 """
 import json
@@ -35,6 +36,7 @@ import torch
 PROMPT_FIELDS = ("question", "prompt")
 CHOSEN_FIELDS = ("gemini_corrected_answer", "chosen", "response", "completion")
 REJECTED_FIELDS = ("original_answer", "rejected")
+SPOT_ANSWER_FIELDS = ("gemini_corrected_answer", "original_answer")  # trl020: a leading "\n\n" is stripped
 BEHAVIOR_FIELD = "behavior_logps"
 RENDER_MODES = ("spot-fast", "trl020")
 TRUNCATION_MODES = ("keep_end", "keep_start")
@@ -241,7 +243,10 @@ def load_pairs(path, tokenizer, max_length, with_rejected=True, with_behavior=Fa
             answers = []
             for fields in (CHOSEN_FIELDS, REJECTED_FIELDS) if with_rejected else (CHOSEN_FIELDS,):
                 answer_field, answer = _field(record, fields, where)
-                answers.append(_completion_text(answer, answer_field, where))
+                answer = _completion_text(answer, answer_field, where)
+                if layout.render == "trl020" and answer_field in SPOT_ANSWER_FIELDS:
+                    answer = answer.removeprefix("\n\n")
+                answers.append(answer)
             prompt_ids, answer_ids = tokenize_pair(tokenizer, prompt_messages, answers, layout.render, where)
             behavior = None
             if with_behavior and BEHAVIOR_FIELD in record:

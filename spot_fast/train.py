@@ -220,6 +220,14 @@ def load_behavior_model(config, tokenizer, dtype, device, engine_config):
     return model
 
 
+def micro_batch_weights(micro_batches):
+    """Each micro-batch's share of the step's pairs (``micro_batches``: lists of example indices).
+    A micro-batch's loss is the mean over its pairs, so the sum of the losses times these weights is
+    the mean over all the step's pairs, however they are grouped (groups of unequal size included)."""
+    pairs_in_step = sum(len(indices) for indices in micro_batches)
+    return [len(indices) / pairs_in_step for indices in micro_batches]
+
+
 def optimizer_step(run, step, window):
     """One optimizer step over this rank's share of the step's pairs, in micro-batches (fixed groups
     of ``per_device_batch`` pairs, or whole pairs up to ``max_tokens_per_batch`` tokens). Each
@@ -232,14 +240,13 @@ def optimizer_step(run, step, window):
     config, engine = run.config, run.engine
     learning_rate = engine.get_lr()[0]  # the scheduler moves on inside engine.step()
     micro_batches = run.order.micro_batches(step, run.rank, run.pair_tokens, config.max_tokens_per_batch)
-    pairs_in_step = sum(len(indices) for indices in micro_batches)
-    for number, indices in enumerate(micro_batches):
+    for number, (indices, weight) in enumerate(zip(micro_batches, micro_batch_weights(micro_batches))):
         batch = collate([run.pairs[i] for i in indices], config.pack == "on", run.tokenizer.pad_token_id,
                         config.share_prefix == "on").to(run.device)
         reference = to_device(run.reference[indices], run.device) if run.reference is not None else None
         loss, metrics, counts = micro_batch_loss(engine(batch), batch, reference, run.objective)
         engine.set_gradient_accumulation_boundary(number == len(micro_batches) - 1)
-        engine.backward(loss * (len(indices) / pairs_in_step), scale_wrt_gas=False)
+        engine.backward(loss * weight, scale_wrt_gas=False)
         window.add(metrics, counts, batch.num_tokens, batch.unshared_tokens)
     engine.step()
     return learning_rate

@@ -11,7 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from spot_fast.batching import pair_tokens
 from spot_fast.checkpoint import checkpoints, prune_checkpoints
+from spot_fast.config import TrainConfig
+from spot_fast.data import load_pairs
+from spot_fast.example_order import ExampleOrder
+from spot_fast.models import ASSETS, BUILTIN_MODEL, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(REPO / "spot_fast" / "train.py")]
@@ -76,22 +81,36 @@ def test_pruning_deletes_the_oldest_and_finishes_an_interrupted_deletion(tmp_pat
 
 
 def test_a_resume_with_a_changed_setting_is_refused_before_any_work(uninterrupted, capsys):
+    """A real checkpoint's stored settings (test_guard_rails.py tries every option on a written one)."""
     from spot_fast.train import main
     argv = ARGS + ["--cache-dir", str(uninterrupted / "cache"), "--output-dir", str(uninterrupted / "run"),
-                   "--resume", "latest", "--learning-rate", "2e-3"]
+                   "--resume", "latest", "--learning-rate", "2e-3", "--beta", "0.2"]
     assert main(argv) == 1
     error = capsys.readouterr().err
     assert "learning_rate: 0.001 in the checkpoint, 0.002 now" in error and "checkpoint-3 was trained with other settings" in error
+    assert "beta: 0.1 in the checkpoint, 0.2 now" in error
+
+
+BUDGET = 360  # tokens per micro-batch: groups of 3 and 1 pairs at every step of ARGS on the bundled pairs
 
 
 def test_token_budget_micro_batches_train_the_same_steps(uninterrupted):
-    """The same 4 pairs per step regrouped by a token budget (about one pair per micro-batch instead
-    of two fixed pairs): each micro-batch's loss is weighted by its share of the step's pairs, so
-    every step's loss, rewards and gradient norm are those of the fixed grouping (dpo: no per-micro-
-    batch state)."""
+    """The same 4 pairs per step regrouped by a token budget into micro-batches of unequal sizes (3 + 1
+    pairs instead of two fixed 2 + 2): each micro-batch's loss is weighted by its share of the step's
+    pairs, so every step's loss, rewards and gradient norm are those of the fixed grouping (dpo: no
+    per-micro-batch state). Equal groups would hide a weighting of 1 / (number of micro-batches)."""
+    pairs = load_pairs(ASSETS / "pairs.jsonl", load_tokenizer(BUILTIN_MODEL), 8192)[0]
+    defaults = TrainConfig()
+    order = ExampleOrder(len(pairs), per_device_batch=2, grad_accum=2, world=1, epochs=defaults.epochs,
+                         seed=defaults.seed, max_steps=4)
+    tokens = [pair_tokens(p, share_prefix=True) for p in pairs]
+    plans = [[len(group) for group in order.micro_batches(step, 0, tokens.__getitem__, BUDGET)] for step in range(4)]
+    assert all(len(set(sizes)) > 1 for sizes in plans), f"the budget no longer forms unequal groups: {plans}"
     output_dir = uninterrupted / "budget"
-    run(TRAIN + ARGS + ["--max-tokens-per-batch", "150", "--cache-dir", str(uninterrupted / "cache"),
+    run(TRAIN + ARGS + ["--max-tokens-per-batch", str(BUDGET), "--cache-dir", str(uninterrupted / "cache"),
                         "--output-dir", str(output_dir)])
-    for mine, theirs in zip(rows(output_dir), rows(uninterrupted / "run")):
+    for mine, theirs, sizes in zip(rows(output_dir), rows(uninterrupted / "run"), plans, strict=True):
         for key in ("loss", "rewards/chosen", "rewards/margin", "grad_norm"):
-            assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-6), (mine["step"], key)
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-6), (
+                f"step {mine['step']} {key}: micro-batches of {sizes} pairs must weigh their losses by their "
+                f"shares of the step's pairs, as fixed groups of 2 + 2 do")

@@ -85,4 +85,5 @@ def test_gradient_equals_the_gradient_from_materialized_logits(objective, pack):
     for name in ("lm_head.weight", *BODY_PARAMETERS):
         scale = float(theirs[name].grad.abs().max())
         assert scale > 1e-6, name  # the comparison means something
-        torch.testing.assert_close(ours[name].grad, theirs[name].grad, rtol=1e-9, atol=1e-12 * scale, msg=name)
+        torch.testing.assert_close(ours[name].grad, theirs[name].grad, rtol=1e-9, atol=1e-12 * scale,
+                                   msg=lambda report: f"gradient of {name}: {report}")

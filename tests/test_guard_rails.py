@@ -2,8 +2,10 @@
 and YAML), a resume with other settings, an output directory that holds another run, an unwritable
 output directory, undecodable data, a model directory without a tokenizer or chat template, and
 hub names resolved offline from the local cache."""
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 
 from spot_fast import run_dir
 from spot_fast import train as train_module
-from spot_fast.config import RESUME_SAFE, ConfigError, TrainConfig, parse_config
+from spot_fast.config import RESUME_SAFE, ConfigError, TrainConfig, parse_config, validate
 from spot_fast.data import DataError, load_pairs
 from spot_fast.models import BUILTIN_MODEL, ModelError, load_model, load_tokenizer
 
@@ -90,6 +92,47 @@ def test_a_resume_may_change_the_safe_settings(tmp_path):
     assert {"max_steps", "log_every", "save_every", "keep_last"} <= set(RESUME_SAFE)
     with pytest.raises(ConfigError, match="--resume latest: no checkpoint in"):
         run_dir.prepare(TrainConfig(output_dir=str(tmp_path / "empty"), resume="latest"), world=1)
+
+
+# README.md ("Checkpoints"): what a resume may change, besides --resume and --overwrite themselves
+DOCUMENTED_RESUME_SAFE = {"output_dir", "cache_dir", "log_every", "save_every", "keep_last", "retain_data",
+                          "retain_every", "eval_data", "gradient_checkpointing", "report_to", "lora_save_merged",
+                          "max_steps", "resume", "overwrite"}
+# what an option needs besides itself to be valid; the checkpoint has it too, so only the option differs
+NEEDS = {"load_in_4bit": {"lora_r": 4}, "max_prompt_length": {"render": "trl020"}}
+
+
+def test_the_options_a_resume_may_change_are_the_documented_ones():
+    assert set(RESUME_SAFE) == DOCUMENTED_RESUME_SAFE, (
+        f"RESUME_SAFE adds {sorted(set(RESUME_SAFE) - DOCUMENTED_RESUME_SAFE)} and lacks "
+        f"{sorted(DOCUMENTED_RESUME_SAFE - set(RESUME_SAFE))}: a resume could change what the run computes")
+
+
+def another_valid_value(f):
+    """A valid value of option ``f`` other than its default."""
+    if "choices" in f.metadata:
+        return next(choice for choice in f.metadata["choices"] if choice != f.default)
+    if isinstance(f.default, bool):
+        return not f.default
+    if isinstance(f.default, int):
+        return f.default + 1
+    if isinstance(f.default, float):
+        return f.default / 2 if f.default else 1e-3
+    return "q_proj" if f.name == "lora_targets" else f"another-{f.name}"
+
+
+@pytest.mark.parametrize("option", [f.name for f in dataclasses.fields(TrainConfig) if f.name not in DOCUMENTED_RESUME_SAFE])
+def test_a_resume_that_changes_any_other_option_is_refused_naming_it(tmp_path, option):
+    """A checkpoint written at the defaults; the same settings but ``option`` at another valid value:
+    refused, naming the option, before anything is loaded."""
+    [f] = [f for f in dataclasses.fields(TrainConfig) if f.name == option]
+    needs = NEEDS.get(option, {})
+    fake_checkpoint(tmp_path, 2, **needs)
+    changed = {**dataclasses.asdict(TrainConfig(output_dir=str(tmp_path), **needs)), "resume": "latest",
+               option: another_valid_value(f)}
+    config = validate(changed, sources={})
+    with pytest.raises(ConfigError, match=re.escape(f"other settings ({option}: {getattr(TrainConfig(), option)!r} in the checkpoint, ")):
+        run_dir.prepare(config, world=1)
 
 
 def test_a_fresh_run_refuses_another_runs_results_unless_overwrite(tmp_path, capsys):

@@ -1,10 +1,14 @@
-"""The log-prob cache is keyed by the token ids scored (not by a file), and a file that does not
-belong to the run (other inputs, another row count, damaged) is refused with its name."""
+"""The log-prob cache is keyed by the token ids scored (not by a file), the dtype and the kernel
+backend, and a file that does not belong to the run (other inputs, another row count, damaged) is
+refused with its name."""
 import pytest
 import torch
 
-from spot_fast.data import Pair
-from spot_fast.logprob_cache import CacheError, LogprobCache, cached, token_digest
+from spot_fast.data import Pair, load_pairs
+from spot_fast.logprob_cache import CacheError, LogprobCache, ScoredOnce, cached, token_digest
+from spot_fast.logprob_head import LogprobModel, install_logprob_head
+from spot_fast.models import ASSETS, BUILTIN_MODEL, load_model, load_tokenizer, model_identity
+from spot_fast.scoring import Scorer
 
 
 def pairs(chosen_tail=9, rejected_tail=4):
@@ -48,3 +52,28 @@ def test_a_cache_that_does_not_belong_to_the_run_is_refused(tmp_path):
     cache.path.write_bytes(cache.path.read_bytes()[:40])  # truncated
     with pytest.raises(CacheError, match=rf"{cache.path} cannot be read .*delete it to recompute"):
         cache.load(3)
+
+
+def test_another_dtype_or_kernel_backend_scores_again_into_a_file_of_its_own(tmp_path):
+    """Two ``ScoredOnce`` over the same pairs, model and directory that differ in dtype (fp32, bf16) or
+    kernel backend (chunked, eager) each score the pairs and keep their own file; the same settings
+    again reuse theirs."""
+    tokenizer = load_tokenizer(BUILTIN_MODEL)
+    scored_pairs = load_pairs(ASSETS / "pairs.jsonl", tokenizer, 8192)[0][:2]
+    scorer = Scorer(2, True, tokenizer.pad_token_id, torch.device("cpu"), share_prefix=True)
+    loads = []
+
+    def score_with(dtype, backend):
+        def load():
+            loads.append((dtype, backend))
+            return LogprobModel(install_logprob_head(load_model(BUILTIN_MODEL, dtype=dtype), backend))
+        scored = ScoredOnce(scorer, str(tmp_path), dtype, backend)
+        return scored.get("reference", "pairs.jsonl", model_identity(BUILTIN_MODEL), scored_pairs, False, load)
+
+    settings = [(torch.float32, "chunked"), (torch.bfloat16, "chunked"), (torch.float32, "eager")]
+    values = [score_with(*setting) for setting in settings]
+    assert loads == settings, f"scored for {loads}, not for each of {settings}: a cache of another dtype or backend was reused"
+    assert len(list(tmp_path.glob("reference-*.pt"))) == len(settings)
+    assert not torch.equal(values[0], values[1])  # bf16 scores differ: reusing the fp32 file would be wrong
+    torch.testing.assert_close(values[2], values[0], rtol=1e-5, atol=1e-4)  # eager and chunked agree in fp32
+    assert torch.equal(score_with(torch.float32, "chunked"), values[0]) and len(loads) == len(settings)  # reused

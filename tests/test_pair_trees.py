@@ -11,6 +11,7 @@ from spot_fast.data import Pair
 from spot_fast.logprob_head import batch_logps, install_logprob_head
 from spot_fast.models import BUILTIN_MODEL, load_model
 from spot_fast.objective import Objective, micro_batch_loss
+from spot_fast.train import micro_batch_weights
 from spot_kernels import RewardShift
 
 from hf_logps import float64_norms
@@ -54,6 +55,17 @@ def model_pair(name):
     return float64_norms(install_logprob_head(MODELS[name]().double(), backend="chunked"))
 
 
+def sequence_names(num_pairs):
+    """What each entry of ``cat([chosen sums, rejected sums])`` is, for failure messages."""
+    return [f"{side} sum of pair {i}" for side in ("chosen", "rejected") for i in range(num_pairs)]
+
+
+def assert_same_sums(sums, expected, context, rtol, atol):
+    """Sequence sums equal, a failure naming the sequence (not an index into the concatenation)."""
+    for name, got, want in zip(sequence_names(len(sums) // 2), sums, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=rtol, atol=atol, msg=lambda report: f"{name} {context}: {report}")
+
+
 def sums_and_gradients(model, batch, weights):
     """Per-sequence sums and the gradient of ``sum(weights * sums)`` for every parameter."""
     model.zero_grad()
@@ -75,9 +87,10 @@ def test_trees_equal_unshared_packed_and_padded_sequences(name):
             batch = collate(pairs, pack=pack, pad_id=0, share_prefix=share)
             assert batch.shares_prefix == share
             sums, grads = sums_and_gradients(model, batch, weights)
-            torch.testing.assert_close(sums, reference_sums, rtol=1e-12, atol=1e-10)
+            assert_same_sums(sums, reference_sums, f"pack={pack} share={share}", rtol=1e-12, atol=1e-10)
             for n, grad in grads.items():
-                torch.testing.assert_close(grad, reference_grads[n], rtol=1e-10, atol=1e-13, msg=f"{n} pack={pack} share={share}")
+                torch.testing.assert_close(grad, reference_grads[n], rtol=1e-10, atol=1e-13,
+                                           msg=lambda report: f"gradient of {n} pack={pack} share={share}: {report}")
 
 
 def test_a_tree_forwards_each_shared_token_once():
@@ -118,7 +131,9 @@ def test_changing_the_chosen_suffix_leaves_the_rejected_log_probs_unchanged():
         if shared < len(p.chosen_ids):  # change a chosen-only token (the first one keeps the fork)
             p.chosen_ids[-1] = (p.chosen_ids[-1] + 1) % VOCAB if shared < len(p.chosen_ids) - 1 else p.chosen_ids[-1]
     after = batch_logps(model, collate(pairs, pack=True, pad_id=0, share_prefix=True))
-    torch.testing.assert_close(after.rejected, before.rejected, rtol=0, atol=1e-12)
+    for i, (got, expected) in enumerate(zip(after.rejected, before.rejected)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-12,
+                                   msg=lambda report: f"rejected sum of pair {i} moved with the chosen suffix: {report}")
     assert not torch.allclose(after.chosen, before.chosen)
 
 
@@ -150,8 +165,9 @@ def test_dpo_gives_shared_tokens_exactly_zero_gradient():
 
 
 def test_a_step_loss_does_not_depend_on_how_its_pairs_are_grouped():
-    """The trainer weights each micro-batch's mean loss by its share of the step's pairs, so any
-    grouping of the same pairs gives the same loss and gradient as one batch of all of them."""
+    """The trainer weights each micro-batch's mean loss by its share of the step's pairs
+    (``micro_batch_weights``), so any grouping of the same pairs, groups of unequal size included,
+    gives the same loss and gradient as one batch of all of them."""
     pairs = awkward_pairs()
     model = model_pair("llama")
     reference = torch.randn(len(pairs), 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 30
@@ -160,10 +176,10 @@ def test_a_step_loss_does_not_depend_on_how_its_pairs_are_grouped():
     def step(groups):
         model.zero_grad()
         total = 0.0
-        for group in groups:
+        for group, weight in zip(groups, micro_batch_weights(groups)):
             batch = collate([pairs[i] for i in group], pack=True, pad_id=0, share_prefix=True)
             loss, _, _ = micro_batch_loss(batch_logps(model, batch), batch, reference[group], objective)
-            scaled = loss * (len(group) / len(pairs))
+            scaled = loss * weight
             scaled.backward()
             total += float(scaled.detach())
         return total, {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -171,6 +187,7 @@ def test_a_step_loss_does_not_depend_on_how_its_pairs_are_grouped():
     whole, whole_grads = step([list(range(len(pairs)))])
     for groups in ([[0], [1, 2, 3], [4, 5]], [[0, 1, 2, 3, 4], [5]], [[i] for i in range(len(pairs))]):
         total, grads = step(groups)
-        assert total == pytest.approx(whole, rel=1e-12)
+        assert total == pytest.approx(whole, rel=1e-12), f"step loss of micro-batches {groups} differs from one batch's"
         for n, grad in grads.items():
-            torch.testing.assert_close(grad, whole_grads[n], rtol=1e-10, atol=1e-13, msg=n)
+            torch.testing.assert_close(grad, whole_grads[n], rtol=1e-10, atol=1e-13,
+                                       msg=lambda report: f"gradient of {n}, micro-batches {groups}: {report}")

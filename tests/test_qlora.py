@@ -25,9 +25,10 @@ from same_training import assert_same_steps, assert_same_weights
 pytest.importorskip("bitsandbytes", reason="--load-in-4bit needs bitsandbytes")
 
 REPO = Path(__file__).resolve().parents[1]
+LEARNING_RATE = 5e-2
 TRAIN = [str(REPO / "spot_fast" / "train.py"), "--load-in-4bit", "--lora-r", "4", "--lora-alpha", "8",
          "--lora-targets", "q_proj,v_proj,down_proj", "--max-steps", "5", "--epochs", "5", "--grad-accum", "1",
-         "--warmup-ratio", "0", "--learning-rate", "5e-2", "--eval-data", str(ASSETS / "eval_pairs.jsonl")]
+         "--warmup-ratio", "0", "--learning-rate", str(LEARNING_RATE), "--eval-data", str(ASSETS / "eval_pairs.jsonl")]
 LAUNCHES = {  # 4 pairs per step: one process, or 2 on each of 2 ZeRO-3 processes
     "one": [sys.executable] + TRAIN + ["--per-device-batch", "4"],
     "zero3": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] + TRAIN
@@ -116,11 +117,19 @@ def test_a_4bit_model_is_another_model_for_the_log_prob_cache(qlora_runs):
 
 
 def test_zero3_trains_the_adapters_of_one_process(qlora_runs):
-    """ZeRO-3 partitions the packed 4-bit weights with the rest; it must train what one process trains."""
+    """ZeRO-3 partitions the packed 4-bit weights with the rest; it must train what one process trains:
+    the same metrics at every step, adapters that compute the same held-out NLL (to 1e-5), and
+    adapter weights equal up to float noise at this learning rate (``assert_same_weights``: 1% of one
+    step). Both runs compute the same function (the same reference log-probs, the first step's grad norm
+    to 1e-8); they differ by the order of fp32 sums, which Adam at 5e-2 turns into differences of up to
+    5e-4 on the few of the 3840 adapter elements whose gradients are small (measured on an Intel Xeon
+    with AVX512-BF16: 1 to 15 elements above 1e-5, depending on which CPU kernels torch used)."""
     one, zero3 = ([r for r in qlora_runs[name][2] if "loss" in r] for name in ("one", "zero3"))
     assert_same_steps(zero3, one, ("loss", "rewards/chosen", "rewards/rejected", "grad_norm"))
+    evaluated = [[r for r in qlora_runs[name][2] if "eval/nll" in r][-1]["eval/nll"] for name in ("zero3", "one")]
+    assert evaluated[0] == pytest.approx(evaluated[1], rel=1e-5), "held-out NLL of the ZeRO-3 adapters"
     assert_same_weights(*(load_file(qlora_runs[name][0] / "final" / "adapter_model.safetensors") for name in ("zero3", "one")),
-                        bound=1e-3)
+                        bound=2e-2 * LEARNING_RATE, noise=1e-2 * LEARNING_RATE)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -12,7 +12,7 @@ import pytest
 
 from spot_fast import train as train_module
 from spot_fast.config import RESUME_SAFE, TrainConfig, parse_config
-from spot_fast.data import DataError, TokenLayout, load_pairs
+from spot_fast.data import SPOT_ANSWER_FIELDS, DataError, TokenLayout, load_pairs
 from spot_fast.models import ASSETS, BUILTIN_MODEL, load_tokenizer
 
 # Modelled on Qwen3's template: the last assistant turn gets the empty think block before its content;
@@ -64,11 +64,18 @@ def as_messages(value, role):
     return [{"role": role, "content": value}] if isinstance(value, str) else value
 
 
+def release_answer(row, spot_field, trl_field):
+    """An answer as the SPoT release's script reads it: its own field names lose a leading "\n\n"."""
+    if spot_field in row:
+        return row[spot_field].removeprefix("\n\n")
+    return row[trl_field]
+
+
 def trl020_sequences(tokenizer, row, max_length=None, max_prompt_length=None, truncation_mode="keep_end"):
     """TRL 0.20 by hand: ``[(input_ids, loss_mask)]`` of the chosen and the rejected sequence."""
     prompt = as_messages(row.get("prompt", row.get("question")), "user")
-    answers = [as_messages(row.get("chosen", row.get("gemini_corrected_answer")), "assistant"),
-               as_messages(row.get("rejected", row.get("original_answer")), "assistant")]
+    answers = [as_messages(release_answer(row, "gemini_corrected_answer", "chosen"), "assistant"),
+               as_messages(release_answer(row, "original_answer", "rejected"), "assistant")]
     prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     if max_prompt_length is not None:
@@ -221,6 +228,45 @@ def test_trl020_refuses_templates_that_re_render_earlier_turns(tokenizer, tmp_pa
     ends_with_assistant = {**TRL_MESSAGES_ROW, "prompt": TRL_MESSAGES_ROW["prompt"][:3]}
     with pytest.raises(DataError, match=r"rows\.jsonl:2: --render trl020: the prompt's last message is the 'assistant''s"):
         load_pairs(write_rows(path, [TRL_STRING_ROW, ends_with_assistant]), tokenizer, 8192, layout=TokenLayout("trl020"))
+
+
+def test_trl020_strips_a_leading_blank_line_from_answers_in_the_spot_field_names(tokenizer, tmp_path):
+    """The release's script removes one leading "\n\n" from ``gemini_corrected_answer`` and
+    ``original_answer`` before TRL sees them: those answers are scored without it, as TRL scored
+    them; the same text under TRL's field names, or in the spot-fast layout, keeps it."""
+    assert SPOT_ANSWER_FIELDS == ("gemini_corrected_answer", "original_answer")
+    padded = {**SPOT_ROW, "gemini_corrected_answer": "\n\n" + SPOT_ROW["gemini_corrected_answer"],
+              "original_answer": "\n\n\n" + SPOT_ROW["original_answer"]}  # one "\n\n" goes, the third stays
+    trl_fields = {"prompt": padded["question"], "chosen": padded["gemini_corrected_answer"],
+                  "rejected": padded["original_answer"]}
+    path = write_rows(tmp_path / "rows.jsonl", [padded, SPOT_ROW, trl_fields])
+    stripped, plain, kept = load_pairs(path, tokenizer, 8192, layout=TokenLayout("trl020"))[0]
+    assert stripped.chosen_ids == plain.chosen_ids, "trl020: gemini_corrected_answer's leading \\n\\n was scored"
+    assert tokenizer.decode(stripped.rejected_ids).count("\n") == tokenizer.decode(plain.rejected_ids).count("\n") + 1, \
+        "trl020: original_answer must lose exactly one leading \\n\\n"
+    assert sequences_of(stripped) == trl020_sequences(tokenizer, padded)
+    assert kept.chosen_ids != stripped.chosen_ids and kept.rejected_ids != stripped.rejected_ids
+    spot_fast, spot_fast_plain = load_pairs(write_rows(path, [padded, SPOT_ROW]), tokenizer, 8192)[0]
+    assert spot_fast.chosen_ids != spot_fast_plain.chosen_ids
+
+
+def test_trl020_keeps_the_last_half_of_max_length_of_a_prompt_unless_told(tmp_path):
+    """Without --max-prompt-length, trl020 runs with the release's max_prompt_length = max_length // 2:
+    a 5,000-token prompt at max length 8192 keeps its last 4096 tokens; an explicit value wins, and the
+    spot-fast layout never cuts a prompt."""
+    tokenizer = load_tokenizer(BUILTIN_MODEL)
+    question = " ".join(f"n{i}" for i in range(1150))  # 5,006 prompt tokens
+    row = {"question": question, "original_answer": "wrong", "gemini_corrected_answer": "right"}
+    path = write_rows(tmp_path / "long.jsonl", [row])
+    whole = load_pairs(path, tokenizer, 8192, layout=TokenLayout("trl020"))[0][0].prompt_ids
+    assert 5000 <= len(whole) < 8192 - 20, len(whole)  # 20: room for the answers, so only max_prompt_length cuts
+    config = parse_config(["--render", "trl020", "--data", str(path)])
+    assert config.token_layout() == TokenLayout("trl020", 4096)
+    [pair] = train_module.read_data(config, tokenizer)[0]
+    assert pair.prompt_ids == whole[-4096:]
+    assert parse_config(["--render", "trl020", "--max-prompt-length", "100"]).token_layout().max_prompt_length == 100
+    assert parse_config(["--render", "trl020", "--max-length", "1001"]).token_layout().max_prompt_length == 500
+    assert len(load_pairs(path, tokenizer, 8192, layout=parse_config([]).token_layout())[0][0].prompt_ids) > 5000
 
 
 def test_render_options_reach_the_data_and_change_the_computation(tmp_path):

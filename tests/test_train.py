@@ -182,8 +182,9 @@ def test_resume_continues_exactly(runs):
     resumed = logged_steps(root / "b")
     assert [r["step"] for r in resumed] == [3, 4]
     for row in resumed:
-        for key in ("loss", "rewards/chosen", "rewards/rejected", "delta", "lr"):
-            assert row[key] == pytest.approx(uninterrupted[row["step"]][key], rel=1e-6, abs=1e-9), key
+        for key in ("delta", "loss", "rewards/chosen", "rewards/rejected", "lr"):  # delta first: a lost reward shift is named as such
+            assert row[key] == pytest.approx(uninterrupted[row["step"]][key], rel=1e-6, abs=1e-9), (
+                f"step {row['step']} {key} after resuming differs from the uninterrupted run")
     assert "reference log-probs of pairs.jsonl reused" in b.stdout
     weights_a = load_file(root / "a" / "final" / "model.safetensors")
     weights_b = load_file(root / "b" / "final" / "model.safetensors")

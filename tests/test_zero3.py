@@ -25,7 +25,16 @@ from spot_fast.models import ASSETS, BUILTIN_MODEL, load_model, load_tokenizer
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(REPO / "spot_fast" / "train.py")]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-COMMON = ["--max-steps", "4", "--grad-accum", "1", "--log-every", "1", "--learning-rate", "1e-3", "--epochs", "1"]
+COMMON = ["--max-steps", "4", "--log-every", "1", "--learning-rate", "1e-3", "--epochs", "1"]
+# 4 pairs per step, split (one process, each of two processes): spot_bco one micro-batch per process;
+# dpo 2 fixed micro-batches (gradient accumulation); pear micro-batches of one pair formed by a token
+# budget (each pair forwards 85 to 93 tokens), so ZeRO-3 accumulates over micro-batches in two ways
+SPLITS = {
+    "spot_bco": (["--per-device-batch", "4", "--grad-accum", "1"], ["--per-device-batch", "2", "--grad-accum", "1"]),
+    "dpo": (["--per-device-batch", "2", "--grad-accum", "2"], ["--per-device-batch", "1", "--grad-accum", "2"]),
+    "pear": (["--per-device-batch", "4", "--grad-accum", "1", "--max-tokens-per-batch", "150"],
+             ["--per-device-batch", "2", "--grad-accum", "1", "--max-tokens-per-batch", "150"]),
+}
 STEP_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margin", "grad_norm")
 # token means, pooled over micro-batches and ranks by tokens: the same however a step's pairs are split
 TOKEN_METRICS = ("chosen/nll", "chosen/entropy")
@@ -59,12 +68,13 @@ def weights(output_dir):
     return load_file(Path(output_dir) / "final" / "model.safetensors")
 
 
-@pytest.fixture(scope="module", params=["spot_bco", "dpo", "pear"])
+@pytest.fixture(scope="module", params=list(SPLITS))
 def three_ways(request, tmp_path_factory):
     """The same 4 steps of 4 pairs: one process (4 pairs each), ZeRO-2 and ZeRO-3 on 2 processes (2
-    each). spot_bco measures a retain set (scoring with uneven shares: 7 batches on 2 ranks) and
-    ZeRO-3 saves at step 2; dpo and pear evaluate held-out pairs at the end. pear's behaviour
-    log-probs are the starting policy's, scored per token before the first step."""
+    each), in the micro-batches of ``SPLITS``. spot_bco measures a retain set (scoring with uneven
+    shares: 7 batches on 2 ranks) and ZeRO-3 saves at step 2; dpo and pear evaluate held-out pairs at
+    the end. pear's behaviour log-probs are the starting policy's, scored per token before the first
+    step. The ZeRO-3 run counts its engine's forwards (``count_forwards.py``)."""
     loss = request.param
     root = tmp_path_factory.mktemp(loss)
     extra = ["--loss", loss]
@@ -75,16 +85,18 @@ def three_ways(request, tmp_path_factory):
     else:
         extra += ["--eval-data", str(ASSETS / "eval_pairs.jsonl")]
     cache = ["--cache-dir", str(root / "cache")]
-    run(TRAIN + COMMON + extra + cache + ["--per-device-batch", "4", "--output-dir", str(root / "one")])
-    two = [str(REPO / "spot_fast" / "train.py")] + COMMON + extra + ["--per-device-batch", "2"]
+    one_split, two_split = SPLITS[loss]
+    run(TRAIN + COMMON + extra + cache + one_split + ["--output-dir", str(root / "one")])
+    options = COMMON + extra + two_split
+    two = [str(REPO / "spot_fast" / "train.py")] + options
     if loss == "dpo":
         run_two_nodes(two + ["--zero-stage", "2", "--output-dir", str(root / "zero2")],
                       [root / "cache-zero2", root / "node-1-cache"])
     else:
         run(TORCHRUN + two + cache + ["--zero-stage", "2", "--output-dir", str(root / "zero2")])
-    two = TORCHRUN + two + cache
-    run(two + ["--zero-stage", "3", "--save-every", "2", "--output-dir", str(root / "zero3")])
-    return loss, root, two
+    counted = [str(REPO / "tests" / "count_forwards.py"), str(root / "forwards")] + options
+    run(TORCHRUN + counted + cache + ["--zero-stage", "3", "--save-every", "2", "--output-dir", str(root / "zero3")])
+    return loss, root, TORCHRUN + two + cache
 
 
 def test_zero3_and_zero2_match_one_process_at_every_step(three_ways):
@@ -99,8 +111,22 @@ def test_zero3_and_zero2_match_one_process_at_every_step(three_ways):
     assert [r["step"] for r in one] == [1, 2, 3, 4]
     assert one[-1][moved] != one[0][moved]  # it trained
     for stage in ("zero2", "zero3"):
-        assert_same_steps(logged_steps(root / stage), one, keys, context=(stage,))
+        assert_same_steps(logged_steps(root / stage), one, keys, context=(stage, f"micro-batches {SPLITS[loss]}"))
         assert_same_weights(weights(root / stage), weights(root / "one"), bound=1e-3 * 4, context=(stage,))
+
+
+def test_the_engine_forward_runs_once_per_micro_batch(three_ways):
+    """ZeRO-3 learns where the gradient accumulation boundary is in hooks of the engine's forward: a
+    training forward through ``engine.module`` trains wrongly with several micro-batches per step."""
+    loss, root, _ = three_ways
+    for rank in (0, 1):
+        steps = json.loads((root / f"forwards-rank{rank}.json").read_text())
+        assert [s["step"] for s in steps] == [1, 2, 3, 4]
+        assert all(s["micro_batches"] == (1 if loss == "spot_bco" else 2) for s in steps), steps
+        for s in steps:
+            assert s["engine_forwards"] == s["micro_batches"], (
+                f"rank {rank} step {s['step']}: the engine's forward ran {s['engine_forwards']} times for "
+                f"{s['micro_batches']} micro-batches; each training forward must call the engine")
 
 
 def test_two_nodes_need_the_log_prob_cache_on_node_0_only(three_ways):
@@ -143,8 +169,9 @@ def test_zero3_checkpoint_is_a_consolidated_model_and_resumes_exactly(three_ways
     resumed = logged_steps(root / "zero3-resumed")
     assert [r["step"] for r in resumed] == [3, 4]
     for row in resumed:
-        for key in (*STEP_METRICS, "delta", "lr"):
-            assert row[key] == pytest.approx(uninterrupted[row["step"]][key], rel=1e-6, abs=1e-9), key
+        for key in ("delta", *STEP_METRICS, "lr"):  # delta first: a lost reward shift is named as such
+            assert row[key] == pytest.approx(uninterrupted[row["step"]][key], rel=1e-6, abs=1e-9), (
+                f"step {row['step']} {key} after resuming differs from the uninterrupted run")
     expected, got = weights(root / "zero3"), weights(root / "zero3-resumed")
     for name, value in expected.items():
         torch.testing.assert_close(got[name], value, rtol=0, atol=1e-6)
