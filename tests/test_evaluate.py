@@ -62,6 +62,25 @@ def test_evaluation_grades_known_answers_and_reports_hand_computed_metrics(tmp_p
     assert generator.calls == 20
 
 
+def test_a_start_that_fails_before_its_first_sample_claims_nothing(tmp_path):
+    """A run that fails before drawing (here: a backend that is not installed) leaves no settings that
+    refuse the corrected rerun; once that rerun has drawn samples, its settings are the ones kept."""
+    benchmarks = read_benchmarks(BUNDLED_BENCHMARKS, limit=1)
+    samples = {b.name: 1 for b in benchmarks}
+    model = ModelSpec("m", "m")
+
+    def missing_backend():
+        raise RuntimeError("backend 'vllm' needs vLLM installed")
+
+    with pytest.raises(RuntimeError, match="needs vLLM"):
+        evaluate_model(model, benchmarks, samples, tmp_path, missing_backend, {"backend": "vllm"})
+    generator = KnowsTheAnswers(benchmarks)
+    metrics = evaluate_model(model, benchmarks, samples, tmp_path, lambda: generator, {"backend": "hf"})
+    assert [m["samples"] for m in metrics.values()] == [1, 1]
+    with pytest.raises(ValueError, match=r"other settings \(backend: 'hf' then, 'vllm' now\)"):
+        evaluate_model(model, benchmarks, samples, tmp_path, missing_backend, {"backend": "vllm"})
+
+
 def test_a_generation_ends_at_its_first_end_token():
     generator = HFGenerator(BUILTIN_MODEL, Sampling(max_new_tokens=8), {})
     end, pad = min(generator.eos_ids), generator.tokenizer.pad_token_id

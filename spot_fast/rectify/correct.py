@@ -54,6 +54,26 @@ WITHOUT_CORRECTION = "final without a correction (declined, or given up)"
 UNFINISHED = "not final yet (run again)"
 
 
+class NotReady(Exception):
+    """A stage cannot give a usable output yet (exit status 1); the message says what to run."""
+
+
+def check_all_final(workdir, final_ids):
+    """Raise ``NotReady`` unless every wrong answer in ``errors.jsonl`` has its id in ``final_ids``
+    (the ids of ``corrections.jsonl``): verify and build must not pass an unfinished ``correct`` off
+    as done, with its missing answers silently absent from the pairs. Without ``errors.jsonl`` (a run
+    that starts from its own corrections) there is nothing to check."""
+    path = Path(workdir) / layout.ERRORS
+    if not path.is_file():
+        return
+    errors = read_unique(path, error_fields)
+    missing = sum(error["id"] not in final_ids for error in errors)
+    if missing:
+        raise NotReady(f"{missing} of the {len(errors)} wrong answers in {layout.ERRORS} are not final yet in "
+                       f"{layout.CORRECTIONS} (an Oracle call failed or was stopped, or replied without a marked "
+                       "correction): run `correct` again")
+
+
 def error_fields(line):
     """The record of a wrong answer on ``line``, with the field names the later stages use."""
     return {**line.record, "id": line.record_id(),
