@@ -15,6 +15,7 @@ import pytest
 
 from spot_fast.evaluate.__main__ import BUNDLED_BENCHMARKS, main
 from spot_fast.evaluate.benchmarks import read_benchmarks
+from spot_fast.evaluate.report import models_figure
 from spot_fast.evaluate.run import ModelSpec, checkpoint_models, evaluate_model, parse_model
 from spot_fast.models import BUILTIN_MODEL, load_model, load_tokenizer
 from spot_fast.rectify.generation import Generation, HFGenerator
@@ -217,3 +218,15 @@ def test_sigkill_mid_run_then_rerun_gives_every_sample_once(tmp_path):
     assert len(ids) == len(set(ids)) == total and set(ids) == expected
     metrics = json.loads((out / "results.json").read_text())["models"][0]["benchmarks"]["tiny_math"]
     assert (metrics["problems"], metrics["samples"]) == (5, 4)
+
+
+def test_accuracy_bars_are_labelled_with_their_values_even_at_zero():
+    def model(label, avg):
+        return {"label": label, "model": label, "step": None,
+                "benchmarks": {name: {"avg": avg, "std": 0.0} for name in ("tiny_math", "tiny_choice")}}
+
+    figure = models_figure({"models": [model("base", 0.0), model("final", 0.25)]})
+    [axes] = figure.axes
+    labels = sorted(text.get_text() for text in axes.texts)
+    assert labels == ["0.0", "0.0", "25.0", "25.0"]
+    assert axes.get_ylim()[1] > 100  # room for a label over a full bar

@@ -15,7 +15,7 @@ from spot_fast.rectify.__main__ import main
 from spot_fast.rectify.answers import last_boxed
 from spot_fast.rectify.jsonl import read_jsonl, write_jsonl_atomic
 from spot_fast.rectify.lcs import change_ratio
-from spot_fast.rectify.report import marked_diff
+from spot_fast.rectify.report import histogram_figure, marked_diff
 
 PROBLEMS = Path(__file__).resolve().parents[1] / "spot_fast" / "assets" / "problems.jsonl"
 
@@ -68,6 +68,7 @@ def test_pipeline_end_to_end(tmp_path, capsys, umask_002):
     assert run("correct", "--workdir", tmp_path, "--oracle-callable", "rectify_oracles:by_truth") == 0
     assert run("verify", "--workdir", tmp_path, "--gamma", 0.6) == 0
     reasons = {r["id"]: r["drop_reason"] for r in records(tmp_path / layout.VERIFIED)}
+    assert {r["gamma"] for r in records(tmp_path / layout.VERIFIED)} == {0.6}  # the histogram's line
     assert reasons == {
         "demo-280#0": verify.TOO_CHANGED, "demo-280#1": verify.TOO_CHANGED,
         "demo-281#0": verify.WRONG, "demo-281#1": verify.WRONG,
@@ -205,3 +206,12 @@ def test_verify_and_build_refuse_an_unfinished_correct_and_build_writes_no_empty
     write_jsonl_atomic(tmp_path / layout.CORRECTIONS, [{**e, "correction": None} for e in errors] + [extra])
     assert run("build", "--workdir", tmp_path) == 1
     assert "run `verify` again" in capsys.readouterr().err and not (tmp_path / layout.PAIRS).exists()
+
+
+def test_change_ratio_histogram_marks_gamma():
+    verified = [{"change_ratio": ratio, "kept": ratio <= 0.4, "gamma": 0.4,
+                 "drop_reason": None if ratio <= 0.4 else verify.TOO_CHANGED} for ratio in (0.05, 0.3, 0.5, 0.9)]
+    [axes] = histogram_figure(verified).axes
+    [line] = axes.lines
+    assert list(line.get_xdata()) == [0.4, 0.4] and "gamma = 0.4" in line.get_label()
+    assert "gamma = 0.4 (largest kept)" in [t.get_text() for t in axes.get_legend().get_texts()]
