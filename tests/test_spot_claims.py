@@ -140,3 +140,23 @@ def test_learning_rate_choice_takes_the_best_validation_and_the_smaller_rate_on_
                   "b1": {stem: 0.4}, "b2": {stem: 0.4}, "b3": {stem: 0.3}}
     names = {"A": {1e-5: "a1", 1e-4: "a2", 1e-3: "a3"}, "B": {1e-3: "b3", 1e-4: "b2", 1e-5: "b1"}}
     assert spot_claims.choose_learning_rates(validation, names) == {"A": 1e-4, "B": 1e-5}
+
+
+def method(accuracy, gain=0.0, old_change=0.0):
+    """A summary entry of ``summarize`` with the fields the claims read."""
+    sweep = {"0.001": {"retain_kl_end": 1e-3, "chosen_reward_late": 0.1}}
+    return {"reasoning": accuracy, "old_skill": accuracy, "gain": gain, "gain_std": 0.0, "old_change": old_change,
+            "old_change_std": 0.0, "sweep": sweep}
+
+
+LABELS = ("SPoT (spot_bco)", "SFT+ (y+)", "DPO", "SFT (direct rewrites)")
+
+
+@pytest.mark.parametrize("accuracy", [0.0, 1.0])
+def test_claims_from_accuracies_that_are_all_zero_or_all_one_are_not_measurable(accuracy):
+    start = {spot_claims.REASONING: accuracy, spot_claims.OLD_SKILL: accuracy}
+    verdicts = [c["reproduced"] for c in spot_claims.claims({label: method(accuracy) for label in LABELS}, start)]
+    assert verdicts == [None, None, False, False, None, False]  # the accuracy claims; the others are read
+    by_label = {label: method(0.5, gain=0.1 * i) for i, label in enumerate(LABELS)}
+    measured = spot_claims.claims(by_label, {spot_claims.REASONING: 0.0, spot_claims.OLD_SKILL: 0.0})
+    assert [c["reproduced"] for c in measured][0] is False and None not in [c["reproduced"] for c in measured]
