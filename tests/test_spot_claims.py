@@ -160,3 +160,7 @@ def test_claims_from_accuracies_that_are_all_zero_or_all_one_are_not_measurable(
     by_label = {label: method(0.5, gain=0.1 * i) for i, label in enumerate(LABELS)}
     measured = spot_claims.claims(by_label, {spot_claims.REASONING: 0.0, spot_claims.OLD_SKILL: 0.0})
     assert [c["reproduced"] for c in measured][0] is False and None not in [c["reproduced"] for c in measured]
+    # Runs at 0 after a start that scored: the methods lost what the start had, a measured outcome.
+    lost = spot_claims.claims({label: method(0.0, gain=-0.5) for label in LABELS},
+                              {spot_claims.REASONING: 0.5, spot_claims.OLD_SKILL: 0.5})
+    assert None not in [c["reproduced"] for c in lost]
