@@ -96,8 +96,9 @@ def run_bounded(function, items, workers):
     Ctrl-C (SIGINT, when called from the main thread) is deferred while the generator is open: it
     never lands in the middle of the consumer's work on one result (a half-handled result could be
     written twice, or lost). Instead workers start no new call, every result already finished is still
-    yielded, then ``KeyboardInterrupt`` is raised; only the calls in flight are lost. A second Ctrl-C
-    raises at once, for a consumer that hangs.
+    yielded, then ``KeyboardInterrupt`` is raised; only the calls in flight are lost (a Ctrl-C during
+    the last result has nothing left to stop: the generator ends normally). A second Ctrl-C raises at
+    once, for a consumer that hangs.
     """
     todo, done, stop = queue.SimpleQueue(), queue.SimpleQueue(), threading.Event()
     interrupted = object()  # put into ``done`` by the SIGINT handler (SimpleQueue.put is reentrant)
