@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from spot_fast.rectify import layout
-from spot_fast.rectify.correct import correct
+from spot_fast.rectify.correct import correct, run_bounded
 from spot_fast.rectify.jsonl import AppendLog, InputError, write_jsonl_atomic
 from spot_fast.rectify.oracle import replace_final_answer
 
@@ -137,3 +137,15 @@ def test_ctrl_c_during_a_slow_write_still_writes_every_reply_received(tmp_path, 
         correct(tmp_path, oracle, concurrency=6)
     written = [json.loads(line) for line in (tmp_path / layout.CORRECTIONS).read_text().splitlines()]
     assert len(asked) == 12 and sorted(r["id"] for r in written) == sorted(f"e{q[1:]}" for q in asked)
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_handler_is_restored(sigint_raises):
+    results = run_bounded(lambda i: i, list(range(4)), 2)
+    next(results)
+    os.kill(os.getpid(), signal.SIGINT)  # deferred: the consumer goes on
+    time.sleep(0.1)
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+    results.close()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
