@@ -81,12 +81,13 @@ class Scale:
     max_new_tokens: int = 160
     temperature: float = 1.0         # sampling the learned distribution, slips included
     data_seed: int = 2026
+    verdicts: bool = True            # False: the scale exercises the pipeline, its numbers are noise
 
 
 FULL = Scale()
 SMOKE = replace(FULL, hidden=32, layers=1, pretrain_steps=8, pretrain_batch=8, elicit_problems=8, gamma=1.0,
                 post_steps=2, post_batch=2, post_lrs=(1e-4,), seeds=(0,), eval_problems=4, validation_problems=4,
-                retain_examples=4, eval_samples=2, max_new_tokens=24)
+                retain_examples=4, eval_samples=2, max_new_tokens=24, verdicts=False)
 
 
 # ---- running commands ----------------------------------------------------------------------------
@@ -358,7 +359,7 @@ def summarize(scale, accuracy, chosen, sweep, runs, pairs):
         })
     counted = {which: sum(1 for _ in open(path)) for which, path in pairs.items()}
     return {"scale": asdict(scale), "start": start, "pairs": counted, "methods": methods,
-            "claims": claims({m["method"]: m for m in methods}, start)}
+            "claims": claims({m["method"]: m for m in methods}, start, scale.verdicts)}
 
 
 def late_records(records, steps):
@@ -396,19 +397,32 @@ def compare(name, a, b, key, label_a, label_b, start):
 
 def below_at_every_rate(name, a, b, key, label_a, label_b, below_zero=False):
     """Claim ``name``: ``a``'s sweep value ``key`` is below ``b``'s at every learning rate (and below
-    zero too with ``below_zero``)."""
+    zero too with ``below_zero``). Not measurable (``reproduced`` None) when every value is 0: nothing
+    moved, and no verdict can be read from it."""
     rates = list(a["sweep"])
     held = all(a["sweep"][r][key] < b["sweep"][r][key] and (not below_zero or a["sweep"][r][key] < 0) for r in rates)
     pairs = ", ".join(f"{r}: {a['sweep'][r][key]:+.3g} vs {b['sweep'][r][key]:+.3g}" for r in rates)
-    return {"claim": name, "reproduced": held, "beyond_seed_spread": None,
-            "detail": f"{key} of {label_a} vs {label_b} at each learning rate (seed 0): {pairs}"}
+    detail = f"{key} of {label_a} vs {label_b} at each learning rate (seed 0): {pairs}"
+    values = [side["sweep"][r][key] for side in (a, b) for r in rates]
+    if all(v == 0 for v in values):
+        return {"claim": name, "reproduced": None, "beyond_seed_spread": None, "detail": f"every value is 0: {detail}"}
+    return {"claim": name, "reproduced": held, "beyond_seed_spread": None, "detail": detail}
 
 
-def claims(by_label, start):
+def claims(by_label, start, verdicts=True):
     """Each of the paper's claims checked on the summary: what was compared and whether it held
-    (None: not measurable). Accuracies compare the methods at their chosen rates over seeds, against
-    the ``start`` model's; the reward and forgetting signals compare them at matched rates over the sweep."""
+    (None: not measurable; always, without ``verdicts``, at a scale too small to measure anything).
+    Accuracies compare the methods at their chosen rates over seeds, against the ``start`` model's;
+    the reward and forgetting signals compare them at matched rates over the sweep."""
     spot, sft, dpo, direct = (by_label[k] for k in ("SPoT (spot_bco)", "SFT+ (y+)", "DPO", "SFT (direct rewrites)"))
+    checked = _claims(spot, sft, dpo, direct, start)
+    if verdicts:
+        return checked
+    return [{**c, "reproduced": None, "beyond_seed_spread": None, "detail": f"smoke scale, no verdict: {c['detail']}"}
+            for c in checked]
+
+
+def _claims(spot, sft, dpo, direct, start):
     return [
         compare("SPoT gains more in-domain accuracy than SFT on the same corrected data", spot, sft, "gain",
                 "spot_bco", "SFT+", start),
