@@ -81,12 +81,13 @@ class Scale:
     max_new_tokens: int = 160
     temperature: float = 1.0         # sampling the learned distribution, slips included
     data_seed: int = 2026
+    verdicts: bool = True            # False: the scale exercises the pipeline, its numbers are noise
 
 
 FULL = Scale()
 SMOKE = replace(FULL, hidden=32, layers=1, pretrain_steps=8, pretrain_batch=8, elicit_problems=8, gamma=1.0,
                 post_steps=2, post_batch=2, post_lrs=(1e-4,), seeds=(0,), eval_problems=4, validation_problems=4,
-                retain_examples=4, eval_samples=2, max_new_tokens=24)
+                retain_examples=4, eval_samples=2, max_new_tokens=24, verdicts=False)
 
 
 # ---- running commands ----------------------------------------------------------------------------
@@ -358,7 +359,7 @@ def summarize(scale, accuracy, chosen, sweep, runs, pairs):
         })
     counted = {which: sum(1 for _ in open(path)) for which, path in pairs.items()}
     return {"scale": asdict(scale), "start": start, "pairs": counted, "methods": methods,
-            "claims": claims({m["method"]: m for m in methods})}
+            "claims": claims({m["method"]: m for m in methods}, start, scale.verdicts)}
 
 
 def late_records(records, steps):
@@ -371,41 +372,68 @@ def _mean_of(records, key):
     return fmean(values) if values else None
 
 
-def compare(name, a, b, key, label_a, label_b):
+ACCURACY_BEHIND = {"gain": ("reasoning", REASONING), "old_change": ("old_skill", OLD_SKILL)}
+
+
+def compare(name, a, b, key, label_a, label_b, start):
     """Claim ``name``: ``a[key]`` above ``b[key]`` (mean over seeds), and whether the difference is
-    larger than the two spreads over seeds together (else the seeds cannot tell them apart)."""
+    larger than the two spreads over seeds together (else the seeds cannot tell them apart).
+
+    Not measurable (``reproduced`` None) when every accuracy behind the two values, the ``start``
+    model's and every run's of both methods, is 0 (as at smoke scale), or every one is 1: the
+    difference is then exactly 0 whatever the methods do, and no verdict can be read from it.
+    (Accuracies lie in [0, 1], so a mean of 0 or 1 means every run scored that.)"""
     difference, spread = a[key] - b[key], a[key + "_std"] + b[key + "_std"]
+    detail = (f"{a[key]:+.3f} +- {a[key + '_std']:.3f} ({label_a}) vs {b[key]:+.3f} +- {b[key + '_std']:.3f} "
+              f"({label_b}): difference {difference:+.3f}, seed spread {spread:.3f}")
+    field, benchmark = ACCURACY_BEHIND[key]
+    accuracies = {start[benchmark], a[field], b[field]}
+    if accuracies in ({0.0}, {1.0}):
+        return {"claim": name, "reproduced": None, "beyond_seed_spread": None,
+                "detail": f"every {benchmark} accuracy behind it is {accuracies.pop():g}: {detail}"}
     return {"claim": name, "reproduced": difference > 0, "beyond_seed_spread": abs(difference) > spread,
-            "detail": f"{a[key]:+.3f} +- {a[key + '_std']:.3f} ({label_a}) vs {b[key]:+.3f} +- {b[key + '_std']:.3f} "
-                      f"({label_b}): difference {difference:+.3f}, seed spread {spread:.3f}"}
+            "detail": detail}
 
 
 def below_at_every_rate(name, a, b, key, label_a, label_b, below_zero=False):
     """Claim ``name``: ``a``'s sweep value ``key`` is below ``b``'s at every learning rate (and below
-    zero too with ``below_zero``)."""
+    zero too with ``below_zero``). Not measurable (``reproduced`` None) when every value is 0: nothing
+    moved, and no verdict can be read from it."""
     rates = list(a["sweep"])
     held = all(a["sweep"][r][key] < b["sweep"][r][key] and (not below_zero or a["sweep"][r][key] < 0) for r in rates)
     pairs = ", ".join(f"{r}: {a['sweep'][r][key]:+.3g} vs {b['sweep'][r][key]:+.3g}" for r in rates)
-    return {"claim": name, "reproduced": held, "beyond_seed_spread": None,
-            "detail": f"{key} of {label_a} vs {label_b} at each learning rate (seed 0): {pairs}"}
+    detail = f"{key} of {label_a} vs {label_b} at each learning rate (seed 0): {pairs}"
+    values = [side["sweep"][r][key] for side in (a, b) for r in rates]
+    if all(v == 0 for v in values):
+        return {"claim": name, "reproduced": None, "beyond_seed_spread": None, "detail": f"every value is 0: {detail}"}
+    return {"claim": name, "reproduced": held, "beyond_seed_spread": None, "detail": detail}
 
 
-def claims(by_label):
-    """Each of the paper's claims checked on the summary: what was compared and whether it held.
-    Accuracies compare the methods at their chosen rates over seeds; the reward and forgetting
-    signals compare them at matched rates over the sweep."""
+def claims(by_label, start, verdicts=True):
+    """Each of the paper's claims checked on the summary: what was compared and whether it held
+    (None: not measurable; always, without ``verdicts``, at a scale too small to measure anything).
+    Accuracies compare the methods at their chosen rates over seeds, against the ``start`` model's;
+    the reward and forgetting signals compare them at matched rates over the sweep."""
     spot, sft, dpo, direct = (by_label[k] for k in ("SPoT (spot_bco)", "SFT+ (y+)", "DPO", "SFT (direct rewrites)"))
+    checked = _claims(spot, sft, dpo, direct, start)
+    if verdicts:
+        return checked
+    return [{**c, "reproduced": None, "beyond_seed_spread": None, "detail": f"smoke scale, no verdict: {c['detail']}"}
+            for c in checked]
+
+
+def _claims(spot, sft, dpo, direct, start):
     return [
         compare("SPoT gains more in-domain accuracy than SFT on the same corrected data", spot, sft, "gain",
-                "spot_bco", "SFT+"),
+                "spot_bco", "SFT+", start),
         compare("SPoT loses less of the old skill than SFT (old-skill accuracy)", spot, sft, "old_change", "spot_bco",
-                "SFT+"),
+                "SFT+", start),
         below_at_every_rate("SPoT loses less of the old skill than SFT (retain KL)", spot, sft, "retain_kl_end",
                             "spot_bco", "SFT+"),
         below_at_every_rate("DPO pushes the chosen reward down (its failure mode), more than SPoT", dpo, spot,
                             "chosen_reward_late", "DPO", "spot_bco", below_zero=True),
         compare("Minimal edits beat whole rewrites as SFT data (in-domain gain)", sft, direct, "gain", "SFT+",
-                "SFT on rewrites"),
+                "SFT on rewrites", start),
         below_at_every_rate("Minimal edits beat whole rewrites as SFT data (retain KL)", sft, direct, "retain_kl_end",
                             "SFT+", "SFT on rewrites"),
     ]
@@ -438,7 +466,8 @@ def markdown(summary):
     lines += ["", "| claim | reproduced | beyond the seeds' spread | measured |", "|---|---|---|---|"]
     for c in summary["claims"]:
         spread = {True: "yes", False: "no", None: "-"}[c["beyond_seed_spread"]]
-        lines.append(f"| {c['claim']} | {'yes' if c['reproduced'] else 'no'} | {spread} | {c['detail']} |")
+        verdict = {True: "yes", False: "no", None: "not measurable"}[c["reproduced"]]
+        lines.append(f"| {c['claim']} | {verdict} | {spread} | {c['detail']} |")
     rates = list(summary["methods"][0]["sweep"])
     lines += ["", f"The learning-rate sweep (seed {s['seeds'][0]}): validation accuracy / chosen reward over the last "
               "quarter of the steps / retain KL at the end, per rate:", "",

@@ -160,40 +160,93 @@ class MetricsLog:
                 self.report.close()
 
 
+PEAR_LOSS_TITLE = "PEAR loss: importance-weighted NLL (rises as the weights grow)"
 PANELS = (
     ("loss", (("loss", "loss"),)),
+    ("NLL per token of the training answers (y+)", (("chosen/nll", "NLL"),)),
     ("implicit rewards", (("rewards/chosen", "chosen (y+)"), ("rewards/rejected", "rejected (y-)"), ("delta", "delta"))),
+    ("reward margin: chosen - rejected", (("rewards/margin", "margin"),)),
+    ("reward accuracy: fraction with chosen > rejected", (("rewards/accuracy", "accuracy"),)),
     ("PEAR weights", (("pear/weight_mean", "mean weight"), ("pear/weight_at_min", "fraction at w_min"),
                       ("pear/weight_at_max", "fraction at w_max"))),
     ("forgetting: KL(ref || policy) per retain token", (("retain/kl", "k1 (= NLL change)"), ("retain/kl_k3", "k3"))),
     ("retain-set NLL per token", (("retain/nll", "NLL"),)),
+    ("learning rate", (("lr", "lr"),)),
 )
+UNSMOOTHED = {"lr"}  # a schedule, not a noisy measurement
 
 
-def plot_metrics(metrics_path, png_path):
-    """One panel per group of ``PANELS`` that the run logged, each series against the optimizer step."""
+def smoothed(values):
+    """An exponential moving average of ``values`` over about a tenth of them (at least 3), debiased
+    at the start as TensorBoard's is (each point divides by the weight the average has gathered)."""
+    decay = 1 - 2 / (max(3, len(values) / 10) + 1)
+    average, weight, out = 0.0, 0.0, []
+    for value in values:
+        average = decay * average + (1 - decay) * value
+        weight = decay * weight + (1 - decay)
+        out.append(average / weight)
+    return out
+
+
+def logged_panels(rows):
+    """``(title, [(key, label, steps, values)])`` for each group of ``PANELS`` the run logged. PEAR's
+    loss is titled as what it is: its weights grow as the policy leaves the behaviour policy, so it may
+    climb while the NLL of the training answers, the panel after it, falls."""
+    panels = []
+    for title, series in PANELS:
+        if title == "loss" and any("pear/weight_mean" in row for row in rows):
+            title = PEAR_LOSS_TITLE
+        curves = []
+        for key, label in series:
+            points = [(row["step"], row[key]) for row in rows if key in row]
+            if points:
+                curves.append((key, label, *map(list, zip(*points))))
+        if curves:
+            panels.append((title, curves))
+    return panels
+
+
+def metrics_figure(rows):
+    """The figure of ``plot_metrics`` for the logged ``rows`` (None when no panel has a point)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    rows = [json.loads(line) for line in open(metrics_path, encoding="utf-8") if line.strip()]
-    logged = {key for row in rows for key in row}
-    panels = [(title, [(key, label) for key, label in series if key in logged]) for title, series in PANELS]
-    panels = [(title, series) for title, series in panels if series]
+    panels = logged_panels(rows)
     if not panels:
-        return
+        return None
     columns = min(3, len(panels))
     rows_of_panels = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows_of_panels, columns, figsize=(5.5 * columns, 4 * rows_of_panels), squeeze=False)
     for axis in axes.flat[len(panels):]:
-        axis.set_visible(False)
-    for axis, (title, series) in zip(axes.flat, panels):
-        for key, label in series:
-            points = [(row["step"], row[key]) for row in rows if key in row]
-            axis.plot(*zip(*points), marker="." if len(points) < 30 else None, label=label)
+        axis.remove()
+    for axis, (title, curves) in zip(axes.flat, panels):
+        for key, label, steps, values in curves:
+            marker = "." if len(steps) < 30 else None
+            if key in UNSMOOTHED:
+                axis.plot(steps, values, marker=marker, label=label)
+                continue
+            raw, = axis.plot(steps, values, marker=marker, alpha=0.3, linewidth=0.8,
+                             label="per step" if len(curves) == 1 else None)
+            axis.plot(steps, smoothed(values), color=raw.get_color(),
+                      label="smoothed" if len(curves) == 1 else label)
         axis.set(title=title, xlabel="step")
-        if len(series) > 1:
-            axis.legend()
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if axis.get_legend_handles_labels()[0] and not (len(curves) == 1 and curves[0][0] in UNSMOOTHED):
+            axis.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot_metrics(metrics_path, png_path):
+    """``training.png``: one panel per group of ``PANELS`` that the run logged, each series against the
+    optimizer step (integer ticks), per step (faint) and ``smoothed``; the learning rate as it is."""
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in open(metrics_path, encoding="utf-8") if line.strip()]
+    fig = metrics_figure(rows)
+    if fig is None:
+        return
     fig.savefig(png_path, dpi=100)
     plt.close(fig)

@@ -15,6 +15,7 @@ import pytest
 
 from spot_fast.evaluate.__main__ import BUNDLED_BENCHMARKS, main
 from spot_fast.evaluate.benchmarks import read_benchmarks
+from spot_fast.evaluate.report import models_figure
 from spot_fast.evaluate.run import ModelSpec, checkpoint_models, evaluate_model, parse_model
 from spot_fast.models import BUILTIN_MODEL, load_model, load_tokenizer
 from spot_fast.rectify.generation import Generation, HFGenerator
@@ -60,6 +61,25 @@ def test_evaluation_grades_known_answers_and_reports_hand_computed_metrics(tmp_p
         assert m["pass_at"] == {"1": 0.5, "2": 1.0}
         assert (m["problems"], m["samples"], m["mean_tokens"], m["truncation_rate"]) == (5, 2, 7, 0)
     assert generator.calls == 20
+
+
+def test_a_start_that_fails_before_its_first_sample_claims_nothing(tmp_path):
+    """A run that fails before drawing (here: a backend that is not installed) leaves no settings that
+    refuse the corrected rerun; once that rerun has drawn samples, its settings are the ones kept."""
+    benchmarks = read_benchmarks(BUNDLED_BENCHMARKS, limit=1)
+    samples = {b.name: 1 for b in benchmarks}
+    model = ModelSpec("m", "m")
+
+    def missing_backend():
+        raise RuntimeError("backend 'vllm' needs vLLM installed")
+
+    with pytest.raises(RuntimeError, match="needs vLLM"):
+        evaluate_model(model, benchmarks, samples, tmp_path, missing_backend, {"backend": "vllm"})
+    generator = KnowsTheAnswers(benchmarks)
+    metrics = evaluate_model(model, benchmarks, samples, tmp_path, lambda: generator, {"backend": "hf"})
+    assert [m["samples"] for m in metrics.values()] == [1, 1]
+    with pytest.raises(ValueError, match=r"other settings \(backend: 'hf' then, 'vllm' now\)"):
+        evaluate_model(model, benchmarks, samples, tmp_path, missing_backend, {"backend": "vllm"})
 
 
 def test_a_generation_ends_at_its_first_end_token():
@@ -198,3 +218,15 @@ def test_sigkill_mid_run_then_rerun_gives_every_sample_once(tmp_path):
     assert len(ids) == len(set(ids)) == total and set(ids) == expected
     metrics = json.loads((out / "results.json").read_text())["models"][0]["benchmarks"]["tiny_math"]
     assert (metrics["problems"], metrics["samples"]) == (5, 4)
+
+
+def test_accuracy_bars_are_labelled_with_their_values_even_at_zero():
+    def model(label, avg):
+        return {"label": label, "model": label, "step": None,
+                "benchmarks": {name: {"avg": avg, "std": 0.0} for name in ("tiny_math", "tiny_choice")}}
+
+    figure = models_figure({"models": [model("base", 0.0), model("final", 0.25)]})
+    [axes] = figure.axes
+    labels = sorted(text.get_text() for text in axes.texts)
+    assert labels == ["0.0", "0.0", "25.0", "25.0"]
+    assert axes.get_ylim()[1] > 100  # room for a label over a full bar

@@ -38,14 +38,30 @@ def test_b_forward_kl_with_replay_keeps_lam(exact_1d):
 def test_c_reverse_kl_recovers_a_star_with_overlap_gated_drift(exact_1d):
     for d in range(2, 9):
         assert abs(exact_1d[d]["reverse"]["final_weight"] - mx.A_STAR) < 0.01, d
-    # Separated modes (d >= 5): drift <= 2 BC (leading-order constant sqrt(pi/2) sqrt((1-a*)/a*) = 1.79).
+    # Separated modes (d >= 5): the drift is the leading-order prediction, 1.79 BC, to within 10% (the
+    # 1/d corrections): above BC = exp(-d^2/8), which sets its scale but does not bound it.
     ds = np.arange(5, 9)
     drift = np.array([exact_1d[d]["reverse"]["max_drift"] for d in ds])
-    assert np.all(drift <= 2 * mx.bhattacharyya(ds)), drift / mx.bhattacharyya(ds)
+    assert mx.predicted_reverse_drift(0.0) == pytest.approx(1.789, abs=1e-3)
+    assert np.all(np.abs(drift / mx.predicted_reverse_drift(ds) - 1) < 0.1), drift / mx.predicted_reverse_drift(ds)
+    assert np.all(drift > mx.bhattacharyya(ds))
     # log drift = -d^2 / 8 + O(1): slope in d^2 within 0.01 of -1/8 (drift >= 5e-4 here, far above the
     # grid's ~1e-10 error).
     slope = np.polyfit(ds**2, np.log(drift), 1)[0]
     assert abs(slope + 1 / 8) < 0.01, slope
+
+
+def test_c_force_on_the_old_mean_is_the_derived_leading_order():
+    """The exact gradient of reverse KL on m_old at the start, over the curvature a, against
+    ``predicted_reverse_drift``: the ratio tends to 1 as d grows (the correction is O(1/d))."""
+    ratios = []
+    for d in (6, 9, 12):
+        mu_old, mu_new = mx.task_means(d, 1)
+        x, vol = mx.make_grid(mu_old, mu_new, mx.GRID_STEP[1])
+        p_star = mx.A_STAR * mx.gauss(x, mu_old) + (1 - mx.A_STAR) * mx.gauss(x, mu_new)
+        grad = mx.reverse_kl_grad(mx.init_theta(mu_old, mu_new), x, vol, p_star)
+        ratios.append(abs(grad[1]) / mx.A_INIT / mx.predicted_reverse_drift(d))
+    assert ratios == sorted(ratios) and 0.95 < ratios[-1] < 1, ratios
 
 
 def test_d1_converges_slowly_to_lam_and_a_star():

@@ -60,8 +60,12 @@ class ChatServer:
                 try:
                     reply = server.respond(n, body)
                     time.sleep(reply.delay)
-                    if reply.hang_up:
-                        return
+                finally:  # before the reply is sent: the client's next request may come right after it
+                    with server.lock:
+                        server.in_flight -= 1
+                if reply.hang_up:
+                    return
+                try:
                     self.send_response(reply.status)
                     for name, value in reply.headers.items():
                         self.send_header(name, value)
@@ -70,9 +74,6 @@ class ChatServer:
                     self.wfile.write(reply.body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client timed out and left
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
 
             def log_message(self, *args):
                 pass

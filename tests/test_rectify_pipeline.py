@@ -15,7 +15,7 @@ from spot_fast.rectify.__main__ import main
 from spot_fast.rectify.answers import last_boxed
 from spot_fast.rectify.jsonl import read_jsonl, write_jsonl_atomic
 from spot_fast.rectify.lcs import change_ratio
-from spot_fast.rectify.report import marked_diff
+from spot_fast.rectify.report import histogram_figure, marked_diff
 
 PROBLEMS = Path(__file__).resolve().parents[1] / "spot_fast" / "assets" / "problems.jsonl"
 
@@ -49,6 +49,18 @@ def test_pipeline_end_to_end(tmp_path, capsys, umask_002):
     assert run(*elicit) == 0  # resumed: nothing left to generate
     assert "samples generated now: 0" in capsys.readouterr().out
     assert len(records(tmp_path / layout.RESULTS)) == 8
+    assert {r["model"] for r in results} == {BUILTIN_MODEL}
+    settings = json.loads((tmp_path / layout.RESULTS_SETTINGS).read_text())
+    assert settings["model"] == BUILTIN_MODEL and settings["sampling"]["max_new_tokens"] == 24
+    # Samples of another model or other settings are never appended: refused, naming both values.
+    for option, value, then, now in (("--model", "/other/model", repr(BUILTIN_MODEL), "'/other/model'"),
+                                     ("--temperature", 1.0, "'temperature': 0.7", "'temperature': 1.0"),
+                                     ("--max-new-tokens", 32, "'max_new_tokens': 24", "'max_new_tokens': 32")):
+        assert run(*elicit, option, value) == 2
+        error = capsys.readouterr().err
+        assert f"{tmp_path / layout.RESULTS} holds samples drawn with other settings" in error
+        assert then in error and now in error
+    assert len(records(tmp_path / layout.RESULTS)) == 8
     # The elicited answers are the model's own samples: the trainer reads them as a retain set as they are.
     retain = load_pairs(tmp_path / layout.RESULTS, load_tokenizer(BUILTIN_MODEL), 8192, with_rejected=False)[0]
     assert len(retain) == 8 and all(p.rejected_ids is None for p in retain)
@@ -56,6 +68,7 @@ def test_pipeline_end_to_end(tmp_path, capsys, umask_002):
     assert run("correct", "--workdir", tmp_path, "--oracle-callable", "rectify_oracles:by_truth") == 0
     assert run("verify", "--workdir", tmp_path, "--gamma", 0.6) == 0
     reasons = {r["id"]: r["drop_reason"] for r in records(tmp_path / layout.VERIFIED)}
+    assert {r["gamma"] for r in records(tmp_path / layout.VERIFIED)} == {0.6}  # the histogram's line
     assert reasons == {
         "demo-280#0": verify.TOO_CHANGED, "demo-280#1": verify.TOO_CHANGED,
         "demo-281#0": verify.WRONG, "demo-281#1": verify.WRONG,
@@ -89,7 +102,7 @@ def test_pipeline_end_to_end(tmp_path, capsys, umask_002):
     assert counts["verify"]["kept"] == 2 and counts["correct"][correct.WITHOUT_CORRECTION] == 2
     # Every output honours the umask like any new file (0o666 less the umask), and no temporary is left.
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()}
-    outputs = (layout.RESULTS, layout.ERRORS, layout.CORRECTIONS, layout.UNMARKED, layout.VERIFIED, layout.PAIRS,
+    outputs = (layout.RESULTS, layout.RESULTS_SETTINGS, layout.ERRORS, layout.CORRECTIONS, layout.UNMARKED, layout.VERIFIED, layout.PAIRS,
                layout.REPORT, layout.REPORT_JSON, layout.HISTOGRAM, layout.PREFIX_HISTOGRAM)
     assert modes == {name: 0o664 for name in outputs}
 
@@ -164,3 +177,41 @@ def test_numeric_answers_and_default_ids_are_accepted(tmp_path, capsys):
                "--max-new-tokens", 4) == 0
     [result] = records(tmp_path / layout.RESULTS)
     assert (result["id"], result["answer"], result["question"]) == ("line1#0", "2", "1 + 1?")
+
+
+def test_verify_and_build_refuse_an_unfinished_correct_and_build_writes_no_empty_pairs(tmp_path, capsys):
+    errors = [{"id": f"e{i}", "question": f"{i} + {i}?", "answer": str(2 * i), "response": "so \\boxed{0}"}
+              for i in range(1, 4)]
+    write_jsonl_atomic(tmp_path / layout.ERRORS, errors)
+    write_jsonl_atomic(tmp_path / layout.CORRECTIONS, [{**errors[0], "correction": None}])  # the Oracle went down
+    for stage in ("verify", "build"):
+        assert run(stage, "--workdir", tmp_path) == 1
+        err = capsys.readouterr().err
+        assert f"{stage}: not done: 2 of the 3 wrong answers in {layout.ERRORS} are not final yet" in err
+        assert "run `correct` again" in err
+    assert not (tmp_path / layout.VERIFIED).exists() and not (tmp_path / layout.PAIRS).exists()
+
+    # Every answer final, none corrected: verify is done, build writes the report but no pairs.
+    write_jsonl_atomic(tmp_path / layout.CORRECTIONS, [{**e, "correction": None} for e in errors])
+    assert run("build", "--workdir", tmp_path) == 2  # verify first
+    assert f"{layout.VERIFIED}: file not found" in capsys.readouterr().err
+    assert run("verify", "--workdir", tmp_path) == 0
+    (tmp_path / layout.PAIRS).write_text('{"stale": true}\n')
+    assert run("build", "--workdir", tmp_path) == 1
+    assert "no correction was kept" in capsys.readouterr().err
+    assert not (tmp_path / layout.PAIRS).exists() and "| verify | kept | 0 |" in (tmp_path / layout.REPORT).read_text()
+    # A correction added after verify ran: build asks for verify again rather than dropping it.
+    extra = {"id": "e4", "question": "4 + 4?", "answer": "8", "response": "so \\boxed{0}", "correction": "so \\boxed{8}"}
+    write_jsonl_atomic(tmp_path / layout.ERRORS, errors + [extra])
+    write_jsonl_atomic(tmp_path / layout.CORRECTIONS, [{**e, "correction": None} for e in errors] + [extra])
+    assert run("build", "--workdir", tmp_path) == 1
+    assert "run `verify` again" in capsys.readouterr().err and not (tmp_path / layout.PAIRS).exists()
+
+
+def test_change_ratio_histogram_marks_gamma():
+    verified = [{"change_ratio": ratio, "kept": ratio <= 0.4, "gamma": 0.4,
+                 "drop_reason": None if ratio <= 0.4 else verify.TOO_CHANGED} for ratio in (0.05, 0.3, 0.5, 0.9)]
+    [axes] = histogram_figure(verified).axes
+    [line] = axes.lines
+    assert list(line.get_xdata()) == [0.4, 0.4] and "gamma = 0.4" in line.get_label()
+    assert "gamma = 0.4 (largest kept)" in [t.get_text() for t in axes.get_legend().get_texts()]

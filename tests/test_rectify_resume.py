@@ -4,12 +4,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from spot_fast.rectify import layout
+from spot_fast.rectify.correct import correct, run_bounded
 from spot_fast.rectify.jsonl import AppendLog, InputError, write_jsonl_atomic
 from spot_fast.rectify.oracle import replace_final_answer
 
@@ -89,3 +91,61 @@ def test_correct_stopped_mid_run_resumes_without_loss_or_duplicates(tmp_path, st
         error = by_id[record["id"]]
         expected = replace_final_answer(error["question"], error["response"], error["answer"])
         assert record["correction"] == expected
+
+
+@pytest.fixture
+def sigint_raises():
+    """Ctrl-C raising KeyboardInterrupt, as in a terminal, even where the tests run as a background job."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_a_slow_write_still_writes_every_reply_received(tmp_path, monkeypatch, sigint_raises):
+    """Six replies arrive while the first one's write is slow, then Ctrl-C, then the six calls in flight
+    reply too: all twelve are on disk, and no call starts after the interrupt."""
+    errors = [{"id": f"e{i}", "question": f"q{i}", "answer": str(i), "response": f"so \\boxed{{{i + 1}}}"}
+              for i in range(18)]
+    write_jsonl_atomic(tmp_path / layout.ERRORS, errors)
+    replied, interrupted, asked, lock = threading.Semaphore(0), threading.Event(), [], threading.Lock()
+
+    def oracle(question, wrong_answer, ground_truth):
+        with lock:
+            asked.append(question)
+            in_flight = len(asked) > 6
+        if in_flight:  # replies only after the interrupt
+            assert interrupted.wait(timeout=10)
+        replied.release()
+        return replace_final_answer(question, wrong_answer, ground_truth)
+
+    real_append = AppendLog.append
+
+    def slow_first_append(log, record):
+        if log.path.name == layout.CORRECTIONS and log.path.stat().st_size == 0:
+            for _ in range(6):
+                assert replied.acquire(timeout=10)
+            time.sleep(0.2)  # the workers hand over the six replies and start six more calls
+            os.kill(os.getpid(), signal.SIGINT)
+            interrupted.set()
+            for _ in range(6):
+                assert replied.acquire(timeout=10)
+            time.sleep(0.2)
+        real_append(log, record)
+
+    monkeypatch.setattr(AppendLog, "append", slow_first_append)
+    with pytest.raises(KeyboardInterrupt):
+        correct(tmp_path, oracle, concurrency=6)
+    written = [json.loads(line) for line in (tmp_path / layout.CORRECTIONS).read_text().splitlines()]
+    assert len(asked) == 12 and sorted(r["id"] for r in written) == sorted(f"e{q[1:]}" for q in asked)
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_handler_is_restored(sigint_raises):
+    results = run_bounded(lambda i: i, list(range(4)), 2)
+    next(results)
+    os.kill(os.getpid(), signal.SIGINT)  # deferred: the consumer goes on
+    time.sleep(0.1)
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+    results.close()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

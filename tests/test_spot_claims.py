@@ -118,6 +118,8 @@ def test_smoke_experiment_runs_end_to_end(tmp_path):
     summary = json.loads((tmp_path / "spot_claims.json").read_text())
     assert [m["method"] for m in summary["methods"]] == [label for label, _, _ in spot_claims.METHODS]
     assert len(summary["claims"]) == 6 and (tmp_path / "spot_claims.png").stat().st_size > 10_000
+    assert all(c["reproduced"] is None for c in summary["claims"])  # toy scale: no verdicts
+    assert "| yes |" not in (tmp_path / "spot_claims.md").read_text().split("| claim |")[1].split("\n\n")[0]
     pairs = [json.loads(line) for line in (tmp_path / "rectify-minimal" / "pairs.jsonl").read_text().splitlines()]
     direct = [json.loads(line) for line in (tmp_path / "rectify-direct" / "pairs.jsonl").read_text().splitlines()]
     assert pairs and summary["pairs"] == {"minimal": len(pairs), "direct": len(direct)}
@@ -140,3 +142,36 @@ def test_learning_rate_choice_takes_the_best_validation_and_the_smaller_rate_on_
                   "b1": {stem: 0.4}, "b2": {stem: 0.4}, "b3": {stem: 0.3}}
     names = {"A": {1e-5: "a1", 1e-4: "a2", 1e-3: "a3"}, "B": {1e-3: "b3", 1e-4: "b2", 1e-5: "b1"}}
     assert spot_claims.choose_learning_rates(validation, names) == {"A": 1e-4, "B": 1e-5}
+
+
+def method(accuracy, gain=0.0, old_change=0.0):
+    """A summary entry of ``summarize`` with the fields the claims read."""
+    sweep = {"0.001": {"retain_kl_end": 1e-3, "chosen_reward_late": 0.1}}
+    return {"reasoning": accuracy, "old_skill": accuracy, "gain": gain, "gain_std": 0.0, "old_change": old_change,
+            "old_change_std": 0.0, "sweep": sweep}
+
+
+LABELS = ("SPoT (spot_bco)", "SFT+ (y+)", "DPO", "SFT (direct rewrites)")
+
+
+@pytest.mark.parametrize("accuracy", [0.0, 1.0])
+def test_claims_from_accuracies_that_are_all_zero_or_all_one_are_not_measurable(accuracy):
+    start = {spot_claims.REASONING: accuracy, spot_claims.OLD_SKILL: accuracy}
+    verdicts = [c["reproduced"] for c in spot_claims.claims({label: method(accuracy) for label in LABELS}, start)]
+    assert verdicts == [None, None, False, False, None, False]  # the accuracy claims; the others are read
+    by_label = {label: method(0.5, gain=0.1 * i) for i, label in enumerate(LABELS)}
+    measured = spot_claims.claims(by_label, {spot_claims.REASONING: 0.0, spot_claims.OLD_SKILL: 0.0})
+    assert [c["reproduced"] for c in measured][0] is False and None not in [c["reproduced"] for c in measured]
+    # Sweep signals that did not move: not measurable.
+    still = {label: method(0.5) for label in LABELS}
+    for entry in still.values():
+        entry["sweep"] = {"0.001": {"retain_kl_end": 0.0, "chosen_reward_late": 0.0}}
+    assert [c["reproduced"] for c in spot_claims.claims(still, start)][2:4] == [None, None]
+    # Runs at 0 after a start that scored: the methods lost what the start had, a measured outcome.
+    lost = spot_claims.claims({label: method(0.0, gain=-0.5) for label in LABELS},
+                              {spot_claims.REASONING: 0.5, spot_claims.OLD_SKILL: 0.5})
+    assert None not in [c["reproduced"] for c in lost]
+    # At smoke scale no claim gets a verdict, whatever its numbers.
+    assert not spot_claims.SMOKE.verdicts and spot_claims.FULL.verdicts
+    smoke = spot_claims.claims(by_label, start, verdicts=False)
+    assert all(c["reproduced"] is None and c["detail"].startswith("smoke scale, no verdict") for c in smoke)

@@ -1,4 +1,5 @@
-"""What a new user runs first: the README's CPU demo of PEAR at the block level, and `make bench`."""
+"""What a new user runs first: the README's CPU demos of PEAR at the block level and of training on the
+rectified pairs, and `make bench`."""
 import importlib.util
 import json
 import shlex
@@ -6,6 +7,8 @@ from pathlib import Path
 
 from spot_fast.config import parse_config
 from spot_fast.data import load_pairs
+from spot_fast.engine import warmup_steps
+from spot_fast.example_order import ExampleOrder
 from spot_fast.models import BUILTIN_MODEL, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,6 +32,20 @@ def test_readme_pear_block_demo_splits_the_bundled_answers():
     pairs = load_pairs(config.data, load_tokenizer(BUILTIN_MODEL), config.max_length, with_rejected=False)[0]
     shortest = min(len(pair.chosen_ids) for pair in pairs)
     assert len(pairs) > 0 and config.pear_block_size < shortest
+
+
+def test_readme_rectify_demo_trains_real_steps():
+    """The README trains on the rectification demo's pairs, one per answer it elicits: the batch must
+    leave many optimizer steps (at the default 32 pairs per step the 48 pairs are 2 steps, the first at
+    learning rate 0 during warm-up, and the loss does not move)."""
+    elicit = next(line for line in (REPO / "README.md").read_text().splitlines()
+                  if line.startswith(".venv/bin/spot-fast-rectify elicit"))
+    words = shlex.split(elicit)
+    problems = sum(1 for line in (REPO / words[words.index("--problems") + 1]).read_text().splitlines() if line.strip())
+    pairs = problems * int(words[words.index("--samples") + 1])
+    config = parse_config(readme_command("--data runs/rect/pairs.jsonl"))
+    order = ExampleOrder(pairs, config.per_device_batch, config.grad_accum, 1, config.epochs, config.seed)
+    assert order.total_steps >= 20 and warmup_steps(order.total_steps, config.warmup_ratio) <= 2
 
 
 def load_bench():

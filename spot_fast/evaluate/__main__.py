@@ -7,10 +7,9 @@ command resumes).
 import argparse
 import logging
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
-from spot_fast.rectify.sampling_options import add_sampling_arguments, positive_int, sampling_settings
+from spot_fast.rectify.sampling_options import add_sampling_arguments, positive_int, recorded_settings
 
 PROG = "spot-fast-eval"
 BUNDLED_BENCHMARKS = sorted((Path(__file__).resolve().parents[1] / "assets" / "benchmarks").glob("*.jsonl"))
@@ -66,8 +65,7 @@ def run(args):
     check_unique_labels(models)
     benchmarks = read_benchmarks(args.benchmarks, limit=args.limit)
     samples = samples_per_benchmark(args.samples, [b.name for b in benchmarks])
-    sampling, render = sampling_settings(args)
-    settings = {"backend": args.backend, "dtype": args.dtype, "sampling": asdict(sampling), "render": render}
+    settings = recorded_settings(args)
     results = {"settings": {**settings, "samples": samples}, "models": []}
     for model in models:
         metrics = evaluate_model(model, benchmarks, samples, args.output_dir, generator_loader(args, model.path),

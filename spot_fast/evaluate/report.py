@@ -56,8 +56,9 @@ def _png(figure):
     return data.getvalue()
 
 
-def models_png(results):
-    """Grouped bars: one group per benchmark, one bar per model, std as the error bar."""
+def models_figure(results):
+    """Grouped bars: one group per benchmark, one bar per model, std as the error bar, each bar labelled
+    with its avg@k (so a score of 0, which draws no bar, still reads as one)."""
     models = results["models"]
     names = list(models[0]["benchmarks"])
     width = 0.8 / len(models)
@@ -65,13 +66,18 @@ def models_png(results):
     for i, model in enumerate(models):
         positions = [b + (i - (len(models) - 1) / 2) * width for b in range(len(names))]
         metrics = [model["benchmarks"][name] for name in names]
-        axes.bar(positions, [100 * m["avg"] for m in metrics], width, yerr=[100 * m["std"] for m in metrics],
-                 capsize=3, label=model["label"])
+        bars = axes.bar(positions, [100 * m["avg"] for m in metrics], width, yerr=[100 * m["std"] for m in metrics],
+                        capsize=3, label=model["label"])
+        axes.bar_label(bars, labels=[_percent(m["avg"]) for m in metrics], padding=2, fontsize=8)
     axes.set_xticks(range(len(names)), names)
     axes.set_ylabel("avg@k (%)")
-    axes.set_ylim(0, 100)
+    axes.set_ylim(0, 105)
     axes.legend()
-    return _png(figure)
+    return figure
+
+
+def models_png(results):
+    return _png(models_figure(results))
 
 
 def steps_png(results):

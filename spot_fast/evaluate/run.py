@@ -12,8 +12,8 @@ Files under the output directory, per model:
 
 Evaluating a model asks for every (benchmark, problem, repetition) and samples only those missing
 from its log (``generation.sample_missing``), so an interrupted run resumes where it stopped, and a
-rerun writes each sample once. Samples drawn with other settings are never mixed in: a rerun whose
-settings differ from the recorded ones is refused, naming what differs.
+rerun writes each sample once. Samples drawn with other settings are never mixed in (``sample_settings.claim``): a rerun whose
+settings differ from those of the samples already drawn is refused, naming what differs.
 """
 import json
 import re
@@ -24,7 +24,8 @@ from spot_fast.checkpoint import STATE_FILE, checkpoints
 from spot_fast.evaluate.benchmarks import grade_response, sample_request
 from spot_fast.evaluate.metrics import summarize
 from spot_fast.rectify.generation import sample_missing
-from spot_fast.rectify.jsonl import AppendLog, write_atomic
+from spot_fast.rectify.jsonl import AppendLog
+from spot_fast.rectify.sample_settings import claim
 
 BUILTIN_LABEL = "builtin-tiny-qwen3"
 _LABEL = re.compile(r"[A-Za-z0-9._-]+")
@@ -77,19 +78,6 @@ def check_unique_labels(models):
         seen[model.label] = model.path
 
 
-def _check_settings(path, settings, samples_path):
-    """Record ``settings`` at ``path``, or refuse when ``samples_path`` was drawn with other ones."""
-    if not path.is_file():
-        write_atomic(path, json.dumps(settings, indent=2) + "\n")
-        return
-    recorded = json.loads(path.read_text())
-    changed = sorted(key for key in recorded.keys() | settings.keys() if recorded.get(key) != settings.get(key))
-    if changed:
-        differences = ", ".join(f"{key}: {recorded.get(key)!r} then, {settings.get(key)!r} now" for key in changed)
-        raise ValueError(f"{samples_path} holds samples drawn with other settings "
-                         f"({differences}); use another --output-dir, or the same settings to resume")
-
-
 def evaluate_model(model, benchmarks, samples, output_dir, load_generator, settings, batch_size=8, seed=0):
     """Sample what is missing and return ``{benchmark name: metrics}`` for ``model`` (a ``ModelSpec``).
 
@@ -99,7 +87,7 @@ def evaluate_model(model, benchmarks, samples, output_dir, load_generator, setti
     """
     folder = Path(output_dir) / "samples"
     samples_path = folder / f"{model.label}.jsonl"
-    _check_settings(folder / f"{model.label}.settings.json", {"model": model.path, **settings}, samples_path)
+    claim(folder / f"{model.label}.settings.json", {"model": model.path, **settings}, samples_path, "--output-dir")
     requests = [sample_request(benchmark.name, problem, k, seed)
                 for benchmark in benchmarks for problem in benchmark.problems for k in range(samples[benchmark.name])]
 

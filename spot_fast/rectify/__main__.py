@@ -2,7 +2,8 @@
 
 Stages, run in this order on one work directory (see ``layout``): elicit, correct, verify, build.
 Exit status: 0 done, 1 some wrong answers are not final yet (an Oracle call failed or replied without
-a marked correction: run ``correct`` again to retry them), 2 bad input or options, 3 the Oracle stopped
+a marked correction: run ``correct`` again to retry them; ``verify`` and ``build`` then write nothing),
+or ``build`` kept no pair, 2 bad input or options, 3 the Oracle stopped
 responding (the circuit breaker; finished work is saved, the same command resumes), 130 interrupted
 (finished work is saved; the same command resumes).
 """
@@ -13,8 +14,8 @@ import os
 import sys
 
 from spot_fast.rectify.chat_client import OracleUnreachable
-from spot_fast.rectify.correct import UNFINISHED
-from spot_fast.rectify.sampling_options import add_sampling_arguments, positive_int
+from spot_fast.rectify.correct import UNFINISHED, NotReady
+from spot_fast.rectify.sampling_options import add_sampling_arguments, positive_int, recorded_settings
 
 PROG = "spot-fast-rectify"
 
@@ -30,7 +31,8 @@ def run_elicit(args):
     from spot_fast.rectify.elicit import elicit
     from spot_fast.rectify.generation import generator_loader
 
-    return elicit(args.problems, args.workdir, generator_loader(args, model_name(args.model)),
+    model = model_name(args.model)
+    return elicit(args.problems, args.workdir, generator_loader(args, model), {"model": model, **recorded_settings(args)},
                   samples=args.samples, batch_size=args.batch_size, limit=args.limit)
 
 
@@ -143,6 +145,9 @@ def main(argv=None):
         print(f"{PROG}: interrupted; finished work is saved, run the same command to resume",
               file=sys.stderr)
         return 130
+    except NotReady as e:
+        print(f"{PROG}: {args.stage}: not done: {e}", file=sys.stderr)
+        return 1
     except OracleUnreachable as e:
         print(f"{PROG}: stopped: {e}. Finished work is saved; run the same command to resume once the "
               "endpoint answers (--max-connection-failures sets when the stage stops)", file=sys.stderr)

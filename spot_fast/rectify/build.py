@@ -3,11 +3,17 @@
 ``pairs.jsonl`` holds one line per kept correction in the SPoT format the trainer reads:
 ``question`` (x), ``original_answer`` (y-, the student's wrong answer), ``gemini_corrected_answer``
 (y+, the Oracle's verified minimal edit), plus ``id``, ``answer`` and ``change_ratio``.
+
+Build refuses (``correct.NotReady``, exit status 1) to pass incomplete data off as done: while some wrong
+answer is not final yet, or ``verified.jsonl`` does not judge exactly the final corrections (run
+``verify`` again), it writes nothing; when no correction was kept, it writes the report (with the drop
+reasons) and no ``pairs.jsonl``, removing an earlier one.
 """
 from pathlib import Path
 
 from spot_fast.models import load_tokenizer
 from spot_fast.rectify import layout
+from spot_fast.rectify.correct import NotReady, check_all_final
 from spot_fast.rectify.jsonl import read_unique, write_jsonl_atomic
 from spot_fast.rectify.report import write_report
 from spot_fast.rectify.verify import correction_fields
@@ -31,10 +37,19 @@ def to_pair(record):
 def build(workdir, tokenizer_name, examples=3):
     """Write ``pairs.jsonl`` and the report; returns the stage summary."""
     workdir = Path(workdir)
+    final_ids = {r["id"] for r in read_unique(workdir / layout.CORRECTIONS, correction_fields)}
+    check_all_final(workdir, final_ids)
     verified = read_unique(workdir / layout.VERIFIED, verified_fields)
+    if {r["id"] for r in verified} != final_ids:
+        raise NotReady(f"{layout.VERIFIED} does not judge the corrections now in {layout.CORRECTIONS}: "
+                       "run `verify` again")
     pairs = [to_pair(r) for r in verified if r["kept"]]
-    write_jsonl_atomic(workdir / layout.PAIRS, pairs)
     write_report(workdir, verified, pairs, load_tokenizer(tokenizer_name), examples)
+    if not pairs:
+        (workdir / layout.PAIRS).unlink(missing_ok=True)
+        raise NotReady(f"no correction was kept, so there are no training pairs; {workdir / layout.REPORT} "
+                       "counts the drop reasons")
+    write_jsonl_atomic(workdir / layout.PAIRS, pairs)
     return {f"verified records in {layout.VERIFIED}": len(verified),
             f"pairs written to {layout.PAIRS}": len(pairs),
             "report": str(workdir / layout.REPORT)}

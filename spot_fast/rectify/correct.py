@@ -22,12 +22,16 @@ Invariants, whatever happens to the process (crash, SIGKILL, Ctrl-C):
 - every finished record is on disk before the next one is written (``AppendLog``: one complete
   line, fsync); a rerun skips the ids already final, so ids are never duplicated and finished work
   is never lost or redone;
-- only the main thread writes; Oracle calls run on at most ``concurrency`` worker threads.
+- only the main thread writes; Oracle calls run on at most ``concurrency`` worker threads;
+- Ctrl-C stops new calls and writes every reply already received before the stage exits
+  (``run_bounded``): only the calls in flight are lost.
 """
 import logging
 import queue
+import signal
 import threading
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 
 from tqdm import tqdm
@@ -54,6 +58,26 @@ WITHOUT_CORRECTION = "final without a correction (declined, or given up)"
 UNFINISHED = "not final yet (run again)"
 
 
+class NotReady(Exception):
+    """A stage cannot give a usable output yet (exit status 1); the message says what to run."""
+
+
+def check_all_final(workdir, final_ids):
+    """Raise ``NotReady`` unless every wrong answer in ``errors.jsonl`` has its id in ``final_ids``
+    (the ids of ``corrections.jsonl``): verify and build must not pass an unfinished ``correct`` off
+    as done, with its missing answers silently absent from the pairs. Without ``errors.jsonl`` (a run
+    that starts from its own corrections) there is nothing to check."""
+    path = Path(workdir) / layout.ERRORS
+    if not path.is_file():
+        return
+    errors = read_unique(path, error_fields)
+    missing = sum(error["id"] not in final_ids for error in errors)
+    if missing:
+        raise NotReady(f"{missing} of the {len(errors)} wrong answers in {layout.ERRORS} are not final yet in "
+                       f"{layout.CORRECTIONS} (an Oracle call failed or was stopped, or replied without a marked "
+                       "correction): run `correct` again")
+
+
 def error_fields(line):
     """The record of a wrong answer on ``line``, with the field names the later stages use."""
     return {**line.record, "id": line.record_id(),
@@ -66,10 +90,18 @@ def run_bounded(function, items, workers):
     """Yield ``(item, result, exception)`` for each item as ``function(item)`` finishes.
 
     At most ``workers`` calls run at once: that many daemon threads take items from one queue. When
-    the consumer stops early (an exception, Ctrl-C), idle workers start no new call, and calls in
-    flight are abandoned: daemon threads do not hold up the exit of the process.
+    the consumer stops early (an exception), idle workers start no new call, and calls in flight are
+    abandoned: daemon threads do not hold up the exit of the process.
+
+    Ctrl-C (SIGINT, when called from the main thread) is deferred while the generator is open: it
+    never lands in the middle of the consumer's work on one result (a half-handled result could be
+    written twice, or lost). Instead workers start no new call, every result already finished is still
+    yielded, then ``KeyboardInterrupt`` is raised; only the calls in flight are lost (a Ctrl-C during
+    the last result has nothing left to stop: the generator ends normally). A second Ctrl-C raises at
+    once, for a consumer that hangs.
     """
     todo, done, stop = queue.SimpleQueue(), queue.SimpleQueue(), threading.Event()
+    interrupted = object()  # put into ``done`` by the SIGINT handler (SimpleQueue.put is reentrant)
     for item in items:
         todo.put(item)
 
@@ -84,13 +116,40 @@ def run_bounded(function, items, workers):
             except BaseException as e:  # noqa: BLE001 - handed to the consumer, which decides
                 done.put((item, None, e))
 
+    def on_interrupt(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        done.put(interrupted)
+
     for _ in range(min(workers, len(items))):
         threading.Thread(target=work, daemon=True).start()
+    # (not where Ctrl-C is ignored, as in a background job, nor off the main thread, where it cannot be)
+    defer = (threading.current_thread() is threading.main_thread()
+             and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)
+    previous_handler = signal.signal(signal.SIGINT, on_interrupt) if defer else None
     try:
         for _ in range(len(items)):
-            yield done.get()
+            result = done.get()
+            if result is interrupted:
+                yield from finished_results(done, interrupted)
+                raise KeyboardInterrupt
+            yield result
     finally:
         stop.set()
+        if defer:
+            signal.signal(signal.SIGINT, previous_handler)
+
+
+def finished_results(done, interrupted):
+    """The results waiting in ``done`` now, without waiting for calls in flight."""
+    while True:
+        try:
+            result = done.get_nowait()
+        except queue.Empty:
+            return
+        if result is not interrupted:
+            yield result
 
 
 def correct(workdir, oracle, concurrency=8, max_unmarked_replies=3):
@@ -106,8 +165,9 @@ def correct(workdir, oracle, concurrency=8, max_unmarked_replies=3):
     with AppendLog(workdir / layout.CORRECTIONS) as corrections, AppendLog(workdir / layout.UNMARKED) as unmarked:
         replies = unmarked_reply_counts(unmarked)
         todo = [error for error in errors if error["id"] not in corrections]
-        with tqdm(total=len(todo), desc="correct", unit="answer") as progress:
-            for error, correction, exception in run_bounded(ask, todo, concurrency):
+        with tqdm(total=len(todo), desc="correct", unit="answer") as progress, \
+                closing(run_bounded(ask, todo, concurrency)) as results:
+            for error, correction, exception in results:
                 progress.update()
                 if isinstance(exception, OracleError):
                     now[FAILED] += 1

@@ -4,9 +4,11 @@ Input: JSONL with ``question`` (or ``prompt``), ``answer`` (or ``ground_truth``;
 number) and an optional ``id`` (default ``line<N>``). Each problem gets ``samples`` answers with ids
 ``<problem id>#<k>``, graded by ``answers.grade``.
 
-Output (in the work directory): ``results.jsonl``, one record per sample, appended batch by batch
-through an ``AppendLog``: a rerun generates only the samples not yet written. At the end
-``errors.jsonl`` is rewritten from it with the wrong samples.
+Output (in the work directory): ``results.jsonl``, one record per sample (with the ``model`` that drew
+it), appended batch by batch through an ``AppendLog``: a rerun generates only the samples not yet
+written. SPoT's errors must all come from one model: ``results.settings.json`` records the model and
+sampling settings of the samples, and a rerun with another model or other settings is refused
+(``sample_settings.claim``). At the end ``errors.jsonl`` is rewritten from it with the wrong samples.
 """
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from spot_fast.rectify import layout
 from spot_fast.rectify.answers import grade
 from spot_fast.rectify.generation import sample_missing
 from spot_fast.rectify.jsonl import AppendLog, read_unique, write_jsonl_atomic
+from spot_fast.rectify.sample_settings import claim
 
 
 def problem_fields(line):
@@ -27,21 +30,24 @@ def read_problems(path):
     return read_unique(path, problem_fields)
 
 
-def elicit(problems_path, workdir, load_generator, samples=1, batch_size=8, limit=None):
+def elicit(problems_path, workdir, load_generator, settings, samples=1, batch_size=8, limit=None):
     """Sample, grade and write results; returns the stage summary.
 
     ``load_generator()`` returns the generator (``generation``); it is called only when some sample is
     still missing, after the problems file has been checked, so bad input fails before a model loads.
+    ``settings``: a JSON-able dict of the ``model`` and everything else that determines the samples
+    (``sampling_options.recorded_settings``).
     """
     problems = read_problems(problems_path)[:limit]
     workdir = Path(workdir)
+    claim(workdir / layout.RESULTS_SETTINGS, settings, workdir / layout.RESULTS, "--workdir")
     requests = [{"id": f"{problem['id']}#{k}", "prompt": problem["question"], "problem": problem, "sample": k}
                 for problem in problems for k in range(samples)]
 
     def record(request, generation):
         problem = request["problem"]
         predicted, correct = grade(generation.text, problem["answer"])
-        return {"id": request["id"], "problem_id": problem["id"], "sample": request["sample"],
+        return {"id": request["id"], "problem_id": problem["id"], "sample": request["sample"], "model": settings["model"],
                 "question": problem["question"], "answer": problem["answer"], "response": generation.text,
                 "predicted": predicted, "correct": correct, "truncated": generation.truncated}
 

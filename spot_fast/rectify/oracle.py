@@ -12,8 +12,9 @@ limit). It may be called from several threads at once. Two kinds:
 - a Python function named ``module:function`` (``load_callable``), e.g. a rule-based fixer or a
   wrapper around another model; its return value is the correction as is.
 
-``replace_final_answer`` is a rule-based Oracle for demonstrations and smoke tests: it only rewrites the
-final boxed value, so its pairs teach nothing about reasoning and are not training data.
+``replace_final_answer`` is a rule-based Oracle for demonstrations and smoke tests: it rewrites the final
+boxed value, or appends a boxed final answer to an answer without one, so its pairs teach nothing
+about reasoning and are not training data.
 """
 import importlib
 import re

@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from spot_fast.batching import common_prefix_length  # noqa: E402
 from spot_fast.rectify import correct, elicit, layout, verify  # noqa: E402
@@ -50,8 +51,9 @@ def _save_png(figure, path):
     write_atomic(path, png.getvalue())
 
 
-def histogram_png(path, verified):
-    """Stacked histogram of the change ratio of every correction that has one."""
+def histogram_figure(verified):
+    """Stacked histogram of the change ratio of every correction that has one, with a vertical line at
+    the ``gamma`` verify judged them with (the records carry it): bars right of it are dropped."""
     groups = {
         "kept": [r["change_ratio"] for r in verified if r["kept"]],
         f"dropped: {verify.TOO_CHANGED}": [r["change_ratio"] for r in verified
@@ -62,11 +64,18 @@ def histogram_png(path, verified):
     }
     figure, axes = plt.subplots(figsize=(7, 4))
     axes.hist(list(groups.values()), bins=[i / 20 for i in range(21)], stacked=True, label=list(groups))
+    for gamma in sorted({r["gamma"] for r in verified if r.get("gamma") is not None}):
+        axes.axvline(gamma, color="black", linestyle="--", label=f"gamma = {gamma:g} (largest kept)")
     axes.set_xlabel("change ratio R = 1 - |LCS(y-, y+)| / |y+|")
     axes.set_ylabel("corrections")
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.legend()
     figure.tight_layout()
-    _save_png(figure, path)
+    return figure
+
+
+def histogram_png(path, verified):
+    _save_png(histogram_figure(verified), path)
 
 
 def common_prefixes(pairs, tokenizer):

@@ -4,7 +4,7 @@ Kept free of torch so that a command parses its options (and reports bad ones) b
 model library; ``generation.generator_loader`` turns the parsed options into a generator.
 """
 import argparse
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 BACKEND_NAMES = ("hf", "vllm")
 
@@ -46,3 +46,10 @@ def sampling_settings(args):
     sampling = Sampling(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                         max_new_tokens=args.max_new_tokens, seed=args.seed)
     return sampling, {"chat_template": not args.no_chat_template, "enable_thinking": args.enable_thinking}
+
+
+def recorded_settings(args):
+    """Everything besides the model that determines the samples (sampling, prompt rendering, backend,
+    dtype), as the JSON-able dict that ``sample_settings.claim`` records beside them."""
+    sampling, render = sampling_settings(args)
+    return {"backend": args.backend, "dtype": args.dtype, "sampling": asdict(sampling), "render": render}

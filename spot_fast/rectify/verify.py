@@ -11,7 +11,8 @@ For every record of ``corrections.jsonl`` the first failing check names its drop
    special tokens) is at most ``gamma`` (the paper uses 0.6).
 
 Output: ``verified.jsonl``, every record with ``corrected_prediction``, ``change_ratio`` (null without a
-correction), ``kept`` and ``drop_reason`` (null when kept), written atomically. The stage is cheap
+correction), ``kept``, ``drop_reason`` (null when kept) and the ``gamma`` it was judged with, written
+atomically. Nothing is written while some wrong answer is not final yet (``correct.check_all_final``). The stage is cheap
 (tokenization and a bit-parallel LCS per pair), so it simply reruns in full.
 """
 from collections import Counter
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from spot_fast.models import load_tokenizer
 from spot_fast.rectify import layout
 from spot_fast.rectify.answers import grade
-from spot_fast.rectify.correct import error_fields
+from spot_fast.rectify.correct import check_all_final, error_fields
 from spot_fast.rectify.jsonl import read_unique, write_jsonl_atomic
 from spot_fast.rectify.lcs import change_ratio
 
@@ -66,12 +67,13 @@ def verify(workdir, tokenizer_name, gamma=0.6):
     """Judge every correction and write ``verified.jsonl``; returns the stage summary."""
     workdir = Path(workdir)
     records = read_unique(workdir / layout.CORRECTIONS, correction_fields)
+    check_all_final(workdir, {r["id"] for r in records})
     tokenizer = load_tokenizer(tokenizer_name)
 
     def token_ids(text):
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    verified = [{**r, **judge(r, token_ids, gamma)} for r in tqdm(records, desc="verify", unit="pair")]
+    verified = [{**r, **judge(r, token_ids, gamma), "gamma": gamma} for r in tqdm(records, desc="verify", unit="pair")]
     write_jsonl_atomic(workdir / layout.VERIFIED, verified)
     return counts(verified)
 
