@@ -44,6 +44,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_kernels import RESULTS_DIR, cell, device_name, median_ms, slug  # noqa: E402
 
+from spot_fast.attention import FLEX_ATTENTION  # noqa: E402
 from spot_fast.batching import collate  # noqa: E402
 from spot_fast.data import Pair  # noqa: E402
 from spot_fast.logprob_head import batch_logps, install_logprob_head  # noqa: E402
@@ -69,7 +70,7 @@ def build_model(config, attention, device):
     torch.manual_seed(SEED)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = Qwen3ForCausalLM(config).to(dtype)
-    model.set_attn_implementation("flex_attention" if attention == "flex" else "sdpa")
+    model.set_attn_implementation(FLEX_ATTENTION if attention == "flex" else "sdpa")
     if device.type == "cuda":
         try:
             from liger_kernel.transformers import _apply_liger_kernel_to_instance

@@ -4,6 +4,7 @@ gradients for pair trees and plain packed sequences. FlexAttention has no CPU ba
 import pytest
 import torch
 
+from spot_fast.attention import FLEX_ATTENTION
 from spot_fast.batching import collate
 from spot_fast.logprob_head import batch_logps, install_logprob_head
 from spot_fast.models import BUILTIN_MODEL, load_model
@@ -25,7 +26,7 @@ def sums_and_gradients(implementation, batch):
 def test_flex_attention_matches_sdpa(share_prefix):
     batch = collate(awkward_pairs(), pack=True, pad_id=0, share_prefix=share_prefix)
     sdpa_sums, sdpa_grads = sums_and_gradients("sdpa", batch)
-    flex_sums, flex_grads = sums_and_gradients("flex_attention", batch)
+    flex_sums, flex_grads = sums_and_gradients(FLEX_ATTENTION, batch)
     torch.testing.assert_close(flex_sums, sdpa_sums, rtol=1e-4, atol=1e-4)
     for name, grad in sdpa_grads.items():
         torch.testing.assert_close(flex_grads[name], grad, rtol=1e-3, atol=1e-4, msg=name)
