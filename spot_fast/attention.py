@@ -61,8 +61,9 @@ def dense_mask(batch):
     chunk = max(1, DENSE_MASK_CHUNK_ELEMENTS // length)
     for row, (doc_ids, branch_ids) in enumerate(zip(batch.doc_ids, batch.branch_ids)):
         for start in range(0, length, chunk):
-            query = key[start:start + chunk, None]
-            mask[row, 0, start:start + chunk] = visible(doc_ids, branch_ids, query, key[None, :])
+            stop = min(start + chunk, length)
+            mask[row, 0, start:stop, :stop] = visible(doc_ids, branch_ids, key[start:stop, None], key[None, :stop])
+            mask[row, 0, start:stop, stop:] = False  # keys after the chunk's queries
     return mask
 
 

@@ -135,13 +135,15 @@ def test_the_flex_block_mask_of_a_13k_batch_allocates_no_length_squared_tensor()
     assert max(record.storages.values()) <= 4 * length * 8  # int64 ids: a few of them per token
 
 
-def test_the_dense_mask_is_the_only_length_squared_tensor_its_build_allocates(monkeypatch):
+def test_the_dense_mask_is_the_rule_and_the_only_length_squared_tensor_its_build_allocates(monkeypatch):
     batch = collate(long_pairs(), pack=True, pad_id=0, share_prefix=True)
     length = batch.input_ids.shape[1]
     monkeypatch.setattr(attention, "DENSE_MASK_CHUNK_ELEMENTS", length * length // 16)  # 16 chunks
     with Allocations() as record:
         mask = dense_mask(batch)
     assert [size for size in record.storages.values() if size > length * length // 8] == [mask.numel()]  # bool: 1 byte
+    index = torch.arange(length)
+    assert torch.equal(mask[0, 0], attention.visible(batch.doc_ids[0], batch.branch_ids[0], index[:, None], index[None, :]))
 
 
 @torch.no_grad()
