@@ -18,11 +18,13 @@ along the row (padding may sit anywhere); the block-level masks below rely on th
   Masked blocks are skipped, fully visible blocks skip the rule, and only the partial ones evaluate it.
 
 ``FLEX_ATTENTION`` is registered with transformers as an attention implementation of its own: it calls
-``flex_attention`` compiled once per process with dynamic shapes (lengths, rows and block counts).
-transformers' ``flex_attention`` compiles a new function whenever ``module.training`` changes
-(``WrappedFlexAttention``), which scoring in evaluation mode between training steps does. Rows padded
-to whole blocks keep the length's guards (divisibility by the block size) the same for every length,
-so one compiled graph serves all of them (measured with dynamo's compile counter on the CPU; a row of
+one ``torch.compile(flex_attention, dynamic=True)`` for the whole process, so training and scoring
+(evaluation mode, no gradients) each compile once (dynamo guards on the grad mode) and reuse their
+graph when the mode flips back. transformers' ``flex_attention`` compiles a new function whenever
+``module.training`` changes (``WrappedFlexAttention``), so every flip recompiles, until dynamo's
+recompile limit sends it to the eager path. Rows padded to whole blocks keep the length's guards
+(divisibility by the block size) the same for every length, and the block lists' sizes are marked
+dynamic, so a new length compiles nothing (measured with dynamo's compile counter on the CPU; a row of
 a single block, like a single row, is specialized once more: dynamic shapes treat size 1 apart).
 """
 import functools

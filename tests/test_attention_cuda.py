@@ -1,5 +1,6 @@
 """FlexAttention block masks against SDPA's dense masks, on CUDA: the same per-sequence log-probs and
-gradients for pair trees and plain packed sequences. FlexAttention has no CPU backward in torch 2.13
+gradients for pair trees and plain packed sequences, and no recompilation for a new length or a change
+of training mode once each grad mode has compiled. FlexAttention has no CPU backward in torch 2.13
 (and its CPU forward compiles for over a minute), so this runs only where CUDA is."""
 import pytest
 import torch
@@ -30,3 +31,25 @@ def test_flex_attention_matches_sdpa(share_prefix):
     torch.testing.assert_close(flex_sums, sdpa_sums, rtol=1e-4, atol=1e-4)
     for name, grad in sdpa_grads.items():
         torch.testing.assert_close(flex_grads[name], grad, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_flex_attention_does_not_recompile_for_new_lengths_nor_training_mode_flips():
+    """Training (with gradients) and scoring (evaluation mode, no gradients) each compile once; then a
+    longer batch and flips between them compile nothing (dynamo's count of compiled graphs)."""
+    from torch._dynamo.utils import counters
+
+    model = install_logprob_head(load_model(BUILTIN_MODEL, attn_implementation=FLEX_ATTENTION)).cuda()
+
+    def train_then_score(batch):
+        model.train()
+        batch_logps(model, batch).chosen.sum().backward()
+        model.eval()
+        with torch.no_grad():
+            batch_logps(model, batch)
+
+    shorter, longer = (collate(awkward_pairs() * n, pack=True, pad_id=0, share_prefix=True).to("cuda") for n in (2, 4))
+    train_then_score(shorter)  # rows of 2 blocks; a single block would be specialized apart
+    compiled = counters["stats"]["unique_graphs"]
+    train_then_score(longer)
+    train_then_score(shorter)
+    assert counters["stats"]["unique_graphs"] == compiled
