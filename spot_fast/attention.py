@@ -94,10 +94,10 @@ def attended_blocks(doc_ids, branch_ids, block_size):
     one_doc = (real | (doc == NO_TOKEN)).all(-1) & (first_doc == last_doc)  # no padding, one document
     single_token = (doc != NO_TOKEN).sum(-1) == 1
 
-    branches = F.one_hot(branch, len(BRANCHES)).bool()  # [rows, n, block_size, branches]
+    every_branch = torch.arange(len(BRANCHES), device=doc.device)
+    branches = branch[..., None] == every_branch  # [rows, n, block_size, branches]
     as_query = (branches & (real & (doc == first_doc[..., None]))[..., None]).any(-2).float()
     as_key = (branches & (real & (doc == last_doc[..., None]))[..., None]).any(-2).float()
-    every_branch = torch.arange(len(BRANCHES), device=doc.device)
     sees = sees_branch(every_branch[:, None], every_branch[None, :]).float()  # [query branch, key branch]
     seen_pairs = as_query @ sees @ as_key.transpose(1, 2)        # [rows, query block, key block]
     unseen_pairs = as_query @ (1 - sees) @ as_key.transpose(1, 2)
