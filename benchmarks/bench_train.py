@@ -44,6 +44,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_kernels import RESULTS_DIR, cell, device_name, median_ms, slug  # noqa: E402
 
+from spot_fast.attention import FLEX_ATTENTION  # noqa: E402
 from spot_fast.batching import collate  # noqa: E402
 from spot_fast.data import Pair  # noqa: E402
 from spot_fast.logprob_head import batch_logps, install_logprob_head  # noqa: E402
@@ -78,7 +79,7 @@ def build_model(config, attention, device, dtype):
     torch.manual_seed(SEED)
     with torch.device(device):
         model = Qwen3ForCausalLM._from_config(config, dtype=dtype)
-    model.set_attn_implementation("flex_attention" if attention == "flex" else "sdpa")
+    model.set_attn_implementation(FLEX_ATTENTION if attention == "flex" else "sdpa")
     if device.type == "cuda":
         try:
             from liger_kernel.transformers import _apply_liger_kernel_to_instance

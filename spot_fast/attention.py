@@ -3,54 +3,201 @@
 A batch gives every token a document id (-1 for padding) and a branch (``batching.py``); key k is
 visible to query q when ``doc[k] == doc[q] >= 0``, k is not after q in the row, and
 ``branch[k] in (TRUNK, branch[q])``. Padding tokens attend to themselves only (a query that sees no
-key would make the attention output NaN).
+key would make the attention output NaN). ``collate`` numbers a row's documents in increasing order
+along the row (padding may sit anywhere); the block-level masks below rely on that order.
 
-- ``sdpa`` / ``eager``: sequence layouts need no mask of ours (packed rows: transformers derives the
-  block-diagonal causal mask from the restarting positions; padded rows: a [rows, length] padding
-  mask); pair trees get a dense boolean [rows, 1, length, length] mask (additive float for eager).
-- ``flex_attention``: a FlexAttention ``BlockMask`` built from the same rule for every layout, so fully
-  masked blocks are skipped and no [length, length] tensor exists.
+- ``sdpa`` / ``eager``: padded sequence rows get a [rows, length] padding mask (transformers adds
+  causality); packed rows and pair trees get a dense boolean [rows, 1, length, length] mask (additive
+  float for eager), written in place in chunks of query rows: the mask itself is the only
+  [length, length] tensor.
+- ``FLEX_ATTENTION``: a FlexAttention ``BlockMask`` over rows padded to a multiple of
+  ``FLEX_BLOCK_SIZE``, whose block lists are computed from per-block summaries of the document and
+  branch ids (``attended_blocks``) in O(length + blocks^2) memory and time. torch's
+  ``create_block_mask`` would evaluate the rule on all length^2 pairs (densely with ``_compile=False``:
+  13.7 s and ~1.9 GB for one L=13k batch; fused with ``_compile=True``, but compiled per shape).
+  Masked blocks are skipped, fully visible blocks skip the rule, and only the partial ones evaluate it.
+
+``FLEX_ATTENTION`` is registered with transformers as an attention implementation of its own: it calls
+one ``torch.compile(flex_attention, dynamic=True)`` for the whole process, so training and scoring
+(evaluation mode, no gradients) each compile once (dynamo guards on the grad mode) and reuse their
+graph when the mode flips back. transformers' ``flex_attention`` compiles a new function whenever
+``module.training`` changes (``WrappedFlexAttention``), so every flip recompiles, until dynamo's
+recompile limit sends it to the eager path. Rows padded to whole blocks keep the length's guards
+(divisibility by the block size) the same for every length, and the block lists' sizes are marked
+dynamic, so a new length compiles nothing (measured with dynamo's compile counter on the CPU; a row of
+a single block, like a single row, is specialized once more: dynamic shapes treat size 1 apart).
 """
-import torch
+import functools
 
-from .batching import TRUNK
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, flex_attention_mask
+
+from .batching import BRANCHES, TRUNK
+
+FLEX_ATTENTION = "spot_flex_attention"
+FLEX_BLOCK_SIZE = 128  # FlexAttention's default sparse block size
+FLEX_COMPILE_BACKEND = "inductor"
+DENSE_MASK_CHUNK_ELEMENTS = 2 ** 24  # bound on the temporaries of one chunk of the dense mask
+NO_TOKEN = -2  # document id of the positions past a row's end when it is cut into blocks
+
+
+def sees_branch(query_branch, key_branch):
+    """Whether a query on ``query_branch`` may see a key on ``key_branch`` of the same document."""
+    return (key_branch == TRUNK) | (key_branch == query_branch)
 
 
 def visible(doc_ids, branch_ids, query, key):
     """The attention rule for index tensors ``query`` and ``key`` of one row (broadcasting)."""
     same_document = (doc_ids[query] == doc_ids[key]) & (doc_ids[query] >= 0)
-    on_path = (branch_ids[key] == TRUNK) | (branch_ids[key] == branch_ids[query])
-    return (same_document & (key <= query) & on_path) | (query == key)
+    return (same_document & (key <= query) & sees_branch(branch_ids[query], branch_ids[key])) | (query == key)
 
 
 def dense_mask(batch):
-    """[rows, 1, length, length] bool: True where a query may attend to a key."""
-    length = batch.doc_ids.shape[1]
-    index = torch.arange(length, device=batch.doc_ids.device)
-    query, key = index[:, None], index[None, :]
-    masks = [visible(doc, branch, query, key) for doc, branch in zip(batch.doc_ids, batch.branch_ids)]
-    return torch.stack(masks)[:, None]
+    """[rows, 1, length, length] bool: True where a query may attend to a key. Written row by row, chunk
+    by chunk of queries, into the one output tensor, so temporaries stay under ``DENSE_MASK_CHUNK_ELEMENTS``."""
+    rows, length = batch.doc_ids.shape
+    mask = torch.empty((rows, 1, length, length), dtype=torch.bool, device=batch.doc_ids.device)
+    key = torch.arange(length, device=batch.doc_ids.device)
+    chunk = max(1, DENSE_MASK_CHUNK_ELEMENTS // length)
+    for row, (doc_ids, branch_ids) in enumerate(zip(batch.doc_ids, batch.branch_ids)):
+        for start in range(0, length, chunk):
+            stop = min(start + chunk, length)
+            mask[row, 0, start:stop, :stop] = visible(doc_ids, branch_ids, key[start:stop, None], key[None, :stop])
+            mask[row, 0, start:stop, stop:] = False  # keys after the chunk's queries
+    return mask
 
 
-def block_mask(batch):
-    from torch.nn.attention.flex_attention import create_block_mask
+def attended_blocks(doc_ids, branch_ids, block_size):
+    """``(partial, full)``, [rows, n, n] bools over (query block, key block) pairs of each row cut into
+    ``n = ceil(length / block_size)`` blocks: ``full`` where every query of the block sees every key
+    of the other, ``partial`` where some but not all (query, key) pairs are visible; neither where none is.
 
-    doc_ids, branch_ids = batch.doc_ids, batch.branch_ids
+    Keys after a query block are never visible; the diagonal block always holds a visible pair (a
+    token sees itself) and is full only when it holds a single token. For a key block j before query
+    block i, every key precedes every query, so visibility is the document and branch rule alone.
+    Documents increase along a row, so the only document the two blocks can share is the last one of
+    block j if it is the first one of block i; some pair is visible iff a branch of that document in
+    block i sees (``sees_branch``) a branch of it in block j, and all pairs are iff both blocks hold
+    that one document only (no padding) and no branch pair between them is unseen. Per-block
+    summaries (first and last document, branches present) cost O(length), the pairs O(n^2 branches^2).
+    """
+    rows, length = doc_ids.shape
+    n = -(-length // block_size)
+    beyond = n * block_size - length
+    doc = F.pad(doc_ids, (0, beyond), value=NO_TOKEN).view(rows, n, block_size)
+    branch = F.pad(branch_ids, (0, beyond), value=TRUNK).view(rows, n, block_size)
+    real = doc >= 0
+    first_doc = torch.where(real, doc, torch.iinfo(doc.dtype).max).amin(-1)
+    last_doc = torch.where(real, doc, -1).amax(-1)
+    one_doc = (real | (doc == NO_TOKEN)).all(-1) & (first_doc == last_doc)  # no padding, one document
+    single_token = (doc != NO_TOKEN).sum(-1) == 1
+
+    every_branch = torch.arange(len(BRANCHES), device=doc.device)
+    branches = branch[..., None] == every_branch  # [rows, n, block_size, branches]
+    as_query = (branches & (real & (doc == first_doc[..., None]))[..., None]).any(-2).float()
+    as_key = (branches & (real & (doc == last_doc[..., None]))[..., None]).any(-2).float()
+    sees = sees_branch(every_branch[:, None], every_branch[None, :]).float()  # [query branch, key branch]
+    seen_pairs = as_query @ sees @ as_key.transpose(1, 2)        # [rows, query block, key block]
+    unseen_pairs = as_query @ (1 - sees) @ as_key.transpose(1, 2)
+
+    shared_document = (first_doc[:, :, None] == last_doc[:, None, :]) & (last_doc[:, None, :] >= 0)
+    below = torch.ones(n, n, dtype=torch.bool, device=doc.device).tril_(-1)
+    diagonal = torch.eye(n, dtype=torch.bool, device=doc.device)
+    linked = below & shared_document & (seen_pairs > 0)
+    full = (linked & one_doc[:, :, None] & one_doc[:, None, :] & (unseen_pairs == 0)) | (diagonal & single_token[:, :, None])
+    partial = (linked | diagonal) & ~full
+    return partial, full
+
+
+def attended_block_pairs(batch, block_size):
+    """``(partial, full)``: how many (query block, key block) pairs of ``batch``'s rows, cut into
+    blocks of ``block_size`` tokens, hold some visible (query, key) pair but not only visible ones,
+    and how many hold only visible ones (the work of an attention kernel that skips masked blocks)."""
+    partial, full = attended_blocks(batch.doc_ids, batch.branch_ids, block_size)
+    return int(partial.sum()), int(full.sum())
+
+
+def _ordered(blocks):
+    """FlexAttention's block lists of a [rows, n, n] bool: per query block, the number of key blocks
+    and their indices (ascending, the rest after them), with a head dimension of 1."""
+    counts = blocks.sum(-1, dtype=torch.int32)
+    indices = torch.argsort(blocks.to(torch.int32), dim=-1, descending=True, stable=True).to(torch.int32)
+    return counts[:, None].contiguous(), indices[:, None].contiguous()
+
+
+def block_mask(doc_ids, branch_ids):
+    """The FlexAttention ``BlockMask`` of rows whose length is a multiple of ``FLEX_BLOCK_SIZE``."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    if doc_ids.shape[1] % FLEX_BLOCK_SIZE:
+        raise ValueError(f"block_mask: rows of {doc_ids.shape[1]} tokens, not a multiple of {FLEX_BLOCK_SIZE}")
+    partial, full = attended_blocks(doc_ids, branch_ids, FLEX_BLOCK_SIZE)
 
     def mask_mod(b, h, q_idx, kv_idx):
         return visible(doc_ids[b], branch_ids[b], q_idx, kv_idx)
 
-    rows, length = doc_ids.shape
-    return create_block_mask(mask_mod, B=rows, H=None, Q_LEN=length, KV_LEN=length, device=doc_ids.device)
+    mask = BlockMask.from_kv_blocks(*_ordered(partial), *_ordered(full), BLOCK_SIZE=FLEX_BLOCK_SIZE, mask_mod=mask_mod)
+    # dynamo treats the block lists' sizes as static even under dynamic=True: mark rows and blocks dynamic, so a
+    # new length does not recompile the attention
+    for counts, indices in ((mask.kv_num_blocks, mask.kv_indices), (mask.full_kv_num_blocks, mask.full_kv_indices),
+                            (mask.q_num_blocks, mask.q_indices), (mask.full_q_num_blocks, mask.full_q_indices)):
+        for tensor, dims in ((counts, (0, 2)), (indices, (0, 2, 3))):
+            for dim in dims:
+                torch._dynamo.maybe_mark_dynamic(tensor, dim)
+    return mask
 
 
 def attention_mask(batch, implementation):
-    """What to pass as ``attention_mask`` to a model whose ``config._attn_implementation`` is ``implementation``."""
+    """What to pass as ``attention_mask`` to a model whose ``config._attn_implementation`` is
+    ``implementation`` (for ``FLEX_ATTENTION``, ``model_inputs`` pads the rows first)."""
     if implementation == "flex_attention":
-        return block_mask(batch)
-    if batch.shares_prefix:
+        raise ValueError(f"attention implementation 'flex_attention' recompiles whenever training mode changes: "
+                         f"load the model with attn_implementation={FLEX_ATTENTION!r}")
+    if implementation == FLEX_ATTENTION:
+        return block_mask(batch.doc_ids, batch.branch_ids)
+    if batch.packed or batch.shares_prefix:
         mask = dense_mask(batch)
         if implementation == "eager":
-            return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(~mask, torch.finfo(torch.float32).min)
+            return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(
+                mask.logical_not_(), torch.finfo(torch.float32).min)
         return mask
-    return None if batch.packed else (batch.doc_ids >= 0).long()
+    return (batch.doc_ids >= 0).long()
+
+
+def model_inputs(batch, implementation):
+    """Keyword arguments of the model body for ``batch``: ``input_ids``, ``position_ids`` and
+    ``attention_mask``. Under ``FLEX_ATTENTION`` the rows are first padded to a multiple of
+    ``FLEX_BLOCK_SIZE`` (padding tokens: id 0, document -1); the hidden states past
+    ``batch.input_ids.shape[1]`` belong to that padding."""
+    if implementation == FLEX_ATTENTION:
+        beyond = -batch.input_ids.shape[1] % FLEX_BLOCK_SIZE
+        doc_ids, branch_ids = F.pad(batch.doc_ids, (0, beyond), value=-1), F.pad(batch.branch_ids, (0, beyond), value=TRUNK)
+        return {"input_ids": F.pad(batch.input_ids, (0, beyond)), "position_ids": F.pad(batch.position_ids, (0, beyond)),
+                "attention_mask": block_mask(doc_ids, branch_ids)}
+    return {"input_ids": batch.input_ids, "position_ids": batch.position_ids,
+            "attention_mask": attention_mask(batch, implementation)}
+
+
+@functools.cache
+def compiled_flex_attention(backend):
+    """torch's ``flex_attention`` compiled once per process and ``backend``, with dynamic shapes."""
+    from torch.nn.attention.flex_attention import flex_attention
+    return torch.compile(flex_attention, backend=backend, dynamic=True)
+
+
+def flex_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers' attention-function interface for ``FLEX_ATTENTION``: ``attention_mask`` is a
+    ``BlockMask``; returns ``(output [batch, length, heads, head_dim], None)``. Only plain causal
+    attention (no dropout, soft-capping, attention sinks or sliding window) is supported."""
+    unsupported = {name: kwargs.get(name) for name in ("softcap", "s_aux", "sliding_window", "position_bias")}
+    if dropout or any(v is not None for v in unsupported.values()):
+        raise ValueError(f"{FLEX_ATTENTION}: dropout {dropout}, {unsupported}: only plain attention is supported")
+    output = compiled_flex_attention(FLEX_COMPILE_BACKEND)(
+        query, key, value, block_mask=attention_mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
+    return output.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(FLEX_ATTENTION, flex_attention_forward)
+AttentionMaskInterface.register(FLEX_ATTENTION, flex_attention_mask)  # masks of plain calls (model(input_ids))

@@ -27,7 +27,7 @@ from torch import nn
 
 from spot_kernels import linear_logprobs_unchecked, segment_sum
 
-from .attention import attention_mask
+from .attention import model_inputs
 
 
 class LogprobHead(nn.Module):
@@ -70,10 +70,8 @@ class BatchLogps(NamedTuple):
 def batch_logps(model, batch):
     """Per-sequence and per-token log-probs of ``batch`` (a ``batching.Batch`` on the model's device).
     A shared token of a pair tree is scored once and added to both of its sequences' sums."""
-    mask = attention_mask(batch, model.config._attn_implementation)
-    hidden = model_body(model)(
-        input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask, use_cache=False,
-    ).last_hidden_state
+    inputs = model_inputs(batch, model.config._attn_implementation)
+    hidden = model_body(model)(**inputs, use_cache=False).last_hidden_state[:, :batch.input_ids.shape[1]]
     hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.token_positions)
     out = model.get_output_embeddings()(hidden, batch.targets, return_stats=True)
     sums = segment_sum(out.logp, batch.seq_index, batch.num_sequences)

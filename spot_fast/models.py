@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
+from .attention import FLEX_ATTENTION
+
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN_MODEL = "builtin:tiny-qwen3"
 BUILTIN_SEED = 1234
@@ -110,6 +112,8 @@ def load_model(name, dtype=torch.float32, attn_implementation=None, zero3_config
     else:
         check_model_name(name)
         model = _loaded("the model", name, lambda: AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs))
+    if attn_implementation == FLEX_ATTENTION and not model._supports_flex_attn:
+        raise ModelError(f"{name}: {type(model).__name__} does not support FlexAttention (--attention flex); use sdpa")
     if load_in_4bit:
         _check_4bit_rows(model, name)
         _same_4bit_path_for_scoring(model)

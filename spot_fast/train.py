@@ -29,6 +29,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from spot_fast import run_dir
+from spot_fast.attention import FLEX_ATTENTION
 from spot_fast.checkpoint import TrainingState, load_checkpoint, prune_checkpoints, save_checkpoint
 from spot_fast.config import ConfigError, TrainConfig, parse_config
 from spot_fast.batching import collate, pair_tokens, to_device
@@ -112,7 +113,7 @@ def load_policy(name, config, dtype, device, zero3_config=None):
     ``device``, or partitioned over the ranks when given ``zero3_config`` (ZeRO-3's ``zero.Init``
     places each shard on the device)."""
     is_policy = name == config.model
-    model = load_model(name, dtype=dtype, attn_implementation="flex_attention" if config.attention == "flex" else "sdpa",
+    model = load_model(name, dtype=dtype, attn_implementation=FLEX_ATTENTION if config.attention == "flex" else "sdpa",
                        zero3_config=zero3_config, load_in_4bit=config.load_in_4bit and is_policy)
     if on_when_auto(config.liger, device):
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
