@@ -15,8 +15,14 @@ the CPU if there is no GPU. Read it top to bottom:
   Metrics every ``log_every`` steps, retain-set forgetting signals every ``retain_every``, atomic
   checkpoints every ``save_every``.
 - ``finish``: final checkpoint, evaluation on ``eval_data``, plot.
+- ``main``: a bad option, data file, model or cache ends the run with one line (rank 0 prints it: the
+  ranks read the same inputs, and a cache is read by rank 0 alone); Ctrl-C or SIGTERM ends it with one
+  line saying the step reached, the last checkpoint and the command that resumes from it, with exit
+  status 130 or 143.
 """
 import os
+import shlex
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -27,7 +33,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from spot_fast import run_dir
-from spot_fast.checkpoint import TrainingState, load_checkpoint, prune_checkpoints, save_checkpoint
+from spot_fast.checkpoint import TrainingState, checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from spot_fast.config import ConfigError, TrainConfig, parse_config
 from spot_fast.batching import collate, pair_tokens
 from spot_fast.data import DataError, load_pairs
@@ -39,6 +45,7 @@ from spot_fast.logprob_head import LogprobModel, install_logprob_head
 from spot_fast.lora import adapters_disabled, add_lora, parameter_count, save_merged
 from spot_fast.metrics import MetricsLog, MetricsWindow, check_report_to, plot_metrics
 from spot_fast.models import ModelError, check_model_name, hidden_size, load_model, load_tokenizer, model_identity
+from spot_fast.noise import silence_known_noise
 from spot_fast.objective import Objective, micro_batch_loss, reward_metrics
 from spot_fast.scoring import Scorer
 from spot_kernels import RewardShift, implicit_reward, resolve_backend
@@ -156,7 +163,7 @@ def set_up(config):
     if on_when_auto(config.gradient_checkpointing, device):
         policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy.train()
-    engine = build_engine(policy, config, engine_config, config.resolved_learning_rate(), order.total_steps)
+    engine = build_engine(policy, config, engine_config, config.learning_rate, order.total_steps)
     if rank == 0 and config.lora_r:
         trainable = parameter_count(p for p in policy.parameters() if p.requires_grad)
         print(f"LoRA: {trainable} trainable parameters of {parameter_count(policy.parameters())}")
@@ -247,32 +254,30 @@ def measure_retain(run, window):
     return row
 
 
-def train(config):
-    run = set_up(config)
+def train(run):
     config, order = run.config, run.order
     if run.retain is not None and run.state.step == 0:
         run.log.log(0, run.retain.measure(run.engine.module))  # the starting point: KL 0 up to float noise
     window = MetricsWindow()
-    progress = tqdm(range(run.state.step, order.total_steps), desc="train", unit="step", disable=not run.is_main,
-                    initial=run.state.step, total=order.total_steps)
-    for step in progress:
-        learning_rate = optimizer_step(run, step, window)
-        run.state.step = done = step + 1
-        row = {}
-        if done % config.log_every == 0 or done == order.total_steps:
-            row = window.row(run.world)
-            row.update({"grad_norm": float(run.engine.get_global_grad_norm() or 0.0), "lr": learning_rate,
-                        "epoch": step / order.steps_per_epoch})
-        if run.retain is not None and (done % config.retain_every == 0 or done == order.total_steps):
-            row.update(measure_retain(run, window))
-        if row:
-            run.log.log(done, row)
-            progress.set_postfix({name: f"{row[key]:.4g}" for name, key in PROGRESS_METRICS if key in row})
-        if config.save_every and done % config.save_every == 0 and done < order.total_steps:
-            save_checkpoint(run.engine, run.tokenizer, run.output_dir, f"checkpoint-{done}", run.state, config, run.rank)
-            if run.is_main:
-                prune_checkpoints(run.output_dir, config.keep_last)
-    progress.close()
+    with tqdm(range(run.state.step, order.total_steps), desc="train", unit="step", disable=not run.is_main,
+              initial=run.state.step, total=order.total_steps) as progress:
+        for step in progress:
+            learning_rate = optimizer_step(run, step, window)
+            run.state.step = done = step + 1
+            row = {}
+            if done % config.log_every == 0 or done == order.total_steps:
+                row = window.row(run.world)
+                row.update({"grad_norm": float(run.engine.get_global_grad_norm() or 0.0), "lr": learning_rate,
+                            "epoch": step / order.steps_per_epoch})
+            if run.retain is not None and (done % config.retain_every == 0 or done == order.total_steps):
+                row.update(measure_retain(run, window))
+            if row:
+                run.log.log(done, row)
+                progress.set_postfix({name: f"{row[key]:.4g}" for name, key in PROGRESS_METRICS if key in row})
+            if config.save_every and done % config.save_every == 0 and done < order.total_steps:
+                save_checkpoint(run.engine, run.tokenizer, run.output_dir, f"checkpoint-{done}", run.state, config, run.rank)
+                if run.is_main:
+                    prune_checkpoints(run.output_dir, config.keep_last)
     finish(run)
 
 
@@ -303,15 +308,66 @@ def finish(run):
         print(f"model saved to {final}; metrics in {run.log.path}; plot in {run.output_dir / 'training.png'}")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so that both end a run the same way."""
+
+
+def _stop(signum, frame):
+    """The first SIGINT or SIGTERM raises; a later SIGTERM is ignored while the run ends (torchrun sends
+    one to every rank after a Ctrl-C that every rank already got), a later Ctrl-C raises as usual."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def resume_command(argv, world, local_world):
+    """The command that continues this run from its last checkpoint: its own options, without
+    ``--resume`` and ``--overwrite``, then ``--resume latest``."""
+    options, args = [], iter(argv)
+    for arg in args:
+        if arg == "--resume":
+            next(args, None)  # its value
+        elif arg.split("=", 1)[0] not in ("--resume", "--overwrite", "--no-overwrite"):
+            options.append(arg)
+    script = os.path.relpath(__file__)
+    script = __file__ if script.startswith("..") else script
+    launcher = ["python"] if world == 1 else ["torchrun", f"--nproc_per_node={local_world}"]
+    nodes = "" if world == local_world else f"on each of the {world // local_world} nodes: "
+    return nodes + shlex.join(launcher + [script] + options + ["--resume", "latest"])
+
+
+def interrupted_message(config, step, argv):
+    """One line: the step reached, the last checkpoint, and how to go on from it."""
+    world, local_world = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    reached = "before the first step" if step is None else f"at step {step}"
+    saved = checkpoints(config.output_dir)
+    if not saved:
+        return (f"interrupted {reached}; no checkpoint in {config.output_dir} to resume from (--save-every N writes "
+                f"one every N steps)")
+    return (f"interrupted {reached}; last checkpoint {saved[-1]}; continue with: "
+            f"{resume_command(argv, world, local_world)}")
+
+
 def main(argv=None):
+    silence_known_noise()
+    argv = sys.argv[1:] if argv is None else argv
     config = parse_config(argv)
-    succeeded = False
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    run, succeeded = None, False
     try:
-        train(config)
+        run = set_up(config)
+        train(run)
         succeeded = True
     except (ConfigError, DataError, ModelError, CacheError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        if is_main:
+            print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as interrupt:
+        if is_main:
+            print(interrupted_message(config, run and run.state.step, argv), file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
     finally:
         stop_distributed(succeeded)
     return 0

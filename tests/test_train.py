@@ -297,6 +297,14 @@ GOOD = json.dumps({"question": "1+1?", "chosen": "2", "rejected": "3"})
     ([], r"bad\.jsonl: no usable pairs", "spot_bco"),
     ([json.dumps({"question": "x " * 500, "chosen": "y", "rejected": "z"})],
      r"no usable pairs \(1 prompts longer than max_length 64\)", "spot_bco"),
+    ([GOOD, json.dumps({"question": [{"role": "user", "content": 7}], "chosen": "y", "rejected": "z"})],
+     r"bad\.jsonl:2: field 'question', message 1: 'content' must be a string; got int", "spot_bco"),
+    ([json.dumps({"question": [{"role": "system", "content": "s"}, {"role": "wizard", "content": "x"}],
+                  "chosen": "y", "rejected": "z"})],
+     r"bad\.jsonl:1: field 'question', message 2: role 'wizard' is not one of \['system', 'user', 'assistant'\]",
+     "spot_bco"),
+    ([json.dumps({"question": "x", "chosen": [{"role": "assistant", "content": None}], "rejected": "z"})],
+     r"bad\.jsonl:1: field 'chosen', message 1: 'content' must be a string; got NoneType", "spot_bco"),
     ([json.dumps({"question": "x", "response": "y", "behavior_logps": "x"})],
      r"bad\.jsonl:1: field 'behavior_logps' must be a list of numbers", "pear"),
     ([json.dumps({"question": "x", "response": "y", "behavior_logps": [-0.5]})],
@@ -312,8 +320,23 @@ def test_bad_data_is_reported_with_file_and_line(tmp_path, capsys, lines, messag
     assert not (tmp_path / "out").exists()  # nothing written
 
 
+def test_tool_messages_are_read_where_the_chat_template_renders_them(tmp_path):
+    tokenizer = load_tokenizer(BUILTIN_MODEL)
+    tool_turn = {"question": [{"role": "user", "content": "1+1?"}, {"role": "tool", "content": "2"}],
+                 "chosen": "2", "rejected": "3"}
+    path = write_lines(tmp_path / "tool.jsonl", [json.dumps(tool_turn)])
+    with pytest.raises(DataError, match="role 'tool' is not one of"):
+        load_pairs(path, tokenizer, 64)
+    tokenizer.chat_template = tokenizer.chat_template.replace(
+        "{{- '<|im_start|>' + message['role']",
+        "{%- if message['role'] == 'tool' %}{{- '<tool_response>' }}{%- endif %}{{- '<|im_start|>' + message['role']")
+    pair = load_pairs(path, tokenizer, 64)[0][0]
+    assert "<tool_response>" in tokenizer.decode(pair.prompt_ids)
+
+
 def test_missing_model_and_unknown_loss(tmp_path, capsys):
-    assert train_module.main(["--model", str(tmp_path / "no-such-model"), "--output-dir", str(tmp_path / "out")]) == 1
+    assert train_module.main(["--model", str(tmp_path / "no-such-model"), "--data", str(ASSETS / "pairs.jsonl"),
+                              "--output-dir", str(tmp_path / "out")]) == 1
     assert "no-such-model" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         train_module.main(["--loss", "ipo"])
