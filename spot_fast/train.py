@@ -15,9 +15,9 @@ the CPU if there is no GPU. Read it top to bottom:
   Metrics every ``log_every`` steps, retain-set forgetting signals every ``retain_every``, atomic
   checkpoints every ``save_every``.
 - ``finish``: final checkpoint, evaluation on ``eval_data``, plot.
-- ``main``: a bad option, data file, model or cache ends the run with one line (rank 0 prints it: the
-  ranks read the same inputs, and a cache is read by rank 0 alone); Ctrl-C or SIGTERM ends it with one
-  line saying the step reached, the last checkpoint and the command that resumes from it, with exit
+- ``main``: a bad option, data file, model or cache ends the run with one line, printed once under
+  torchrun where the ranks fail alike (``report_error``); Ctrl-C or SIGTERM ends it with one line from
+  rank 0 saying the step reached, the last checkpoint and the command that resumes from it, with exit
   status 130 or 143.
 """
 import os
@@ -25,6 +25,7 @@ import shlex
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,7 @@ from spot_fast.objective import Objective, micro_batch_loss, reward_metrics
 from spot_fast.scoring import Scorer
 from spot_kernels import RewardShift, implicit_reward, resolve_backend
 
+OTHER_RANKS_WAIT_S = 10  # how long a rank other than 0 waits for rank 0 to report the same error
 PROGRESS_METRICS = (("loss", "loss"), ("margin", "rewards/margin"), ("w", "pear/weight_mean"),
                     ("retain_kl", "retain/kl_k3"), ("tok_s", "tokens_per_s"))
 
@@ -320,6 +322,19 @@ def _stop(signum, frame):
     raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
+@contextmanager
+def signals_stop_the_run():
+    """SIGINT and SIGTERM raise (``_stop``) inside the block; the previous handlers are back after it."""
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
+        signal.signal(signum, _stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def resume_command(argv, world, local_world):
     """The command that continues this run from its last checkpoint: its own options, without
     ``--resume`` and ``--overwrite``, then ``--resume latest``."""
@@ -348,28 +363,37 @@ def interrupted_message(config, step, argv):
             f"{resume_command(argv, world, local_world)}")
 
 
+def report_error(error, rank):
+    """Prints ``error`` once per run where the ranks fail alike, as they do on bad options or data (they
+    read the same inputs). Rank 0 prints at once. Another rank waits ``OTHER_RANKS_WAIT_S`` first:
+    torchrun stops every rank as soon as one exits with an error, so when rank 0 fails too this rank
+    ends silently (SIGTERM, default action); an error of this rank alone is printed after the wait."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if rank != 0:
+        time.sleep(OTHER_RANKS_WAIT_S)
+    print(f"error: {error}", file=sys.stderr)
+
+
 def main(argv=None):
     silence_known_noise()
     argv = sys.argv[1:] if argv is None else argv
     config = parse_config(argv)
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    is_main = int(os.environ.get("RANK", "0")) == 0
+    rank = int(os.environ.get("RANK", "0"))
     run, succeeded = None, False
-    try:
-        run = set_up(config)
-        train(run)
-        succeeded = True
-    except (ConfigError, DataError, ModelError, CacheError) as error:
-        if is_main:
-            print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt as interrupt:
-        if is_main:
-            print(interrupted_message(config, run and run.state.step, argv), file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
-    finally:
-        stop_distributed(succeeded)
+    with signals_stop_the_run():
+        try:
+            run = set_up(config)
+            train(run)
+            succeeded = True
+        except (ConfigError, DataError, ModelError, CacheError) as error:
+            report_error(error, rank)
+            return 1
+        except KeyboardInterrupt as interrupt:
+            if rank == 0:
+                print(interrupted_message(config, run and run.state.step, argv), file=sys.stderr)
+            return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+        finally:
+            stop_distributed(succeeded)
     return 0
 
 

@@ -320,6 +320,26 @@ def test_bad_data_is_reported_with_file_and_line(tmp_path, capsys, lines, messag
     assert not (tmp_path / "out").exists()  # nothing written
 
 
+def test_an_error_under_torchrun_is_printed_once(tmp_path):
+    """Both ranks read the same bad file: rank 0 reports it, and torchrun stops the other rank while it
+    waits to report it too."""
+    data = write_lines(tmp_path / "bad.jsonl", [json.dumps({"question": "x"})])
+    result = subprocess.run(TORCHRUN + ["--data", data, "--output-dir", str(tmp_path / "out")], capture_output=True,
+                            text=True, cwd=REPO, timeout=300)
+    assert result.returncode != 0
+    assert (result.stdout + result.stderr).count("bad.jsonl:1: missing field") == 1, result.stderr[-3000:]
+
+
+def test_an_error_of_another_rank_alone_is_reported(tmp_path, capsys, monkeypatch):
+    """A rank other than 0 reports its error after the wait (rank 0 may not have it, e.g. a file missing
+    on one node)."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(train_module, "OTHER_RANKS_WAIT_S", 0)
+    data = write_lines(tmp_path / "bad.jsonl", [json.dumps({"question": "x"})])
+    assert train_module.main(["--data", data, "--output-dir", str(tmp_path / "out")]) == 1
+    assert "bad.jsonl:1: missing field" in capsys.readouterr().err
+
+
 def test_tool_messages_are_read_where_the_chat_template_renders_them(tmp_path):
     tokenizer = load_tokenizer(BUILTIN_MODEL)
     tool_turn = {"question": [{"role": "user", "content": "1+1?"}, {"role": "tool", "content": "2"}],
