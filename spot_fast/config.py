@@ -4,7 +4,10 @@ Defaults reproduce the SPoT recipe (DESIGN.md section 1): spot_bco, beta 0.1, lr
 warmup, 2 epochs, weight decay 0.01, Adam betas (0.9, 0.95), grad clip 1.0, global batch 32, max
 length 8192, ZeRO-2, bf16 and gradient checkpointing on GPU. With no ``--model`` and ``--data`` the
 run is the built-in demo (tiny model, bundled pairs); the recipe's learning rate does not move a
-randomly initialized 2-layer model, so the demo uses ``DEMO_LEARNING_RATE`` unless one is given.
+randomly initialized 2-layer model, so the demo uses ``DEMO_LEARNING_RATE`` unless one is given. The
+bundled pairs are the default for the built-in model only: any other model needs ``--data``.
+``validate`` resolves these model-dependent defaults, so a config always holds the values the run
+uses (and a checkpoint stores them).
 The PEAR options default to ``spot_kernels.PearConfig()`` (this library's choice; see kernels/pear.py).
 
 Every option is validated once, from the flags and the YAML alike, before anything is loaded or
@@ -27,6 +30,7 @@ from .data import RENDER_MODES, TRUNCATION_MODES, TokenLayout
 from .models import ASSETS, BUILTIN_MODEL
 from .objective import Objective
 
+RECIPE_LEARNING_RATE = 1e-6
 DEMO_LEARNING_RATE = 2e-3
 OBJECTIVES = (*LOSS_KINDS, "pear")
 PEAR_DEFAULTS = PearConfig()
@@ -35,7 +39,8 @@ PEAR_DEFAULTS = PearConfig()
 @dataclass
 class TrainConfig:
     model: str = field(default=BUILTIN_MODEL, metadata={"help": "local path or hub id; default: the built-in tiny model"})
-    data: str = field(default=str(ASSETS / "pairs.jsonl"), metadata={"help": "training pairs (JSONL)"})
+    data: str = field(default=str(ASSETS / "pairs.jsonl"), metadata={
+        "help": "training pairs (JSONL)", "default_help": "the bundled demo pairs, with the built-in model only"})
     eval_data: str = field(default="", metadata={"help": "held-out pairs (JSONL), evaluated at the end"})
     output_dir: str = field(default="outputs/spot", metadata={"help": "checkpoints, metrics, plots"})
     cache_dir: str = field(default="", metadata={"help": "cached reference / behaviour / retain log-probs; empty: OUTPUT_DIR/../.logprob_cache"})
@@ -43,7 +48,8 @@ class TrainConfig:
     beta: float = 0.1
     delta_mode: str = field(default="cumulative", metadata={"choices": ("cumulative", "ema"), "help": "spot_bco reward shift"})
     delta_decay: float = field(default=0.99, metadata={"help": "ema decay of the reward shift"})
-    learning_rate: float = field(default=0.0, metadata={"help": "default 1e-6 (the recipe), or the demo rate for the built-in model"})
+    learning_rate: float = field(default=RECIPE_LEARNING_RATE, metadata={
+        "help": "peak learning rate", "default_help": "1e-6, or 2e-3 for the built-in model"})
     warmup_ratio: float = 0.05
     epochs: int = 2
     per_device_batch: int = 4
@@ -113,17 +119,12 @@ class TrainConfig:
         max_prompt_length = self.max_prompt_length or (self.max_length // 2 if self.render == "trl020" else 0)
         return TokenLayout(self.render, max_prompt_length, self.truncation_mode)
 
-    def resolved_learning_rate(self):
-        if self.learning_rate > 0:
-            return self.learning_rate
-        return DEMO_LEARNING_RATE if self.model == BUILTIN_MODEL else 1e-6
-
 
 # option -> (the test a value must pass, what it must be); options not listed take any value of their type
 RANGES = {
     "beta": (lambda v: v > 0, "> 0"),
     "delta_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "learning_rate": (lambda v: v >= 0, ">= 0 (0: the default)"),
+    "learning_rate": (lambda v: v > 0, "> 0"),
     "warmup_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "epochs": (lambda v: v >= 1, ">= 1"),
     "per_device_batch": (lambda v: v >= 1, ">= 1"),
@@ -160,11 +161,17 @@ def changed_on_resume(saved, config):
     now = dataclasses.asdict(config)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     saved = {name: saved.get(name, defaults[name]) for name in now}
+    if saved["learning_rate"] == 0.0:  # written when 0.0 stood for the model's default rate
+        saved["learning_rate"] = default_learning_rate(saved["model"])
     return [(name, saved[name], now[name]) for name in now if name not in RESUME_SAFE and saved[name] != now[name]]
 
 
 class ConfigError(ValueError):
     """An option with a bad value; the message names the option (and the YAML file it came from)."""
+
+
+def default_learning_rate(model):
+    return DEMO_LEARNING_RATE if model == BUILTIN_MODEL else RECIPE_LEARNING_RATE
 
 
 def _typed(f, value, option):
@@ -202,6 +209,11 @@ def validate(values, sources):
             raise ConfigError(f"{option}: {value!r} is not one of {list(choices)}")
         if name in RANGES and not RANGES[name][0](value):
             raise ConfigError(f"{option} must be {RANGES[name][1]}; got {value!r}")
+    model = checked.get("model", BUILTIN_MODEL)
+    if model != BUILTIN_MODEL and "data" not in checked:
+        raise ConfigError(f"--model {model} needs --data: the bundled demo pairs are the default for the built-in "
+                          f"model only")
+    checked.setdefault("learning_rate", default_learning_rate(model))
     config = TrainConfig(**checked)
     if config.lora_save_merged and not config.lora_r:
         raise ConfigError("--lora-save-merged needs LoRA adapters (--lora-r)")
@@ -242,7 +254,8 @@ def build_parser():
     parser.add_argument("--config", help="YAML file of options (keys as below, with underscores); flags override it")
     for f in dataclasses.fields(TrainConfig):
         help_text = f.metadata.get("help", "")
-        kwargs = {"help": f"{help_text} (default: {f.default!r})".lstrip(), "default": None}
+        default = f.metadata.get("default_help", repr(f.default))
+        kwargs = {"help": f"{help_text} (default: {default})".lstrip(), "default": None}
         if isinstance(f.default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:

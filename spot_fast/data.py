@@ -1,7 +1,8 @@
 """Preference pairs: read JSONL, render with the chat template, tokenize, truncate, batch.
 
 Accepted fields per line (DESIGN.md section 5):
-- prompt: ``question`` or ``prompt`` (a string, or a list of chat messages),
+- prompt: ``question`` or ``prompt`` (a string, or a list of chat messages: ``role`` system, user or
+  assistant, or tool where the chat template renders tool messages, and a string ``content``),
 - chosen y+: ``gemini_corrected_answer``, ``chosen``, ``response`` or ``completion`` (a string, or
   messages ending with the assistant's),
 - rejected y-: ``original_answer`` or ``rejected`` (same); read only when the objective compares two
@@ -25,9 +26,11 @@ Two token layouts (``TokenLayout.render``):
   (``keep_start``) or last (``keep_end``) ``max_length`` tokens (``fit_to_length`` says where one
   shared prompt cannot follow TRL exactly). Answers read from the SPoT field names
   (``SPOT_ANSWER_FIELDS``) lose a leading ``"\n\n"`` first, as the release's script strips them.
-A malformed line raises ``DataError`` naming the file and line. Batching is in ``batching.py``.
+A malformed line raises ``DataError`` naming the file and line. A UTF-8 byte-order mark at the start
+of the file (as some editors write) is skipped. Batching is in ``batching.py``.
 """
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +41,7 @@ CHOSEN_FIELDS = ("gemini_corrected_answer", "chosen", "response", "completion")
 REJECTED_FIELDS = ("original_answer", "rejected")
 SPOT_ANSWER_FIELDS = ("gemini_corrected_answer", "original_answer")  # trl020: a leading "\n\n" is stripped
 BEHAVIOR_FIELD = "behavior_logps"
+CHAT_ROLES = ("system", "user", "assistant")
 RENDER_MODES = ("spot-fast", "trl020")
 TRUNCATION_MODES = ("keep_end", "keep_start")
 
@@ -72,18 +76,31 @@ def _field(record, names, where):
                     f"found {', '.join(map(repr, record)) or 'no fields'}")
 
 
-def _as_messages(value, field, where):
+def chat_roles(tokenizer):
+    """The message roles a row may use: system, user and assistant, and tool where the chat template
+    names that role (renders tool messages)."""
+    return CHAT_ROLES + ("tool",) if re.search(r"""["']tool["']""", tokenizer.chat_template or "") else CHAT_ROLES
+
+
+def _as_messages(value, field, where, roles):
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
-    if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
-        return value
-    raise DataError(f"{where}: field {field!r} must be a string or a non-empty list of "
-                    f"{{'role', 'content'}} messages; got {type(value).__name__}")
+    if not (isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)):
+        raise DataError(f"{where}: field {field!r} must be a string or a non-empty list of "
+                        f"{{'role', 'content'}} messages; got {type(value).__name__}")
+    for number, message in enumerate(value, start=1):
+        if message["role"] not in roles:
+            raise DataError(f"{where}: field {field!r}, message {number}: role {message['role']!r} is not one of "
+                            f"{list(roles)}")
+        if not isinstance(message["content"], str):
+            raise DataError(f"{where}: field {field!r}, message {number}: 'content' must be a string; got "
+                            f"{type(message['content']).__name__}")
+    return value
 
 
-def _completion_text(value, field, where):
+def _completion_text(value, field, where, roles):
     if isinstance(value, list):
-        messages = _as_messages(value, field, where)
+        messages = _as_messages(value, field, where, roles)
         if messages[-1]["role"] != "assistant":
             raise DataError(f"{where}: field {field!r}: the last message must be the assistant's")
         value = messages[-1]["content"]
@@ -222,11 +239,12 @@ def load_pairs(path, tokenizer, max_length, with_rejected=True, with_behavior=Fa
         raise DataError("the tokenizer has no eos token; completions need an end token")
     pairs, stats = [], DataStats()
     first_line_behavior = None  # (line, has the behaviour field): every line must agree with it
+    roles = chat_roles(tokenizer)
     with open(path, "rb") as f:
         for line_number, raw in enumerate(f, start=1):
             where = f"{path}:{line_number}"
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
             except UnicodeDecodeError as error:
                 raise DataError(f"{where}: not UTF-8 text (byte 0x{raw[error.start]:02x} at column {error.start + 1}); "
                                 f"re-encode the file as UTF-8") from None
@@ -239,11 +257,11 @@ def load_pairs(path, tokenizer, max_length, with_rejected=True, with_behavior=Fa
             if not isinstance(record, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
             prompt_field, prompt = _field(record, PROMPT_FIELDS, where)
-            prompt_messages = _as_messages(prompt, prompt_field, where)
+            prompt_messages = _as_messages(prompt, prompt_field, where, roles)
             answers = []
             for fields in (CHOSEN_FIELDS, REJECTED_FIELDS) if with_rejected else (CHOSEN_FIELDS,):
                 answer_field, answer = _field(record, fields, where)
-                answer = _completion_text(answer, answer_field, where)
+                answer = _completion_text(answer, answer_field, where, roles)
                 if layout.render == "trl020" and answer_field in SPOT_ANSWER_FIELDS:
                     answer = answer.removeprefix("\n\n")
                 answers.append(answer)

@@ -8,8 +8,9 @@ reference log-probs of the evaluation pairs.
 A cache file ``<what>-<hash>.pt`` is keyed by everything its values depend on and nothing else:
 a hash of the **token ids** scored (so any change of data, chat template, tokenizer or truncation
 gives a new key, and stale log-probs can never be reused), the model's identity, the dtype and the
-kernel backend. The file stores its key and its row count; a file whose key or row count differs
-from what the run expects, or that cannot be read, is refused with an error naming it. Writes are
+kernel backend. The file stores its key, its values and a sha256 of the values' bytes; a file whose
+key or row count differs from what the run expects, whose values do not match their checksum (damaged
+or edited), or that cannot be read, is refused with an error naming it. Writes are
 atomic (temp file + fsync + rename). Only rank 0 touches the file: it decides whether the cache
 exists, reads it and sends the values to the other ranks, or, after all ranks have scored, writes it.
 """
@@ -42,6 +43,13 @@ def token_digest(pairs, with_rejected):
     return digest.hexdigest()
 
 
+def values_digest(values):
+    """sha256 of a tensor's dtype, shape and bytes."""
+    digest = hashlib.sha256(f"{values.dtype} {tuple(values.shape)}".encode())
+    digest.update(values.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 class LogprobCache:
     """One cached fp32 tensor at ``cache_dir/<what>-<hash of key>.pt``."""
 
@@ -57,13 +65,16 @@ class LogprobCache:
         remedy = "delete it to recompute"
         try:
             saved = torch.load(self.path, map_location="cpu", weights_only=True)
-            key, values = saved["key"], saved["logps"]
+            key, values, checksum = saved["key"], saved["logps"], saved.get("checksum")
         except Exception as error:  # a truncated or foreign file: torch raises many kinds
             raise CacheError(f"log-prob cache {self.path} cannot be read ({type(error).__name__}: {error}); "
                              f"{remedy}") from None
         if key != self.key:
             raise CacheError(f"log-prob cache {self.path} was computed from other inputs than this run's "
                              f"(its key {key} differs from {self.key}); {remedy}")
+        if checksum != values_digest(values):
+            raise CacheError(f"log-prob cache {self.path}: its values do not match the checksum stored with them "
+                             f"(the file is damaged or was edited); {remedy}")
         if values.shape[0] != rows:
             raise CacheError(f"log-prob cache {self.path} holds {values.shape[0]} rows but this run expects "
                              f"{rows}; {remedy}")
@@ -73,7 +84,7 @@ class LogprobCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         with open(tmp, "wb") as f:
-            torch.save({"key": self.key, "logps": values.cpu()}, f)
+            torch.save({"key": self.key, "logps": values.cpu(), "checksum": values_digest(values)}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)

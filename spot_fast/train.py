@@ -16,11 +16,17 @@ the CPU if there is no GPU. Read it top to bottom:
   checkpoints every ``save_every``. ``--sync-debug warn`` (CUDA) counts every host synchronisation in
   the loop by call site into OUTPUT_DIR/host_syncs.json (``host_syncs.py``).
 - ``finish``: final checkpoint, evaluation on ``eval_data``, plot.
+- ``main``: a bad option, data file, model or cache ends the run with one line, printed once under
+  torchrun where the ranks fail alike (``report_error``); Ctrl-C or SIGTERM ends it with one line from
+  rank 0 saying the step reached, the last checkpoint and the command that resumes from it, with exit
+  status 130 or 143.
 """
 import os
+import shlex
+import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +36,7 @@ from tqdm.auto import tqdm
 
 from spot_fast import run_dir
 from spot_fast.attention import FLEX_ATTENTION
-from spot_fast.checkpoint import TrainingState, load_checkpoint, prune_checkpoints, save_checkpoint
+from spot_fast.checkpoint import TrainingState, checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from spot_fast.config import ConfigError, TrainConfig, parse_config
 from spot_fast.batching import collate, pair_tokens, to_device
 from spot_fast.data import DataError, load_pairs
@@ -43,10 +49,12 @@ from spot_fast.logprob_head import LogprobModel, install_logprob_head
 from spot_fast.lora import adapters_disabled, add_lora, parameter_count, save_merged
 from spot_fast.metrics import MetricsLog, MetricsWindow, check_report_to, plot_metrics
 from spot_fast.models import ModelError, check_model_name, hidden_size, load_model, load_tokenizer, model_identity
+from spot_fast.noise import silence_known_noise
 from spot_fast.objective import Objective, micro_batch_loss, reward_metrics
 from spot_fast.scoring import Scorer
 from spot_kernels import RewardShift, implicit_reward, resolve_backend
 
+OTHER_RANKS_WAIT_S = 10  # how long a rank other than 0 waits for rank 0 to report the same error
 PROGRESS_METRICS = (("loss", "loss"), ("margin", "rewards/margin"), ("w", "pear/weight_mean"),
                     ("retain_kl", "retain/kl_k3"), ("tok_s", "tokens_per_s"))
 
@@ -160,7 +168,7 @@ def set_up(config):
     if on_when_auto(config.gradient_checkpointing, device):
         policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy.train()
-    engine = build_engine(policy, config, engine_config, config.resolved_learning_rate(), order.total_steps)
+    engine = build_engine(policy, config, engine_config, config.learning_rate, order.total_steps)
     if rank == 0 and config.lora_r:
         trainable = parameter_count(p for p in policy.parameters() if p.requires_grad)
         print(f"LoRA: {trainable} trainable parameters of {parameter_count(policy.parameters())}")
@@ -260,16 +268,15 @@ def measure_retain(run, window):
     return row
 
 
-def train(config):
-    run = set_up(config)
+def train(run):
     config, order = run.config, run.order
     if run.retain is not None and run.state.step == 0:
         run.log.log(0, run.retain.measure(run.engine.module))  # the starting point: KL 0 up to float noise
     window, first_step = MetricsWindow(), run.state.step
-    progress = tqdm(range(run.state.step, order.total_steps), desc="train", unit="step", disable=not run.is_main,
-                    initial=run.state.step, total=order.total_steps)
     host_syncs = HostSyncs(run.device) if config.sync_debug == "warn" else None
-    with host_syncs.traced() if host_syncs else nullcontext():
+    with tqdm(range(run.state.step, order.total_steps), desc="train", unit="step", disable=not run.is_main,
+              initial=run.state.step, total=order.total_steps) as progress, \
+            (host_syncs.traced() if host_syncs else nullcontext()):
         for step in progress:
             learning_rate = optimizer_step(run, step, window)
             run.state.step = done = step + 1
@@ -287,7 +294,6 @@ def train(config):
                 save_checkpoint(run.engine, run.tokenizer, run.output_dir, f"checkpoint-{done}", run.state, config, run.rank)
                 if run.is_main:
                     prune_checkpoints(run.output_dir, config.keep_last)
-    progress.close()
     if host_syncs is not None and run.is_main:
         host_syncs.write(run.output_dir / "host_syncs.json", order.total_steps - first_step)
     finish(run)
@@ -320,17 +326,90 @@ def finish(run):
         print(f"model saved to {final}; metrics in {run.log.path}; plot in {run.output_dir / 'training.png'}")
 
 
-def main(argv=None):
-    config = parse_config(argv)
-    succeeded = False
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so that both end a run the same way."""
+
+
+def _stop(signum, frame):
+    """The first SIGINT or SIGTERM raises; a later SIGTERM is ignored while the run ends (torchrun sends
+    one to every rank after a Ctrl-C that every rank already got), a later Ctrl-C raises as usual."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+@contextmanager
+def signals_stop_the_run():
+    """SIGINT and SIGTERM raise (``_stop``) inside the block; the previous handlers are back after it."""
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
+        signal.signal(signum, _stop)
     try:
-        train(config)
-        succeeded = True
-    except (ConfigError, DataError, ModelError, CacheError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        yield
     finally:
-        stop_distributed(succeeded)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def resume_command(argv, world, local_world):
+    """The command that continues this run from its last checkpoint: its own options, without
+    ``--resume`` and ``--overwrite``, then ``--resume latest``."""
+    options, args = [], iter(argv)
+    for arg in args:
+        if arg == "--resume":
+            next(args, None)  # its value
+        elif arg.split("=", 1)[0] not in ("--resume", "--overwrite", "--no-overwrite"):
+            options.append(arg)
+    script = os.path.relpath(__file__)
+    script = __file__ if script.startswith("..") else script
+    launcher = ["python"] if world == 1 else ["torchrun", f"--nproc_per_node={local_world}"]
+    nodes = "" if world == local_world else f"on each of the {world // local_world} nodes: "
+    return nodes + shlex.join(launcher + [script] + options + ["--resume", "latest"])
+
+
+def interrupted_message(config, step, argv):
+    """One line: the step reached, the last checkpoint, and how to go on from it."""
+    world, local_world = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    reached = "before the first step" if step is None else f"at step {step}"
+    saved = checkpoints(config.output_dir)
+    if not saved:
+        return (f"interrupted {reached}; no checkpoint in {config.output_dir} to resume from (--save-every N writes "
+                f"one every N steps)")
+    return (f"interrupted {reached}; last checkpoint {saved[-1]}; continue with: "
+            f"{resume_command(argv, world, local_world)}")
+
+
+def report_error(error, rank):
+    """Prints ``error`` once per run where the ranks fail alike, as they do on bad options or data (they
+    read the same inputs). Rank 0 prints at once. Another rank waits ``OTHER_RANKS_WAIT_S`` first:
+    torchrun stops every rank as soon as one exits with an error, so when rank 0 fails too this rank
+    ends silently (SIGTERM, default action); an error of this rank alone is printed after the wait."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if rank != 0:
+        time.sleep(OTHER_RANKS_WAIT_S)
+    print(f"error: {error}", file=sys.stderr)
+
+
+def main(argv=None):
+    silence_known_noise()
+    argv = sys.argv[1:] if argv is None else argv
+    config = parse_config(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    run, succeeded = None, False
+    with signals_stop_the_run():
+        try:
+            run = set_up(config)
+            train(run)
+            succeeded = True
+        except (ConfigError, DataError, ModelError, CacheError) as error:
+            report_error(error, rank)
+            return 1
+        except KeyboardInterrupt as interrupt:
+            if rank == 0:
+                print(interrupted_message(config, run and run.state.step, argv), file=sys.stderr)
+            return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+        finally:
+            stop_distributed(succeeded)
     return 0
 
 

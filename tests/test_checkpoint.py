@@ -1,10 +1,15 @@
 """Checkpoints under interruption: a save that raises or is SIGKILLed part-way never leaves a
 checkpoint that ``--resume latest`` trusts; resuming from the last complete one reproduces the
-uninterrupted run (metrics and final weights); ``keep_last`` keeps the newest checkpoints."""
+uninterrupted run (metrics and final weights); ``keep_last`` keeps the newest checkpoints; Ctrl-C or
+SIGTERM ends a run with one line that says how to resume it."""
 import json
 import os
+import re
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,3 +119,49 @@ def test_token_budget_micro_batches_train_the_same_steps(uninterrupted):
             assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-6), (
                 f"step {mine['step']} {key}: micro-batches of {sizes} pairs must weigh their losses by their "
                 f"shares of the step's pairs, as fixed groups of 2 + 2 do")
+
+
+def signal_when(command, ready, signum, log):
+    """Runs ``command`` (stdout and stderr to the file ``log``); once ``ready()`` holds, sends it
+    ``signum``. Returns its exit status and its output."""
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + 600
+        while not ready():
+            assert process.poll() is None and time.monotonic() < deadline, Path(log).read_text()[-4000:]
+            time.sleep(0.1)
+        process.send_signal(signum)
+        process.wait(timeout=300)
+    return process.returncode, Path(log).read_text()
+
+
+def last_step(output_dir):
+    found = checkpoints(output_dir)
+    return int(found[-1].name.split("-")[-1]) if found else 0
+
+
+def test_a_signal_ends_the_run_with_one_line_that_says_how_to_resume(tmp_path):
+    """SIGTERM (what a scheduler sends) once checkpoint-2 is written, then the command the run printed,
+    stopped with Ctrl-C (SIGINT) at the next checkpoint: each ends with exit status 128 + signal and one
+    line, no traceback, naming the step reached, the last checkpoint and the resume command. The run
+    trains (and its checkpoint stores) the built-in model's default rate."""
+    output_dir = tmp_path / "run"
+    args = ["--per-device-batch", "2", "--grad-accum", "1", "--save-every", "2", "--keep-last", "0", "--max-steps", "200",
+            "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(output_dir)]
+    command = TRAIN + args
+    for signum, checkpoint_step in ((signal.SIGTERM, 2), (signal.SIGINT, None)):
+        checkpoint_step = checkpoint_step or last_step(output_dir) + 2
+        status, output = signal_when(command, lambda: last_step(output_dir) >= checkpoint_step, signum,
+                                     tmp_path / f"{signum.name}.log")
+        assert status == 128 + signum and "Traceback" not in output, output[-4000:]
+        assert output.count("interrupted") == 1
+        message = output.strip().splitlines()[-1]
+        match = re.fullmatch(r"interrupted at step (\d+); last checkpoint (\S+); continue with: (.+)", message)
+        assert match, message
+        assert int(match[1]) >= checkpoint_step and match[2] == str(checkpoints(output_dir)[-1])
+        assert match[3] == shlex.join(["python", "spot_fast/train.py", *args, "--resume", "latest"])
+        command = [sys.executable] + shlex.split(match[3])[1:]
+    assert "resumed from" in output
+    state = json.loads((checkpoints(output_dir)[-1] / "trainer_state.json").read_text())
+    assert state["config"]["learning_rate"] == 2e-3

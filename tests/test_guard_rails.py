@@ -1,7 +1,7 @@
 """What a user hits first, refused early with one line that names the problem: bad options (flags
 and YAML), a resume with other settings, an output directory that holds another run, an unwritable
 output directory, undecodable data, a model directory without a tokenizer or chat template, and
-hub names resolved offline from the local cache."""
+hub names resolved offline from the local cache; and what must not be refused (a byte-order mark)."""
 import dataclasses
 import json
 import os
@@ -17,12 +17,16 @@ from spot_fast import train as train_module
 from spot_fast.config import RESUME_SAFE, ConfigError, TrainConfig, parse_config, validate
 from spot_fast.data import DataError, load_pairs
 from spot_fast.models import BUILTIN_MODEL, ModelError, load_model, load_tokenizer
+from spot_fast.rectify.jsonl import InputError, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--learning-rate=-1e-6"], "--learning-rate must be >= 0"),
+    (["--learning-rate=-1e-6"], "--learning-rate must be > 0"),
+    (["--learning-rate", "0"], "--learning-rate must be > 0"),
+    (["--model", "/models/qwen3-8b"], "--model /models/qwen3-8b needs --data: the bundled demo pairs are the default "
+                                      "for the built-in model only"),
     (["--beta", "-0.1"], "--beta must be > 0"),
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--max-steps", "-3"], "--max-steps must be >= 0"),
@@ -40,7 +44,7 @@ def test_bad_flags_are_refused_naming_the_option(argv, message):
 
 
 @pytest.mark.parametrize("yaml_text, message", [
-    ("learning_rate: -1\n", "option learning_rate must be >= 0"),
+    ("learning_rate: -1\n", "option learning_rate must be > 0"),
     ("epochs: two\n", "option epochs: expected int, got 'two'"),
     ("epochs: 1.5\n", "option epochs: expected int, got 1.5"),
     ("loss: ipo\n", "option loss: 'ipo' is not one of"),
@@ -62,6 +66,31 @@ def test_yaml_numbers_are_typed_and_flags_win(tmp_path):
     path.write_text("learning_rate: 1e-6\nbeta: 1\nepochs: 3\nloss: dpo\n")  # YAML reads 1e-6 as a string
     config = parse_config(["--config", str(path), "--epochs", "1"])
     assert config.learning_rate == 1e-6 and isinstance(config.beta, float) and config.epochs == 1 and config.loss == "dpo"
+
+
+def test_the_default_learning_rate_is_resolved_to_the_rate_used(tmp_path, capsys):
+    """The default rate depends on the model; the config holds the rate the run uses (what a checkpoint
+    stores and a resume compares), and --help says what the default is."""
+    assert parse_config([]).learning_rate == 2e-3
+    assert parse_config(["--model", "/models/qwen3-8b", "--data", "pairs.jsonl"]).learning_rate == 1e-6
+    assert parse_config(["--learning-rate", "5e-4"]).learning_rate == 5e-4
+    with pytest.raises(SystemExit):
+        parse_config(["--help"])
+    assert "(default: 1e-6, or 2e-3 for the built-in model)" in " ".join(capsys.readouterr().out.split())
+    fake_checkpoint(tmp_path, 2, learning_rate=parse_config([]).learning_rate)
+    assert run_dir.prepare(parse_config(["--output-dir", str(tmp_path), "--resume", "latest", "--learning-rate", "2e-3"]),
+                           world=1) == tmp_path / "checkpoint-2"
+    with pytest.raises(ConfigError, match="learning_rate: 0.002 in the checkpoint, 0.001 now"):
+        run_dir.prepare(parse_config(["--output-dir", str(tmp_path), "--resume", "latest", "--learning-rate", "1e-3"]),
+                        world=1)
+
+
+def test_a_checkpoint_that_stored_0_for_the_default_rate_stored_the_models_default(tmp_path):
+    fake_checkpoint(tmp_path, 2, learning_rate=0.0)
+    assert run_dir.prepare(parse_config(["--output-dir", str(tmp_path), "--resume", "latest"]), world=1)
+    with pytest.raises(ConfigError, match="learning_rate: 0.002 in the checkpoint, 0.001 now"):
+        run_dir.prepare(parse_config(["--output-dir", str(tmp_path), "--resume", "latest", "--learning-rate", "1e-3"]),
+                        world=1)
 
 
 def fake_checkpoint(output_dir, step, world=1, **settings):
@@ -161,6 +190,24 @@ def test_bytes_that_are_not_utf8_are_reported_with_their_line(tmp_path):
                      + b'{"prompt": "caf\xe9", "chosen": "b", "rejected": "c"}\n')
     with pytest.raises(DataError, match=rf"{path}:2: not UTF-8 text \(byte 0xe9 at column 16\)"):
         load_pairs(path, load_tokenizer(BUILTIN_MODEL), 64)
+
+
+def test_a_byte_order_mark_at_the_start_of_a_jsonl_file_is_skipped(tmp_path):
+    """Training data and the rectification/evaluation inputs alike; one elsewhere is still an error."""
+    lines = [json.dumps({"id": i, "prompt": "a", "chosen": "b", "rejected": "c"}) for i in range(2)]
+    plain, marked = tmp_path / "plain.jsonl", tmp_path / "marked.jsonl"
+    plain.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    marked.write_text("\n".join(lines) + "\n", encoding="utf-8-sig")
+    assert marked.read_bytes().startswith(b"\xef\xbb\xbf")
+    tokenizer = load_tokenizer(BUILTIN_MODEL)
+    assert ([p.prompt_ids for p in load_pairs(marked, tokenizer, 64)[0]]
+            == [p.prompt_ids for p in load_pairs(plain, tokenizer, 64)[0]])
+    assert [line.record for line in read_jsonl(marked)] == [line.record for line in read_jsonl(plain)]
+    marked.write_text(lines[0] + "\n\ufeff" + lines[1] + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{marked}:2: invalid JSON"):
+        load_pairs(marked, tokenizer, 64)
+    with pytest.raises(InputError, match=r"marked.jsonl:2.*invalid JSON"):
+        list(read_jsonl(marked))
 
 
 def test_a_model_directory_without_tokenizer_or_chat_template(tmp_path):

@@ -1,6 +1,6 @@
 """The log-prob cache is keyed by the token ids scored (not by a file), the dtype and the kernel
-backend, and a file that does not belong to the run (other inputs, another row count, damaged) is
-refused with its name."""
+backend, and a file that does not belong to the run (other inputs, another row count, values that do
+not match their checksum, damaged) is refused with its name."""
 import pytest
 import torch
 
@@ -49,6 +49,11 @@ def test_a_cache_that_does_not_belong_to_the_run_is_refused(tmp_path):
     imposter.path.write_bytes(cache.path.read_bytes())  # right name, other inputs
     with pytest.raises(CacheError, match=rf"{imposter.path} was computed from other inputs"):
         imposter.load(3)
+    saved = torch.load(cache.path, weights_only=True)
+    saved["logps"][1, 0] = -0.5  # edited, key and checksum kept
+    torch.save(saved, cache.path)
+    with pytest.raises(CacheError, match=rf"{cache.path}: its values do not match the checksum stored with them"):
+        cache.load(3)
     cache.path.write_bytes(cache.path.read_bytes()[:40])  # truncated
     with pytest.raises(CacheError, match=rf"{cache.path} cannot be read .*delete it to recompute"):
         cache.load(3)

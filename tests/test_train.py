@@ -298,6 +298,14 @@ GOOD = json.dumps({"question": "1+1?", "chosen": "2", "rejected": "3"})
     ([], r"bad\.jsonl: no usable pairs", "spot_bco"),
     ([json.dumps({"question": "x " * 500, "chosen": "y", "rejected": "z"})],
      r"no usable pairs \(1 prompts longer than max_length 64\)", "spot_bco"),
+    ([GOOD, json.dumps({"question": [{"role": "user", "content": 7}], "chosen": "y", "rejected": "z"})],
+     r"bad\.jsonl:2: field 'question', message 1: 'content' must be a string; got int", "spot_bco"),
+    ([json.dumps({"question": [{"role": "system", "content": "s"}, {"role": "wizard", "content": "x"}],
+                  "chosen": "y", "rejected": "z"})],
+     r"bad\.jsonl:1: field 'question', message 2: role 'wizard' is not one of \['system', 'user', 'assistant'\]",
+     "spot_bco"),
+    ([json.dumps({"question": "x", "chosen": [{"role": "assistant", "content": None}], "rejected": "z"})],
+     r"bad\.jsonl:1: field 'chosen', message 1: 'content' must be a string; got NoneType", "spot_bco"),
     ([json.dumps({"question": "x", "response": "y", "behavior_logps": "x"})],
      r"bad\.jsonl:1: field 'behavior_logps' must be a list of numbers", "pear"),
     ([json.dumps({"question": "x", "response": "y", "behavior_logps": [-0.5]})],
@@ -313,8 +321,43 @@ def test_bad_data_is_reported_with_file_and_line(tmp_path, capsys, lines, messag
     assert not (tmp_path / "out").exists()  # nothing written
 
 
+def test_an_error_under_torchrun_is_printed_once(tmp_path):
+    """Both ranks read the same bad file: rank 0 reports it, and torchrun stops the other rank while it
+    waits to report it too."""
+    data = write_lines(tmp_path / "bad.jsonl", [json.dumps({"question": "x"})])
+    result = subprocess.run(TORCHRUN + ["--data", data, "--output-dir", str(tmp_path / "out")], capture_output=True,
+                            text=True, cwd=REPO, timeout=300)
+    assert result.returncode != 0
+    assert (result.stdout + result.stderr).count("bad.jsonl:1: missing field") == 1, result.stderr[-3000:]
+
+
+def test_an_error_of_another_rank_alone_is_reported(tmp_path, capsys, monkeypatch):
+    """A rank other than 0 reports its error after the wait (rank 0 may not have it, e.g. a file missing
+    on one node)."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(train_module, "OTHER_RANKS_WAIT_S", 0)
+    data = write_lines(tmp_path / "bad.jsonl", [json.dumps({"question": "x"})])
+    assert train_module.main(["--data", data, "--output-dir", str(tmp_path / "out")]) == 1
+    assert "bad.jsonl:1: missing field" in capsys.readouterr().err
+
+
+def test_tool_messages_are_read_where_the_chat_template_renders_them(tmp_path):
+    tokenizer = load_tokenizer(BUILTIN_MODEL)
+    tool_turn = {"question": [{"role": "user", "content": "1+1?"}, {"role": "tool", "content": "2"}],
+                 "chosen": "2", "rejected": "3"}
+    path = write_lines(tmp_path / "tool.jsonl", [json.dumps(tool_turn)])
+    with pytest.raises(DataError, match="role 'tool' is not one of"):
+        load_pairs(path, tokenizer, 64)
+    tokenizer.chat_template = tokenizer.chat_template.replace(
+        "{{- '<|im_start|>' + message['role']",
+        "{%- if message['role'] == 'tool' %}{{- '<tool_response>' }}{%- endif %}{{- '<|im_start|>' + message['role']")
+    pair = load_pairs(path, tokenizer, 64)[0][0]
+    assert "<tool_response>" in tokenizer.decode(pair.prompt_ids)
+
+
 def test_missing_model_and_unknown_loss(tmp_path, capsys):
-    assert train_module.main(["--model", str(tmp_path / "no-such-model"), "--output-dir", str(tmp_path / "out")]) == 1
+    assert train_module.main(["--model", str(tmp_path / "no-such-model"), "--data", str(ASSETS / "pairs.jsonl"),
+                              "--output-dir", str(tmp_path / "out")]) == 1
     assert "no-such-model" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         train_module.main(["--loss", "ipo"])

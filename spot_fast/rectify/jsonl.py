@@ -1,6 +1,7 @@
 """JSONL input and output for the rectification stages.
 
-Reading: ``read_jsonl`` yields one ``Line`` per non-blank line; anything malformed raises
+Reading: ``read_jsonl`` yields one ``Line`` per non-blank line (a UTF-8 byte-order mark at the start of
+the file, as some editors write, is skipped); anything malformed raises
 ``InputError`` naming the file, the line number and the field, so bad input never silently becomes
 an empty example.
 
@@ -93,7 +94,7 @@ def read_jsonl(path):
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 raise InputError(path, number, f"not UTF-8 ({e.reason} at byte {e.start})") from None
             if not text.strip():
