@@ -1,0 +1,83 @@
+"""The TRL integration against the real TRL: ``DPOTrainer`` with and without ``SpotDPOTrainer``
+trains the same (every logged metric at every step, the final weights) on the built-in tiny model and
+bundled pairs; what cannot be served is refused at construction."""
+import json
+import math
+
+import pytest
+import torch
+
+trl = pytest.importorskip("trl")
+from datasets import Dataset  # noqa: E402
+
+from spot_fast.models import ASSETS, BUILTIN_MODEL, load_model, load_tokenizer  # noqa: E402
+from spot_kernels.trl_integration import SpotDPOTrainer  # noqa: E402
+
+STEPS = 2
+METRICS = ("loss", "grad_norm", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+           "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", "entropy", "mean_token_accuracy")
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    with open(ASSETS / "pairs.jsonl") as lines:
+        rows = [json.loads(line) for _, line in zip(range(2 * STEPS), lines)]
+    return Dataset.from_list([{"prompt": r["question"], "chosen": r["gemini_corrected_answer"],
+                               "rejected": r["original_answer"]} for r in rows])
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(BUILTIN_MODEL)
+
+
+def train(trainer_class, pairs, tokenizer, tmp_path, loss_type, precompute, peft=False):
+    """Trains the tiny model for a few steps; returns (per-step logs, {name: (initial, final) weights})."""
+    config = trl.DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=STEPS,
+                           learning_rate=1e-3, logging_steps=1, report_to=[], use_cpu=True, bf16=False,
+                           gradient_checkpointing=False, max_length=96, loss_type=[loss_type], beta=0.1,
+                           precompute_ref_log_probs=precompute, save_strategy="no", seed=0, disable_tqdm=True,
+                           dataloader_num_workers=0)
+    peft_config = None
+    if peft:
+        from peft import LoraConfig
+        peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    ref_model = None if precompute or peft else load_model(BUILTIN_MODEL)
+    trainer = trainer_class(model=load_model(BUILTIN_MODEL), ref_model=ref_model, args=config, train_dataset=pairs,
+                            processing_class=tokenizer, peft_config=peft_config)
+    initial = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    return logs, {name: (initial[name], p.detach().clone()) for name, p in trainer.model.named_parameters() if name in initial}
+
+
+@pytest.mark.parametrize("loss_type,precompute,peft", [
+    ("sigmoid", False, False), ("sigmoid", True, False), ("bco_pair", False, False), ("bco_pair", True, False),
+    ("sigmoid", False, True)])
+def test_dpo_trains_as_trl_does(pairs, tokenizer, tmp_path, loss_type, precompute, peft):
+    theirs = train(trl.DPOTrainer, pairs, tokenizer, tmp_path / "trl", loss_type, precompute, peft)
+    ours = train(SpotDPOTrainer, pairs, tokenizer, tmp_path / "spot", loss_type, precompute, peft)
+    assert len(ours[0]) == len(theirs[0]) == STEPS
+    for step, (mine, reference) in enumerate(zip(*(logs for logs, _ in (ours, theirs)))):
+        for metric in METRICS:
+            # rewards are differences of sequence log-probs of ~200 nats: float noise of ~1e-5 absolute
+            assert math.isclose(mine[metric], reference[metric], rel_tol=1e-5, abs_tol=5e-5), (step, metric)
+    assert theirs[0][-1]["rewards/margins"] != 0  # the reference and the policy parted
+    for name, (initial, final) in theirs[1].items():
+        # Adam's first steps move a weight by about the learning rate whatever its gradient's size, so float
+        # noise in a near-zero gradient component shows in that weight's update: compare the updates whole
+        update, our_update = final - initial, ours[1][name][1] - ours[1][name][0]
+        assert torch.equal(ours[1][name][0], initial), name
+        assert (our_update - update).norm() <= 1e-3 * update.norm(), name
+
+
+def test_what_needs_the_logits_is_refused(pairs, tokenizer, tmp_path):
+    config = trl.DPOConfig(output_dir=str(tmp_path), use_weighting=True, report_to=[], use_cpu=True, bf16=False)
+    with pytest.raises(ValueError, match="use_weighting=True"):
+        SpotDPOTrainer(model=load_model(BUILTIN_MODEL), args=config, train_dataset=pairs, processing_class=tokenizer)
+    model = load_model(BUILTIN_MODEL)
+    model.config.final_logit_softcapping = 30.0
+    config = trl.DPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=False, max_length=96)
+    with pytest.raises(ValueError, match="final_logit_softcapping"):
+        SpotDPOTrainer(model=model, ref_model=load_model(BUILTIN_MODEL), args=config, train_dataset=pairs,
+                       processing_class=tokenizer)
