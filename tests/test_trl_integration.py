@@ -1,6 +1,7 @@
 """The TRL integration against the real TRL: ``DPOTrainer`` with and without ``SpotDPOTrainer``
-trains the same (every logged metric at every step, the final weights) on the built-in tiny model and
-bundled pairs; what cannot be served is refused at construction."""
+trains the same (every logged metric at every step, the weight updates) on the built-in tiny model and
+bundled pairs; ``GRPOTrainer``'s per-token log-probs and entropies (at its temperature) equal TRL's own;
+what cannot be served is refused at construction."""
 import json
 import math
 
@@ -81,3 +82,45 @@ def test_what_needs_the_logits_is_refused(pairs, tokenizer, tmp_path):
     with pytest.raises(ValueError, match="final_logit_softcapping"):
         SpotDPOTrainer(model=model, ref_model=load_model(BUILTIN_MODEL), args=config, train_dataset=pairs,
                        processing_class=tokenizer)
+
+
+@pytest.fixture(scope="module")
+def rollouts(pairs, tokenizer):
+    """Prompt + completion token ids of three bundled answers, right-padded, and their mask."""
+    texts = [row["prompt"] + row["chosen"] for row in pairs.select(range(3))]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    return batch["input_ids"][:, :80], batch["attention_mask"][:, :80]
+
+
+def grpo_trainer(trainer_class, pairs, tokenizer, tmp_path, **options):
+    config = trl.GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, num_generations=2,
+                            max_completion_length=8, temperature=0.7, report_to=[], use_cpu=True, bf16=False,
+                            gradient_checkpointing=False, disable_tqdm=True, **options)
+    return trainer_class(model=load_model(BUILTIN_MODEL), reward_funcs=lambda completions, **_: [0.0] * len(completions),
+                         args=config, train_dataset=pairs.select_columns(["prompt"]), processing_class=tokenizer)
+
+
+def test_grpo_logps_and_entropies_equal_trls(pairs, tokenizer, tmp_path, rollouts):
+    """Per-token log-probs and entropies at the sampling temperature, through the trainer's own method."""
+    from spot_kernels.trl_integration import SpotGRPOTrainer
+
+    input_ids, attention_mask = rollouts
+    results = []
+    for trainer_class in (trl.GRPOTrainer, SpotGRPOTrainer):
+        trainer = grpo_trainer(trainer_class, pairs, tokenizer, tmp_path)
+        logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model, input_ids, attention_mask, logits_to_keep=40, compute_entropy=True)
+        logps.sum().backward()
+        results.append((logps.detach(), entropies, trainer.model.lm_head.weight.grad))
+    (theirs, their_entropies, their_grad), (ours, our_entropies, our_grad) = results
+    assert theirs.shape == ours.shape == (3, 40)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(our_entropies, their_entropies, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(our_grad, their_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_grpo_entropy_bonus_is_refused(pairs, tokenizer, tmp_path):
+    from spot_kernels.trl_integration import SpotGRPOTrainer
+
+    with pytest.raises(ValueError, match="entropy bonus"):
+        grpo_trainer(SpotGRPOTrainer, pairs, tokenizer, tmp_path, entropy_coef=0.01)
