@@ -46,10 +46,18 @@ def train(trainer_class, pairs, tokenizer, tmp_path, loss_type, precompute, peft
     ref_model = None if precompute or peft else load_model(BUILTIN_MODEL)
     trainer = trainer_class(model=load_model(BUILTIN_MODEL), ref_model=ref_model, args=config, train_dataset=pairs,
                             processing_class=tokenizer, peft_config=peft_config)
+    if trainer_class is SpotDPOTrainer:
+        for model in (trainer.model.get_base_model() if peft else trainer.model, trainer.ref_model):
+            assert model is None or served_by_spot_kernels(model)
     initial = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     return logs, {name: (initial[name], p.detach().clone()) for name, p in trainer.model.named_parameters() if name in initial}
+
+
+def served_by_spot_kernels(model):
+    """Whether ``model``'s fused forward is the integration's (not TRL's own)."""
+    return model.forward.__func__.__code__.co_filename.endswith("trl_integration.py")
 
 
 @pytest.mark.parametrize("loss_type,precompute,peft", [
@@ -108,6 +116,7 @@ def test_grpo_logps_and_entropies_equal_trls(pairs, tokenizer, tmp_path, rollout
     results = []
     for trainer_class in (trl.GRPOTrainer, SpotGRPOTrainer):
         trainer = grpo_trainer(trainer_class, pairs, tokenizer, tmp_path)
+        assert served_by_spot_kernels(trainer.model) == (trainer_class is SpotGRPOTrainer)
         logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
             trainer.model, input_ids, attention_mask, logits_to_keep=40, compute_entropy=True)
         logps.sum().backward()
