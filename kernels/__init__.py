@@ -5,7 +5,10 @@
     loss = preference_loss("spot_bco", pc, pr, rc, rr, beta=0.1, delta=shift.update(rc_r, rr_r))
     loss, w = pear_loss(logp, behavior_logp, seq_index, num_seqs, PearConfig(level="token"))  # PEAR SFT
 
-Depends on torch and (for the ``triton`` backend) triton only.
+Depends on torch and (for the ``triton`` backend) triton only. For other trainers, imported on their own:
+``spot_kernels.causal_lm`` (per-token log-probs of any Hugging Face causal LM in one call),
+``spot_kernels.liger_signature`` (Liger's fused linear DPO and cross-entropy modules' signatures) and
+``spot_kernels.trl_integration`` (TRL's DPO and GRPO trainers; imports trl).
 """
 from .linear_logprobs import BACKENDS, TokenLogprobs, linear_logprobs, linear_logprobs_unchecked, resolve_backend
 from .losses import LOSS_KINDS, implicit_reward, preference_loss, segment_sum, sequence_logps
