@@ -90,7 +90,15 @@ def deepspeed_config(config, bf16, device, hidden_size):
     CPU Adam would need its C++ extension built). Under ZeRO-3 a parameter of fewer than
     ``10 * hidden_size`` elements (norm weights, biases) stays whole on every rank, as transformers'
     DeepSpeed integration sets it; every weight matrix is partitioned and gathered where it is used
-    (DeepSpeed's fixed default, 1e5 elements, would keep a small model whole after its first forward)."""
+    (DeepSpeed's fixed default, 1e5 elements, would keep a small model whole after its first forward).
+
+    Gradients of the ``grad_accum`` micro-batches are summed in fp32 (``data_types.grad_accum_dtype``;
+    DeepSpeed's default is the model's dtype, so bf16 would round the running sum after every
+    micro-batch). DeepSpeed 0.19.8 honours it from ZeRO-1 on: ZeRO-2 and 3 keep fp32 gradient
+    partitions; ZeRO-1 in bf16 switches to its BF16 optimizer, which holds a whole fp32 gradient
+    buffer and all-reduces it in the communication dtype, so that dtype is fp32 too (else the sum is
+    rounded to bf16 once, at the step). ZeRO-0 refuses a grad_accum_dtype other than the model's
+    (NotImplementedError): there bf16 gradients accumulate in bf16 (``grad_accum_note``)."""
     offload = {"device": "cpu", "pin_memory": device.type == "cuda"}
     zero = {
         "stage": config.zero_stage,
@@ -103,7 +111,7 @@ def deepspeed_config(config, bf16, device, hidden_size):
         zero["offload_optimizer"] = offload
     if config.offload == "params":
         zero["offload_param"] = offload
-    return {
+    engine_config = {
         "train_micro_batch_size_per_gpu": config.per_device_batch,
         "gradient_accumulation_steps": config.grad_accum,
         "gradient_clipping": config.grad_clip,
@@ -114,6 +122,19 @@ def deepspeed_config(config, bf16, device, hidden_size):
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
+    if config.zero_stage >= 1:
+        engine_config["data_types"] = {"grad_accum_dtype": "fp32"}
+    if config.zero_stage == 1 and bf16:
+        engine_config["communication_data_type"] = "fp32"
+    return engine_config
+
+
+def grad_accum_note(config, bf16):
+    """A line for the start of a run whose micro-batch gradients are summed in bf16, else None."""
+    if bf16 and config.zero_stage == 0 and config.grad_accum > 1:
+        return (f"note: with --zero-stage 0 DeepSpeed sums the gradients of the {config.grad_accum} micro-batches in "
+                f"bf16 (ZeRO-1 and up sum them in fp32)")
+    return None
 
 
 def build_engine(model, config, engine_config, learning_rate, total_steps):

@@ -31,7 +31,7 @@ from spot_fast.checkpoint import TrainingState, load_checkpoint, prune_checkpoin
 from spot_fast.config import ConfigError, TrainConfig, parse_config
 from spot_fast.batching import collate, pair_tokens
 from spot_fast.data import DataError, load_pairs
-from spot_fast.engine import build_engine, deepspeed_config, start_distributed, stop_distributed
+from spot_fast.engine import build_engine, deepspeed_config, grad_accum_note, start_distributed, stop_distributed
 from spot_fast.example_order import ExampleOrder
 from spot_fast.forgetting.retain import RetainSet
 from spot_fast.logprob_cache import CacheError, ScoredOnce
@@ -150,6 +150,8 @@ def set_up(config):
               f"skipped (prompt longer than max_length), {stats.truncated_completions} completions truncated, "
               f"{prompts}{order.left_out_per_epoch} left out per epoch; {order.total_steps} optimizer steps on "
               f"{world} process(es), {device.type}")
+        if grad_accum_note(config, bf16):
+            print(grad_accum_note(config, bf16))
 
     engine_config = deepspeed_config(config, bf16, device, hidden_size(config.model))
     policy = load_policy(config.model, config, dtype, device, engine_config if config.zero_stage == 3 else None)
