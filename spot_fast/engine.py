@@ -3,10 +3,19 @@
 One process per device under torchrun (or a single process without it). CUDA uses NCCL, the CPU
 gloo. ``stop_distributed`` ends every run with a barrier and ``destroy_process_group``; without it
 DeepSpeed processes abort at exit now and then.
+
+On the CPU, DeepSpeed's process group needs its shared-memory communication op, a C++ extension
+that torch builds on first use (a minute or more) under ``TORCH_EXTENSIONS_DIR``, by default one
+directory per user (``~/.cache/torch_extensions``) that every environment shares, so environments
+with other torch builds rebuild it over each other. Where that variable is unset and Python runs in
+a writable virtual environment, the build is kept in that environment (``VENV/torch_extensions``);
+a run says when it builds the op, once.
 """
 import math
 import os
 import socket
+import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -18,8 +27,28 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def extensions_dir():
+    """Where torch builds and finds C++ extensions: ``TORCH_EXTENSIONS_DIR``, set to
+    ``sys.prefix/torch_extensions`` first when unset and ``sys.prefix`` is a writable virtual
+    environment; None for torch's per-user default."""
+    if "TORCH_EXTENSIONS_DIR" not in os.environ and sys.prefix != sys.base_prefix and os.access(sys.prefix, os.W_OK):
+        os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(sys.prefix, "torch_extensions")
+    return os.environ.get("TORCH_EXTENSIONS_DIR")
+
+
+def announce_communication_op_build(directory):
+    """Says, on rank 0, that DeepSpeed is about to build its CPU communication op (not built in
+    ``directory`` yet)."""
+    if directory is None or os.environ.get("RANK", "0") != "0":
+        return
+    if not any(Path(directory, "deepspeed_shm_comm").glob("*.so")):
+        print(f"DeepSpeed: building its CPU communication op once for this environment (a minute or more), in "
+              f"{directory}", flush=True)
+
+
 def start_distributed():
     """Initializes the process group (a group of one without torchrun); returns (rank, world, device)."""
+    directory = extensions_dir()
     import deepspeed
 
     if "RANK" not in os.environ:
@@ -31,6 +60,7 @@ def start_distributed():
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
+        announce_communication_op_build(directory)
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), device
 

@@ -37,9 +37,10 @@ from spot_fast.forgetting.retain import RetainSet
 from spot_fast.logprob_cache import CacheError, ScoredOnce
 from spot_fast.logprob_head import LogprobModel, install_logprob_head
 from spot_fast.lora import adapters_disabled, add_lora, parameter_count, save_merged
-from spot_fast.metrics import MetricsLog, MetricsWindow, check_report_to, plot_metrics
+from spot_fast.metrics import MetricsLog, MetricsWindow, plot_metrics
 from spot_fast.models import ModelError, check_model_name, hidden_size, load_model, load_tokenizer, model_identity
 from spot_fast.objective import Objective, micro_batch_loss, reward_metrics
+from spot_fast.preflight import cuda_available, liger_choice, startup_lines
 from spot_fast.scoring import Scorer
 from spot_kernels import RewardShift, implicit_reward, resolve_backend
 
@@ -111,7 +112,7 @@ def load_policy(name, config, dtype, device, zero3_config=None):
     is_policy = name == config.model
     model = load_model(name, dtype=dtype, attn_implementation="flex_attention" if config.attention == "flex" else "sdpa",
                        zero3_config=zero3_config, load_in_4bit=config.load_in_4bit and is_policy)
-    if on_when_auto(config.liger, device):
+    if liger_choice(config.liger, config.model, cuda_available())[0]:  # checked with the options (preflight)
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
         _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
     model = install_logprob_head(model, config.kernel_backend)
@@ -122,10 +123,8 @@ def load_policy(name, config, dtype, device, zero3_config=None):
 
 def set_up(config):
     resume_from = run_dir.prepare(config, world=int(os.environ.get("WORLD_SIZE", "1")))
-    try:
-        check_report_to(config.report_to)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    if os.environ.get("RANK", "0") == "0":
+        print("\n".join(startup_lines(config)))
     tokenizer = load_tokenizer(config.model)
     pairs, stats, eval_pairs, retain_pairs = read_data(config, tokenizer)
     if config.loss == "pear" and config.behavior_model:
