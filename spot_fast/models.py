@@ -47,13 +47,19 @@ class ModelError(ValueError):
     """A model or tokenizer that cannot be used; the message names it and what to do."""
 
 
+def is_hub_id(name):
+    """Whether ``name`` is left to the hub: not the built-in model nor a directory, and written ``owner/name``."""
+    return (name != BUILTIN_MODEL and not os.path.isdir(name) and not name.startswith(("/", ".", "~"))
+            and name.count("/") == 1)
+
+
 def check_model_name(name):
     """Raises ModelError when ``name`` is written as a path (or is not ``owner/name``) and no such
     directory exists. A hub id is left to transformers, which also finds it in the local cache
     offline (``HF_HUB_OFFLINE=1``)."""
     if name == BUILTIN_MODEL or os.path.isdir(name):
         return
-    if name.startswith(("/", ".", "~")) or name.count("/") != 1:
+    if not is_hub_id(name):
         raise ModelError(f"model {name!r}: no such directory (and not a hub id 'owner/name')")
 
 

@@ -29,7 +29,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .models import BUILTIN_MODEL
+from .models import is_hub_id
 
 HUB_TIMEOUT_S = 5.0
 INSTALL = {
@@ -127,9 +127,10 @@ def hub_cache_dir(name):
 
 
 def check_hub_reachable(option, name):
-    """RequirementError for a hub id when the hub does not answer and ``HF_HUB_OFFLINE`` is not set."""
+    """RequirementError for a hub id (``models.is_hub_id``; a missing directory is refused when the model
+    is loaded) when the hub does not answer and ``HF_HUB_OFFLINE`` is not set."""
     from huggingface_hub import constants
-    if name == BUILTIN_MODEL or os.path.isdir(name) or constants.is_offline_mode():
+    if not is_hub_id(name) or constants.is_offline_mode():
         return
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return
