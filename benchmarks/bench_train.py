@@ -5,8 +5,9 @@
 
 The model is built from a config (no download): on CPU hidden 256, 4 layers, the Qwen3 vocabulary
 (151936), fp32; on CUDA Qwen3-1.7B's shape (hidden 2048, 28 layers, 16 heads, 8 KV heads, head dim
-128, MLP 6144, vocabulary 151936) in bf16, initialized on the GPU, with gradient checkpointing and Liger's body kernels
-(RMSNorm, RoPE, SwiGLU) where Liger is installed. Weights are random (seeded): the step's cost does
+128, MLP 6144, vocabulary 151936) in bf16, initialized on the GPU, with gradient checkpointing and Liger's body
+kernels (RMSNorm, RoPE, SwiGLU) where Liger is installed (the JSON's ``liger`` says whether they were applied,
+and why). Weights are random (seeded): the step's cost does
 not depend on them.
 
 Data: SPoT-like pairs whose two answers share their first ``fraction`` of tokens (the Oracle's first
@@ -49,6 +50,7 @@ from spot_fast.batching import collate  # noqa: E402
 from spot_fast.data import Pair  # noqa: E402
 from spot_fast.logprob_head import batch_logps, install_logprob_head  # noqa: E402
 from spot_fast.objective import Objective, micro_batch_loss  # noqa: E402
+from spot_fast.preflight import liger_support  # noqa: E402
 from spot_kernels import RewardShift  # noqa: E402
 
 LAYOUTS = {"padded": (False, False), "packed": (True, False), "shared": (True, True)}
@@ -73,6 +75,11 @@ def model_dtype(device):
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def liger_for(device):
+    """``(apply Liger's body kernels, why)``: on CUDA where liger-kernel supports Qwen3."""
+    return liger_support("qwen3") if device.type == "cuda" else (False, "no CUDA")
+
+
 def build_model(config, attention, device, dtype):
     """The benchmark model, initialized where it runs in the dtype it runs in: on CUDA no fp32 copy of
     its ~2B parameters is ever made on the CPU (building there first took minutes and 8 GB)."""
@@ -80,12 +87,10 @@ def build_model(config, attention, device, dtype):
     with torch.device(device):
         model = Qwen3ForCausalLM._from_config(config, dtype=dtype)
     model.set_attn_implementation(FLEX_ATTENTION if attention == "flex" else "sdpa")
+    if liger_for(device)[0]:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+        _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
     if device.type == "cuda":
-        try:
-            from liger_kernel.transformers import _apply_liger_kernel_to_instance
-            _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
-        except ImportError:
-            pass
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return install_logprob_head(model).train()
 
@@ -177,14 +182,15 @@ def run(args):
     return {"device": {"name": device_name(device), "type": device.type, "threads": torch.get_num_threads()},
             "torch": torch.__version__,
             "model": model_shape | {"dtype": "bf16" if device.type == "cuda" else "fp32"},
-            "matmul_flops_per_s": rate, "pairs": args.pairs, "prompt_tokens": args.prompt_tokens,
+            "liger": dict(zip(("applied", "why"), liger_for(device))), "matmul_flops_per_s": rate, "pairs": args.pairs, "prompt_tokens": args.prompt_tokens,
         "answer_tokens": args.answer_tokens, "repeats": args.repeats, "results": results}
 
 
 def print_table(report):
     print(f"one trainer step on {report['device']['name']} (torch {report['torch']}); {report['pairs']} pairs of "
           f"{report['prompt_tokens']} prompt + 2 x {report['answer_tokens']} answer tokens; "
-          f"matmul {report['matmul_flops_per_s'] / 1e12:.2f} TFLOP/s")
+          f"matmul {report['matmul_flops_per_s'] / 1e12:.2f} TFLOP/s; Liger {'on' if report['liger']['applied'] else 'off'} "
+          f"({report['liger']['why']})")
     header = f"{'attention':9} {'shared':>6} {'layout':7} {'tokens/pair':>11} {'step ms':>9} {'vs packed':>9} " \
              f"{'useful tok/s':>12} {'eff MFU':>7} {'peak MiB':>9}"
     print(header)

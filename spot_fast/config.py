@@ -13,6 +13,8 @@ The PEAR options default to ``spot_kernels.PearConfig()`` (this library's choice
 Every option is validated once, from the flags and the YAML alike, before anything is loaded or
 written: its type (YAML numbers such as ``1e-6``, which YAML reads as a string, are converted), its
 choices and its range (``RANGES``); an error names the option and, for a YAML value, the file.
+``parse_config`` then checks what the options need from the machine (``preflight``: packages, CUDA,
+the hub), still before the heavy imports (this module does not import transformers).
 ``RESUME_SAFE`` lists the options a resumed run may change; any other change is refused
 (``changed_on_resume``).
 """
@@ -29,6 +31,7 @@ from spot_kernels import BACKENDS, LOSS_KINDS, PEAR_LEVELS, PearConfig
 from .data import RENDER_MODES, TRUNCATION_MODES, TokenLayout
 from .models import ASSETS, BUILTIN_MODEL
 from .objective import Objective
+from .preflight import RequirementError, check_environment
 
 RECIPE_LEARNING_RATE = 1e-6
 DEMO_LEARNING_RATE = 2e-3
@@ -64,7 +67,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     bf16: str = field(default="auto", metadata={"choices": ("auto", "on", "off"), "help": "auto: on with CUDA"})
     gradient_checkpointing: str = field(default="auto", metadata={"choices": ("auto", "on", "off"), "help": "auto: on with CUDA"})
-    liger: str = field(default="auto", metadata={"choices": ("auto", "on", "off"), "help": "Liger kernels for the model body; auto: on with CUDA"})
+    liger: str = field(default="auto", metadata={"choices": ("auto", "on", "off"), "help": "Liger kernels for the model body; auto: on with CUDA where liger-kernel is installed and supports the model"})
     pack: str = field(default="on", metadata={"choices": ("on", "off"), "help": "pack sequences without padding"})
     share_prefix: str = field(default="on", metadata={"choices": ("on", "off"), "help": "forward each pair as a tree: prompt and common answer prefix once"})
     attention: str = field(default="auto", metadata={"choices": ("auto", "sdpa", "flex"), "help": "attention kernel; auto: sdpa (flex: FlexAttention block masks, CUDA)"})
@@ -267,8 +270,9 @@ def build_parser():
 
 
 def parse_config(argv=None):
-    """TrainConfig from defaults < YAML (``--config``) < flags, validated; a bad value exits with a
-    message naming the option (and the file)."""
+    """TrainConfig from defaults < YAML (``--config``) < flags, validated, and what it needs from the
+    machine checked (``preflight.check_environment``); a bad value or a missing requirement exits with
+    one line naming the option (and the file)."""
     args = build_parser().parse_args(argv)
     values, sources = {}, {}
     if args.config:
@@ -292,6 +296,8 @@ def parse_config(argv=None):
     for name in flags:
         sources.pop(name, None)
     try:
-        return validate(values, sources)
-    except ConfigError as error:
+        config = validate(values, sources)
+        check_environment(config)
+    except (ConfigError, RequirementError) as error:
         raise SystemExit(f"error: {error}") from None
+    return config

@@ -3,10 +3,19 @@
 One process per device under torchrun (or a single process without it). CUDA uses NCCL, the CPU
 gloo. ``stop_distributed`` ends every run with a barrier and ``destroy_process_group``; without it
 DeepSpeed processes abort at exit now and then.
+
+On the CPU, DeepSpeed's process group needs its shared-memory communication op, a C++ extension
+that torch builds on first use (a minute or more) under ``TORCH_EXTENSIONS_DIR``, by default one
+directory per user (``~/.cache/torch_extensions``) that every environment shares, so environments
+with other torch builds rebuild it over each other. Where that variable is unset and Python runs in
+a writable virtual environment, the build is kept in that environment (``VENV/torch_extensions``);
+a run says when it builds the op, once.
 """
 import math
 import os
 import socket
+import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -18,8 +27,28 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def extensions_dir():
+    """Where torch builds and finds C++ extensions: ``TORCH_EXTENSIONS_DIR``, set to
+    ``sys.prefix/torch_extensions`` first when unset and ``sys.prefix`` is a writable virtual
+    environment; None for torch's per-user default."""
+    if "TORCH_EXTENSIONS_DIR" not in os.environ and sys.prefix != sys.base_prefix and os.access(sys.prefix, os.W_OK):
+        os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(sys.prefix, "torch_extensions")
+    return os.environ.get("TORCH_EXTENSIONS_DIR")
+
+
+def announce_communication_op_build(directory):
+    """Says, on rank 0, that DeepSpeed is about to build its CPU communication op (not built in
+    ``directory`` yet)."""
+    if directory is None or os.environ.get("RANK", "0") != "0":
+        return
+    if not any(Path(directory, "deepspeed_shm_comm").glob("*.so")):
+        print(f"DeepSpeed: building its CPU communication op once for this environment (a minute or more), in "
+              f"{directory}", flush=True)
+
+
 def start_distributed():
     """Initializes the process group (a group of one without torchrun); returns (rank, world, device)."""
+    directory = extensions_dir()
     import deepspeed
 
     if "RANK" not in os.environ:
@@ -31,6 +60,7 @@ def start_distributed():
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
+        announce_communication_op_build(directory)
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), device
 
@@ -90,7 +120,15 @@ def deepspeed_config(config, bf16, device, hidden_size):
     CPU Adam would need its C++ extension built). Under ZeRO-3 a parameter of fewer than
     ``10 * hidden_size`` elements (norm weights, biases) stays whole on every rank, as transformers'
     DeepSpeed integration sets it; every weight matrix is partitioned and gathered where it is used
-    (DeepSpeed's fixed default, 1e5 elements, would keep a small model whole after its first forward)."""
+    (DeepSpeed's fixed default, 1e5 elements, would keep a small model whole after its first forward).
+
+    Gradients of the ``grad_accum`` micro-batches are summed in fp32 (``data_types.grad_accum_dtype``;
+    DeepSpeed's default is the model's dtype, so bf16 would round the running sum after every
+    micro-batch). DeepSpeed 0.19.8 honours it from ZeRO-1 on: ZeRO-2 and 3 keep fp32 gradient
+    partitions; ZeRO-1 in bf16 switches to its BF16 optimizer, which holds a whole fp32 gradient
+    buffer and all-reduces it in the communication dtype, so that dtype is fp32 too (else the sum is
+    rounded to bf16 once, at the step). ZeRO-0 refuses a grad_accum_dtype other than the model's
+    (NotImplementedError): there bf16 gradients accumulate in bf16 (``grad_accum_note``)."""
     offload = {"device": "cpu", "pin_memory": device.type == "cuda"}
     zero = {
         "stage": config.zero_stage,
@@ -103,7 +141,7 @@ def deepspeed_config(config, bf16, device, hidden_size):
         zero["offload_optimizer"] = offload
     if config.offload == "params":
         zero["offload_param"] = offload
-    return {
+    engine_config = {
         "train_micro_batch_size_per_gpu": config.per_device_batch,
         "gradient_accumulation_steps": config.grad_accum,
         "gradient_clipping": config.grad_clip,
@@ -114,6 +152,19 @@ def deepspeed_config(config, bf16, device, hidden_size):
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
+    if config.zero_stage >= 1:
+        engine_config["data_types"] = {"grad_accum_dtype": "fp32"}
+    if config.zero_stage == 1 and bf16:
+        engine_config["communication_data_type"] = "fp32"
+    return engine_config
+
+
+def grad_accum_note(config, bf16):
+    """A line for the start of a run whose micro-batch gradients are summed in bf16, else None."""
+    if bf16 and config.zero_stage == 0 and config.grad_accum > 1:
+        return (f"note: with --zero-stage 0 DeepSpeed sums the gradients of the {config.grad_accum} micro-batches in "
+                f"bf16 (ZeRO-1 and up sum them in fp32)")
+    return None
 
 
 def build_engine(model, config, engine_config, learning_rate, total_steps):

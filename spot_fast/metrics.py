@@ -3,13 +3,13 @@ steps) to TensorBoard or Weights & Biases (``--report-to``), and a PNG plot at t
 whichever of implicit rewards, PEAR weights and retain-set forgetting signals the run logged.
 
 ``--report-to``: ``auto`` is TensorBoard where the ``tensorboard`` package is installed, else the JSONL
-alone; ``none`` the JSONL alone; ``tensorboard`` and ``wandb`` require their package
-(``check_report_to`` says so before any work). W&B reads its usual environment (``WANDB_PROJECT``,
+alone; ``none`` the JSONL alone; ``tensorboard`` and ``wandb`` require their package, W&B also an API
+key or ``WANDB_MODE=offline`` (``preflight.check_report_to`` says so before any work).
+``metrics.jsonl`` is created with its first row: a run that stops before logging a step leaves none. W&B reads its usual environment (``WANDB_PROJECT``,
 default ``spot-fast``; ``WANDB_MODE=offline`` writes the run under OUTPUT_DIR/wandb for a later
 ``wandb sync``); the run is named after the output directory and carries the run's configuration.
 A resumed run starts a new W&B run (W&B cannot take back the steps logged after the checkpoint).
 """
-import importlib.util
 import json
 import os
 import time
@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from .preflight import report_to_choice
 
 
 def pooled_over_ranks(sums, counts, same_on_every_rank=None):
@@ -77,16 +79,6 @@ class MetricsWindow:
         return row
 
 
-REPORT_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
-
-
-def check_report_to(report_to):
-    """Raises ValueError naming the missing package when ``report_to`` needs one that is not installed."""
-    package = REPORT_PACKAGES.get(report_to)
-    if package is not None and importlib.util.find_spec(package) is None:
-        raise ValueError(f"--report-to {report_to} needs the {package} package: pip install {package}")
-
-
 class TensorBoardReport:
     def __init__(self, output_dir, run_config):
         from torch.utils.tensorboard import SummaryWriter
@@ -118,24 +110,23 @@ REPORTS = {"tensorboard": TensorBoardReport, "wandb": WandbReport}
 
 def open_report(report_to, output_dir, run_config):
     """The report ``report_to`` names (``auto``: TensorBoard where installed), or None."""
-    if report_to == "auto":
-        report_to = "tensorboard" if importlib.util.find_spec("tensorboard") is not None else "none"
+    report_to = report_to_choice(report_to)
     return REPORTS[report_to](output_dir, run_config) if report_to in REPORTS else None
 
 
 class MetricsLog:
     """``metrics.jsonl`` (and the ``--report-to`` report) of one run. A resumed run first drops the
-    rows logged after the checkpoint it resumes from, so no step is logged twice in the JSONL."""
+    rows logged after the checkpoint it resumes from, so no step is logged twice in the JSONL. The file
+    is opened (created, for a fresh run) by the first ``log``."""
 
     def __init__(self, output_dir, enabled, resumed_step=None, report_to="auto", run_config=None):
         self.enabled = enabled
         self.path = Path(output_dir) / "metrics.jsonl"
-        self.report = None
+        self.report = self.file = None
         if not enabled:
             return
         if resumed_step is not None and self.path.exists():
             self._truncate_after(resumed_step)
-        self.file = open(self.path, "a", encoding="utf-8")
         self.report = open_report(report_to, output_dir, run_config or {})
 
     def _truncate_after(self, step):
@@ -148,6 +139,8 @@ class MetricsLog:
     def log(self, step, values):
         if not self.enabled:
             return
+        if self.file is None:
+            self.file = open(self.path, "a", encoding="utf-8")
         self.file.write(json.dumps({"step": step, **values}) + "\n")
         self.file.flush()
         if self.report is not None:
@@ -155,7 +148,8 @@ class MetricsLog:
 
     def close(self):
         if self.enabled:
-            self.file.close()
+            if self.file is not None:
+                self.file.close()
             if self.report is not None:
                 self.report.close()
 

@@ -18,12 +18,15 @@ With ``load_in_4bit`` (QLoRA) every linear layer of the body is loaded as bitsan
 (``Linear4bit``, computing in ``dtype``); transformers leaves the LM head and the embeddings in
 ``dtype``, so the fused head reads the head's weight as it is. The built-in model is quantized from
 its seeded weights through the same ``from_pretrained``.
+
+transformers is imported where a model, tokenizer or configuration is built, not with this module:
+the options of a run (``config.py``, which names ``BUILTIN_MODEL``) are checked before that import,
+which takes seconds.
 """
 import os
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
 from .attention import FLEX_ATTENTION
 
@@ -34,6 +37,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 
 
 def tiny_qwen3_config(vocab_size):
+    from transformers import Qwen3Config
     return Qwen3Config(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
@@ -45,13 +49,19 @@ class ModelError(ValueError):
     """A model or tokenizer that cannot be used; the message names it and what to do."""
 
 
+def is_hub_id(name):
+    """Whether ``name`` is left to the hub: not the built-in model nor a directory, and written ``owner/name``."""
+    return (name != BUILTIN_MODEL and not os.path.isdir(name) and not name.startswith(("/", ".", "~"))
+            and name.count("/") == 1)
+
+
 def check_model_name(name):
     """Raises ModelError when ``name`` is written as a path (or is not ``owner/name``) and no such
     directory exists. A hub id is left to transformers, which also finds it in the local cache
     offline (``HF_HUB_OFFLINE=1``)."""
     if name == BUILTIN_MODEL or os.path.isdir(name):
         return
-    if name.startswith(("/", ".", "~")) or name.count("/") != 1:
+    if not is_hub_id(name):
         raise ModelError(f"model {name!r}: no such directory (and not a hub id 'owner/name')")
 
 
@@ -74,6 +84,7 @@ def load_tokenizer(name, need_chat_template=True):
         # transformers would build an empty tokenizer from config.json alone
         raise ModelError(f"{name!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): save the tokenizer "
                          f"into it with tokenizer.save_pretrained")
+    from transformers import AutoTokenizer
     tokenizer = _loaded("the tokenizer", name, lambda: AutoTokenizer.from_pretrained(path))
     if need_chat_template and not tokenizer.chat_template:
         raise ModelError(f"the tokenizer of {name!r} has no chat template; prompts are rendered with it: add one "
@@ -95,6 +106,7 @@ def load_model(name, dtype=torch.float32, attn_implementation=None, zero3_config
     With ``zero3_config`` (the run's DeepSpeed configuration, ZeRO stage 3; every rank must call
     this together) the model is partitioned over the ranks from construction on; with
     ``load_in_4bit`` its body's linear layers are 4-bit (module docstring)."""
+    from transformers import AutoModelForCausalLM, Qwen3ForCausalLM
     if zero3_config is not None:
         from transformers.integrations import HfDeepSpeedConfig
         _ZERO3_CONFIGS.append(HfDeepSpeedConfig(zero3_config))  # before the model is built
@@ -148,6 +160,7 @@ def _builtin_model(dtype, partitioned):
     transformers' ``_from_config``), then each parameter gathered in turn and given rank 0's values
     of the seeded model, so that it equals the unpartitioned model exactly (the seeded values come
     from a full copy on rank 0: this model is a few megabytes)."""
+    from transformers import Qwen3ForCausalLM
     vocab_size = len(load_tokenizer(BUILTIN_MODEL))
 
     def seeded():
@@ -169,13 +182,17 @@ def _builtin_model(dtype, partitioned):
     return model
 
 
-def hidden_size(name):
-    """The hidden size of model ``name``, from its configuration alone (no weights are read)."""
+def pretrained_config(name):
+    """The transformers configuration of model ``name`` (no weights are read)."""
     if name == BUILTIN_MODEL:
-        return tiny_qwen3_config(len(load_tokenizer(BUILTIN_MODEL))).hidden_size
+        return tiny_qwen3_config(len(load_tokenizer(BUILTIN_MODEL)))
     check_model_name(name)
     from transformers import AutoConfig
-    return _loaded("the configuration", name, lambda: AutoConfig.from_pretrained(name)).hidden_size
+    return _loaded("the configuration", name, lambda: AutoConfig.from_pretrained(name))
+
+
+def hidden_size(name):
+    return pretrained_config(name).hidden_size
 
 
 def model_identity(name, load_in_4bit=False):

@@ -2,7 +2,8 @@
 
 A fresh run refuses a directory that holds another run's results (``metrics.jsonl``, ``final/``,
 checkpoints, the plot), so that two runs never mix their metrics or overwrite each other's model;
-``--overwrite`` deletes those results first. A resume (``--resume latest`` or a checkpoint path)
+``--overwrite`` deletes those results first; the refusal suggests ``--resume latest`` only where
+there is a checkpoint to resume. A resume (``--resume latest`` or a checkpoint path)
 continues in place, and only if the settings that decide what the run computes are the
 checkpoint's (``config.changed_on_resume``) and the world size is the same. The directory must be
 writable, which is tried, not assumed.
@@ -76,9 +77,10 @@ def prepare(config, world):
     if checkpoint is None:
         found = previous_results(output_dir)
         if found and not config.overwrite:
+            resume = ", continue that run with --resume latest" if checkpoints(output_dir) else ""
             raise ConfigError(f"--output-dir {output_dir} holds another run's results "
-                              f"({', '.join(p.name for p in found)}): choose a new --output-dir, continue that run "
-                              f"with --resume latest, or pass --overwrite to delete them")
+                              f"({', '.join(p.name for p in found)}): choose a new --output-dir{resume}, "
+                              f"or pass --overwrite to delete them")
     check_writable(output_dir)
     return checkpoint
 

@@ -40,17 +40,18 @@ from spot_fast.checkpoint import TrainingState, checkpoints, load_checkpoint, pr
 from spot_fast.config import ConfigError, TrainConfig, parse_config
 from spot_fast.batching import collate, pair_tokens, to_device
 from spot_fast.data import DataError, load_pairs
-from spot_fast.engine import build_engine, deepspeed_config, start_distributed, stop_distributed
+from spot_fast.engine import build_engine, deepspeed_config, grad_accum_note, start_distributed, stop_distributed
 from spot_fast.example_order import ExampleOrder
 from spot_fast.forgetting.retain import RetainSet
 from spot_fast.host_syncs import HostSyncs
 from spot_fast.logprob_cache import CacheError, ScoredOnce
 from spot_fast.logprob_head import LogprobModel, install_logprob_head
 from spot_fast.lora import adapters_disabled, add_lora, parameter_count, save_merged
-from spot_fast.metrics import MetricsLog, MetricsWindow, check_report_to, plot_metrics
+from spot_fast.metrics import MetricsLog, MetricsWindow, plot_metrics
 from spot_fast.models import ModelError, check_model_name, hidden_size, load_model, load_tokenizer, model_identity
 from spot_fast.noise import silence_known_noise
 from spot_fast.objective import Objective, micro_batch_loss, reward_metrics
+from spot_fast.preflight import cuda_available, liger_choice, startup_lines
 from spot_fast.scoring import Scorer
 from spot_kernels import RewardShift, implicit_reward, resolve_backend
 
@@ -123,7 +124,7 @@ def load_policy(name, config, dtype, device, zero3_config=None):
     is_policy = name == config.model
     model = load_model(name, dtype=dtype, attn_implementation=FLEX_ATTENTION if config.attention == "flex" else "sdpa",
                        zero3_config=zero3_config, load_in_4bit=config.load_in_4bit and is_policy)
-    if on_when_auto(config.liger, device):
+    if liger_choice(config.liger, config.model, cuda_available())[0]:  # checked with the options (preflight)
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
         _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
     model = install_logprob_head(model, config.kernel_backend)
@@ -134,10 +135,8 @@ def load_policy(name, config, dtype, device, zero3_config=None):
 
 def set_up(config):
     resume_from = run_dir.prepare(config, world=int(os.environ.get("WORLD_SIZE", "1")))
-    try:
-        check_report_to(config.report_to)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    if os.environ.get("RANK", "0") == "0":
+        print("\n".join(startup_lines(config)))
     tokenizer = load_tokenizer(config.model)
     pairs, stats, eval_pairs, retain_pairs = read_data(config, tokenizer)
     if config.loss == "pear" and config.behavior_model:
@@ -162,6 +161,8 @@ def set_up(config):
               f"skipped (prompt longer than max_length), {stats.truncated_completions} completions truncated, "
               f"{prompts}{order.left_out_per_epoch} left out per epoch; {order.total_steps} optimizer steps on "
               f"{world} process(es), {device.type}")
+        if grad_accum_note(config, bf16):
+            print(grad_accum_note(config, bf16))
 
     engine_config = deepspeed_config(config, bf16, device, hidden_size(config.model))
     policy = load_policy(config.model, config, dtype, device, engine_config if config.zero_stage == 3 else None)

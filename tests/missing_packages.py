@@ -1,0 +1,80 @@
+"""Runs the trainer's ``main`` with packages made missing, run by test_startup.py:
+
+    python tests/missing_packages.py OUT.json
+
+A package is made missing the way Python sees an absent one: ``sys.modules[name] = None`` makes
+``import name`` raise ModuleNotFoundError and ``importlib.util.find_spec(name)`` return None. Each case
+(name -> modules made missing, trainer flags, environment) records what ``main`` exited with, whether
+its output directory exists, and which heavy modules had been imported by then. Last, with Liger
+made missing, ``preflight.liger_choice`` as it answers on a CUDA machine (cuda=True), which reads the
+model's configuration (transformers).
+"""
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+HEAVY = ("transformers", "deepspeed", "peft", "liger_kernel", "wandb", "bitsandbytes")
+ROOT = Path(tempfile.mkdtemp())
+os.environ.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_CACHE=str(ROOT / "hub"), NETRC=str(ROOT / "no-netrc"))
+for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "WANDB_API_KEY", "WANDB_MODE", "WANDB_IDENTITY_TOKEN_FILE",
+                 "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+    os.environ.pop(variable, None)
+(ROOT / "hub" / "models--spotfast--cached").mkdir(parents=True)
+
+from spot_fast import preflight  # noqa: E402
+from spot_fast.models import BUILTIN_MODEL  # noqa: E402
+from spot_fast.train import main as train_main  # noqa: E402
+
+CASES = {
+    "deepspeed": (["deepspeed"], []),
+    "wandb": (["wandb"], ["--report-to", "wandb"]),
+    "wandb key": ([], ["--report-to", "wandb"]),
+    "tensorboard": (["tensorboard"], ["--report-to", "tensorboard"]),
+    "bitsandbytes": (["bitsandbytes"], ["--load-in-4bit", "--lora-r", "8"]),
+    "flex attention": (["torch.nn.attention.flex_attention"], ["--attention", "flex"]),
+    "liger on": ([], ["--liger", "on"]),
+    "hub": ([], ["--model", "spotfast/absent"]),
+    "hub, cached": ([], ["--model", "spotfast/cached"]),
+}
+
+
+@contextlib.contextmanager
+def missing(names):
+    """``names`` (and their submodules) are missing while the context lasts."""
+    saved = {m: sys.modules.pop(m) for m in list(sys.modules) if any(m == n or m.startswith(n + ".") for n in names)}
+    sys.modules.update(dict.fromkeys(names))
+    try:
+        yield
+    finally:
+        for name in names:
+            del sys.modules[name]
+        sys.modules.update(saved)
+
+
+def run_case(names, flags):
+    output_dir = ROOT / "runs" / "-".join(flags or ["default"])
+    with missing(names):
+        try:
+            code = train_main(["--output-dir", str(output_dir), *flags])
+        except SystemExit as stop:
+            code = stop.code
+    return {"exit": code, "output_dir_exists": output_dir.exists(), "heavy": [m for m in HEAVY if sys.modules.get(m)]}
+
+
+def main(out_path):
+    results = {name: run_case(names, flags) for name, (names, flags) in CASES.items()}
+    with missing(["liger_kernel"]):
+        results["liger auto, CUDA"] = preflight.liger_choice("auto", BUILTIN_MODEL, True)
+        try:
+            preflight.liger_choice("on", BUILTIN_MODEL, True)
+        except preflight.RequirementError as error:
+            results["liger on, CUDA"] = str(error)
+    results["liger support"] = {t: preflight.liger_support(t) for t in ("qwen3", "no_such_architecture")}
+    Path(out_path).write_text(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
