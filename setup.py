@@ -1,7 +1,7 @@
 """spot-fast: Surgical Post-Training with fused LM-head kernels.
 
 Installs two import packages from one distribution:
-- ``spot_kernels`` (folder ``kernels/``): trainer-free Triton / PyTorch kernels; needs torch + triton.
+- ``spot_kernels``: trainer-free Triton / PyTorch kernels; needs torch + triton.
 - ``spot_fast`` (folder ``spot_fast/``): the trainer, data pipeline and evaluation.
 """
 from setuptools import setup
@@ -14,7 +14,6 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["spot_kernels", "spot_fast", "spot_fast.rectify", "spot_fast.forgetting", "spot_fast.evaluate"],
-    package_dir={"spot_kernels": "kernels", "spot_fast": "spot_fast"},
     package_data={"spot_fast": ["assets/*", "assets/**/*"]},
     install_requires=[
         "torch>=2.4",

@@ -224,7 +224,7 @@ def calibrate(model, base_length):
 
 
 def fused_head_formula(tokens, config):
-    """``8 N H V``: forward tile, recomputed tile, and the two gradient matmuls (DESIGN.md section 8)."""
+    """``8 N H V``: forward tile, recomputed tile, and the two gradient matmuls (docs/design.md section 8)."""
     return 8 * tokens * config.hidden_size * config.vocab_size
 
 

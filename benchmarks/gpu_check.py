@@ -23,8 +23,8 @@ CUDA and without ``--dry-run`` it says so, writes nothing and exits 0. ``--dry-r
 code path on the CPU at toy sizes (the CUDA tests are only collected; FlexAttention's training step
 needs CUDA and is skipped). The exit status is 1 when a part failed or ran out of time.
 
-Imports: every part runs this checkout's ``spot_fast`` and ``kernels`` (as ``spot_kernels``), put
-first on PYTHONPATH. ``--wheels DIR`` first installs the wheels in DIR (``make gpu-wheels``) into a
+Imports: every part runs this checkout's ``spot_fast`` and ``spot_kernels`` (the checkout is put
+first on PYTHONPATH). ``--wheels DIR`` first installs the wheels in DIR (``make gpu-wheels``) into a
 folder of this run (pip ``--no-index --no-deps --target``) and puts it on PYTHONPATH too: for a node
 whose image has torch and triton but not DeepSpeed, Liger or this project's pinned transformers.
 """
@@ -199,13 +199,9 @@ def install_wheels(wheels, site):
 
 
 def import_paths(work, wheels):
-    """The folders every part imports from first: this checkout (``kernels/`` as ``spot_kernels``), then
-    the installed wheels; also put on this process's ``sys.path`` so that ``needs`` is judged alike."""
-    checkout = work / "checkout"
-    checkout.mkdir()
-    (checkout / "spot_kernels").symlink_to(REPO / "kernels", target_is_directory=True)
-    (checkout / "spot_fast").symlink_to(REPO / "spot_fast", target_is_directory=True)
-    paths = [str(checkout)]
+    """The folders every part imports from first: this checkout (its ``spot_fast`` and ``spot_kernels``),
+    then the installed wheels; also put on this process's ``sys.path`` so that ``needs`` is judged alike."""
+    paths = [str(REPO)]
     if wheels:
         install_wheels(wheels, work / "site")
         paths.append(str(work / "site"))

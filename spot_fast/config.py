@@ -1,6 +1,6 @@
 """Training configuration: plain values, from flags and/or a YAML file (flags win).
 
-Defaults reproduce the SPoT recipe (DESIGN.md section 1): spot_bco, beta 0.1, lr 1e-6 cosine with 5%
+Defaults reproduce the SPoT recipe (docs/design.md section 1): spot_bco, beta 0.1, lr 1e-6 cosine with 5%
 warmup, 2 epochs, weight decay 0.01, Adam betas (0.9, 0.95), grad clip 1.0, global batch 32, max
 length 8192, ZeRO-2, bf16 and gradient checkpointing on GPU. With no ``--model`` and ``--data`` the
 run is the built-in demo (tiny model, bundled pairs); the recipe's learning rate does not move a
@@ -8,7 +8,7 @@ randomly initialized 2-layer model, so the demo uses ``DEMO_LEARNING_RATE`` unle
 bundled pairs are the default for the built-in model only: any other model needs ``--data``.
 ``validate`` resolves these model-dependent defaults, so a config always holds the values the run
 uses (and a checkpoint stores them).
-The PEAR options default to ``spot_kernels.PearConfig()`` (this library's choice; see kernels/pear.py).
+The PEAR options default to ``spot_kernels.PearConfig()`` (this library's choice; see spot_kernels/pear.py).
 
 Every option is validated once, from the flags and the YAML alike, before anything is loaded or
 written: its type (YAML numbers such as ``1e-6``, which YAML reads as a string, are converted), its

@@ -1,6 +1,6 @@
 """Preference pairs: read JSONL, render with the chat template, tokenize, truncate, batch.
 
-Accepted fields per line (DESIGN.md section 5):
+Accepted fields per line (docs/design.md section 5):
 - prompt: ``question`` or ``prompt`` (a string, or a list of chat messages: ``role`` system, user or
   assistant, or tool where the chat template renders tool messages, and a string ``content``),
 - chosen y+: ``gemini_corrected_answer``, ``chosen``, ``response`` or ``completion`` (a string, or

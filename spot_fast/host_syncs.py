@@ -4,7 +4,7 @@ On CUDA, torch's sync debug mode (``torch.cuda.set_sync_debug_mode("warn")``) wa
 synchronising call (a value read to the host, a blocking copy, a stream or device synchronise; torch
 does not cover ``torch.distributed``). ``HostSyncs`` turns it on around the training steps and, instead
 of printing the warnings, counts them by call site: the innermost frame outside torch, and the
-innermost frame in this project (``spot_fast/``, ``kernels/``) when that is another, so that a
+innermost frame in this project (``spot_fast/``, ``spot_kernels/``) when that is another, so that a
 DeepSpeed or transformers site names the line of ours that led to it. ``write`` saves the sites,
 most frequent first, to ``OUTPUT_DIR/host_syncs.json`` (``benchmarks/gpu_check.py`` reads it).
 Elsewhere than CUDA nothing is traced and the file says so.
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 TORCH_DIR = str(Path(torch.__file__).parent)
-PROJECT_DIRS = tuple(str(Path(__file__).resolve().parents[1] / folder) + "/" for folder in ("spot_fast", "kernels"))
+PROJECT_DIRS = tuple(str(Path(__file__).resolve().parents[1] / folder) + "/" for folder in ("spot_fast", "spot_kernels"))
 SYNC_WARNING = "synchroniz"  # torch: "called a synchronizing CUDA operation"
 
 

@@ -1,7 +1,7 @@
 """The loss of one micro-batch under the configured objective, and its metrics.
 
     per-token log-probs (fused head)  ->  sequence sums  ->  implicit rewards r = beta * (logp - logp_ref)
-    ->  delta (spot_bco: update-then-use)  ->  per-example loss (DESIGN.md section 4)  ->  mean over pairs
+    ->  delta (spot_bco: update-then-use)  ->  per-example loss (docs/design.md section 4)  ->  mean over pairs
 
 PEAR takes the per-token log-probs and the behaviour log-probs instead (importance-weighted NLL).
 Metrics are detached 0-d tensors (or Python numbers) computed without host synchronisation; the

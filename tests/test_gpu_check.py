@@ -56,7 +56,7 @@ def write_wheel(folder):
 
 def test_wheels_are_installed_for_the_run_and_importable_in_every_part(gpu_check, tmp_path, monkeypatch):
     """``--wheels DIR``: its wheels go into a folder of the run, which is on the parts' PYTHONPATH after
-    this checkout (whose ``kernels/`` is imported as ``spot_kernels``)."""
+    this checkout (its ``spot_kernels``)."""
     write_wheel(tmp_path / "wheels")
     monkeypatch.setattr(sys, "path", list(sys.path))
     (tmp_path / "work").mkdir()
@@ -66,7 +66,7 @@ def test_wheels_are_installed_for_the_run_and_importable_in_every_part(gpu_check
     done = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ, PYTHONPATH=os.pathsep.join(paths)),
                           capture_output=True, text=True, cwd=tmp_path, check=True)
     value, kernels = done.stdout.split()
-    assert value == "42" and Path(kernels).resolve() == REPO / "kernels" / "__init__.py"
+    assert value == "42" and Path(kernels).resolve() == REPO / "spot_kernels" / "__init__.py"
 
 
 def test_dry_run_runs_every_part_at_toy_sizes(tmp_path):

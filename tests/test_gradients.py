@@ -33,7 +33,7 @@ def token_logps(model, prompt, completion):
 
 
 def direct_loss(objective, model, pairs, reference):
-    """The objective of DESIGN.md section 4 written out from materialized logits."""
+    """The objective of docs/design.md section 4 written out from materialized logits."""
     logsig = F.logsigmoid
     chosen_tokens = [token_logps(model, p.prompt_ids, p.chosen_ids) for p in pairs]
     chosen = torch.stack([t.sum() for t in chosen_tokens])

@@ -20,7 +20,7 @@ import torch
 from spot_fast.host_syncs import HostSyncs
 
 REPO = Path(__file__).resolve().parents[1]
-OURS = (str(REPO / "spot_fast") + "/", str(REPO / "kernels") + "/")
+OURS = (str(REPO / "spot_fast") + "/", str(REPO / "spot_kernels") + "/")
 COMMON = "--max-steps 1 --per-device-batch 2 --grad-accum 2 --learning-rate 1e-3"
 RUNS = {"spot_bco": f"{COMMON} --loss spot_bco",
         "dpo": f"{COMMON} --loss dpo --pack off --share-prefix off",
@@ -37,7 +37,7 @@ def reads(tmp_path_factory):
 
 
 def ours(sites):
-    """The sites whose innermost frame outside torch is in spot_fast/ or kernels/."""
+    """The sites whose innermost frame outside torch is in spot_fast/ or spot_kernels/."""
     return {site: n for site, n in sites.items() if any(f": {root}" in site for root in OURS)}
 
 

@@ -1,4 +1,4 @@
-"""The triton backend compiles for sm_90 and sm_80 ahead of time, without a GPU (DESIGN.md section 7).
+"""The triton backend compiles for sm_90 and sm_80 ahead of time, without a GPU (docs/design.md section 7).
 
 ``tests/aot_compile.py`` runs the backend's real host code on meta tensors under a stand-in Triton
 driver that reports ``GPUTarget("cuda", arch, 32)``, so every launch, autotuning included, compiles

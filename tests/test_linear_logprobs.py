@@ -106,7 +106,7 @@ BF16_MARGINS = {"logp": (2.0 ** -23, 1e-6), "entropy": (2.0 ** -23, 1e-6), "dhid
 @pytest.mark.parametrize("backend", FUSED + ["eager"])
 @pytest.mark.parametrize("shape", [(37, 48, 1000), (129, 48, 2500)])
 def test_bf16_elementwise_no_worse_than_eager_bf16(backend, shape, monkeypatch):
-    """bf16 inputs judged elementwise, as Apple's cut-cross-entropy tests do (DESIGN.md section 7).
+    """bf16 inputs judged elementwise, as Apple's cut-cross-entropy tests do (docs/design.md section 7).
 
     Reference: the eager spec in float64 on the same bf16 inputs. For logp and the gradients of
     hidden, weight and bias, every element's error against it must be no worse than eager bf16's

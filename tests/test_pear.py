@@ -8,7 +8,7 @@ from spot_kernels import PEAR_LEVELS, PearConfig, pear_loss, pear_weights
 
 
 def loop_weights(policy, behavior, seq_index, num_seqs, config):
-    """The formulas of kernels/pear.py, one sequence and one token at a time, in Python floats."""
+    """The formulas of spot_kernels/pear.py, one sequence and one token at a time, in Python floats."""
     weights = [None] * len(policy)
     for s in range(num_seqs):
         members = [i for i in range(len(policy)) if int(seq_index[i]) == s]  # in position order

@@ -1,4 +1,4 @@
-"""Forgetting signals on a retain set during training (DESIGN.md section 6).
+"""Forgetting signals on a retain set during training (docs/design.md section 6).
 
 The retain set holds prompts with answers the starting model would give (e.g. its own answers from
 the rectification ``elicit`` stage). With ``y`` teacher-forced, per completion token,

@@ -28,7 +28,7 @@ chunks that keep the dz tile within DZ_TILE_ELEMENTS. ``_dlogits_kernel`` recomp
 dz = g * (onehot(t) - exp(z - lse)) in the input dtype; its grid puts the vocab axis first (the
 fastest-varying program id), so the programs of a wave share one block of ``hidden`` in L2. The two
 gradient matmuls of the driver accumulate in fp32 inside the matmul.
-FLOPs: forward 2NHV, recompute 2NHV, two gradient matmuls 4NHV: the 8NHV floor of DESIGN.md section 8.
+FLOPs: forward 2NHV, recompute 2NHV, two gradient matmuls 4NHV: the 8NHV floor of docs/design.md section 8.
 
 Tile configurations: under TRITON_INTERPRET=1 one fixed configuration with large tiles (the
 interpreter cannot autotune: it has no GPU driver); fp32 inputs one configuration of their own

@@ -1,4 +1,4 @@
-"""Sequence sums and the preference objectives of DESIGN.md section 4, as pure PyTorch functions.
+"""Sequence sums and the preference objectives of docs/design.md section 4, as pure PyTorch functions.
 
 With r = beta * (logp_policy(y|x) - logp_ref(y|x)) (sequence sums of completion-token log-probs, fp32;
 float64 where the inputs are float64, so that tests can hold the whole path to a float64 reference):

@@ -1,6 +1,6 @@
 """The eager specification of ``linear_logprobs``: materialized logits, log-softmax, gather.
 
-This is the contract every fast backend must reproduce (DESIGN.md section 3) and the baseline the
+This is the contract every fast backend must reproduce (docs/design.md section 3) and the baseline the
 benchmarks compare against. It holds the full [N, V] logits (in the input dtype) plus their fp32
 log-softmax, so it is only for tests, small shapes and measurements.
 """

@@ -1,7 +1,7 @@
 """The backward of the fused backends: gradients of ``sum(grad * logp)`` from recomputed logit tiles.
 
 Both fused backends (``chunked`` and ``triton``) differ only in how a tile of ``dz`` is produced;
-this driver owns the loop order and the accumulation (DESIGN.md section 3):
+this driver owns the loop order and the accumulation (docs/design.md section 3):
 
     for each vocab slice [v0, v1):                      outer: one slice of dweight finished at a time
         for each token chunk [n0, n1):                  inner
