@@ -76,6 +76,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from bench_kernels import device_name  # noqa: E402
 from spot_fast.batching import TRUNK, collate  # noqa: E402
 from spot_fast.data import Pair, TokenLayout, load_pairs  # noqa: E402
 from spot_fast.models import ASSETS, BUILTIN_MODEL, load_tokenizer  # noqa: E402
@@ -493,7 +494,8 @@ def run(args):
         "controlled experiment (rectified)": claims_pairs(args.max_length, limit=args.claims_problems),
         "SPoT-like synthetic": dict.fromkeys(("spot-fast", "trl020"), spot_like.pairs(args.synthetic_pairs)),
     }
-    report = {"torch": torch.__version__, "block": BLOCK, "pairs_per_micro_batch": args.pairs_per_micro_batch,
+    report = {"device": {"name": device_name(torch.device("cpu")), "type": "cpu", "counted_on_meta": True},
+              "torch": torch.__version__, "block": BLOCK, "pairs_per_micro_batch": args.pairs_per_micro_batch,
               "job": {"pairs": args.job_pairs, "epochs": args.epochs, "global_batch": args.global_batch, "gpus": 8,
                       "optimizer_steps": args.epochs * math.ceil(args.job_pairs / args.global_batch)},
               "utilisation": args.utilisation, "peak_flops_per_gpu": H800_BF16_DENSE, "paper_minutes": PAPER_MINUTES,

@@ -45,7 +45,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_kernels import RESULTS_DIR, cell, device_name, median_ms, slug  # noqa: E402
 
-from spot_fast.attention import FLEX_ATTENTION  # noqa: E402
+from spot_fast.attention import FLEX_ATTENTION, register_flex_attention  # noqa: E402
 from spot_fast.batching import collate  # noqa: E402
 from spot_fast.data import Pair  # noqa: E402
 from spot_fast.logprob_head import batch_logps, install_logprob_head  # noqa: E402
@@ -86,6 +86,8 @@ def build_model(config, attention, device, dtype):
     torch.manual_seed(SEED)
     with torch.device(device):
         model = Qwen3ForCausalLM._from_config(config, dtype=dtype)
+    if attention == "flex":
+        register_flex_attention()
     model.set_attn_implementation(FLEX_ATTENTION if attention == "flex" else "sdpa")
     if liger_for(device)[0]:
         from liger_kernel.transformers import _apply_liger_kernel_to_instance

@@ -2,7 +2,8 @@
 by side in one process, at the Qwen3 vocabulary (151936).
 
 Both trainers are TRL 1.16's ``DPOTrainer`` on the same model (a Qwen3-architecture model built from a
-config, seeded; on the CPU a small body so the head dominates), the same reference model and the same
+config where it runs, seeded: ``bench_train.py``'s, Qwen3-1.7B's shape on CUDA, on the CPU a small body
+so the head dominates; ``--toy``: a tiny one, for ``gpu_check.py --dry-run``), the same reference model and the same
 batch of pairs (bundled answers concatenated to ``--answer-tokens``). One step is TRL's
 ``training_step``: policy and reference forwards, the loss, the backward (no optimizer step: it is
 the same for both). Reported per trainer:
@@ -62,7 +63,8 @@ def pairs(tokenizer, count, answer_tokens):
 def build_trainer(name, config, dataset, tokenizer, device, out_dir):
     def model():
         torch.manual_seed(SEED)
-        return Qwen3ForCausalLM(config).to(device)
+        with torch.device(device):
+            return Qwen3ForCausalLM(config)
 
     args = trl.DPOConfig(output_dir=str(out_dir / name), per_device_train_batch_size=len(dataset), max_length=None,
                          report_to=[], use_cpu=device.type == "cpu", bf16=False, gradient_checkpointing=False,
@@ -116,8 +118,9 @@ def workspace_bytes(trainer, inputs, device):
 
 def run(args):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    config = model_config(device)
     tokenizer = load_tokenizer(BUILTIN_MODEL)
+    config = model_config(device, toy=args.toy)
+    config.vocab_size = max(config.vocab_size, len(tokenizer))
     dataset = pairs(tokenizer, args.pairs, args.answer_tokens)
     out_dir = Path(args.scratch)
     built = {name: build_trainer(name, config, dataset, tokenizer, device, out_dir) for name in TRAINERS}
@@ -158,6 +161,8 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per trainer (default 3)")
     parser.add_argument("--scratch", default="/tmp/bench_trl", help="the trainers' output_dir (nothing is saved)")
     parser.add_argument("--out", type=Path, help="result JSON (default results/trl-dpo-<device>-<UTC time>.json)")
+    parser.add_argument("--toy", action="store_true", help="a tiny model: runs the code path in seconds "
+                        "(benchmarks/gpu_check.py --dry-run); measures nothing")
     return parser.parse_args(argv)
 
 
@@ -166,6 +171,7 @@ def main(argv=None):
     report = run(args)
     print_table(report)
     out = args.out or RESULTS_DIR / f"trl-dpo-{slug(report['device']['name'])}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
 

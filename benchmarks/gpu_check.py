@@ -14,6 +14,8 @@ Parts, each a subprocess of this checkout's code with its own time limit (togeth
   time, workspace, time over the 8NHV floor at the measured matmul rate.
 - ``train-bench-sdpa``, ``train-bench-flex``: ``bench_train.py`` (Qwen3-1.7B shape, bf16, answers
   sharing half their tokens): padded, packed and tree layouts; step time, tokens/s, MFU, peak memory.
+- ``trl-dpo``: ``bench_trl.py``: one step of TRL's ``DPOTrainer`` with its own LM head and with
+  ``SpotDPOTrainer`` (Qwen3-1.7B shape, vocabulary 151936): step time and peak memory side by side.
 - ``train-steps``: 5 optimizer steps of ``spot_fast/train.py`` (built-in model, bf16, DeepSpeed) with
   ``--sync-debug warn``: every host-synchronisation site the loop hit.
 
@@ -49,6 +51,7 @@ RESULTS_DIR = REPO / "benchmarks" / "results"
 BUDGET_S = 450            # the parts' limits never add up to more (the whole stays under 8 minutes)
 TAIL = 3000               # characters of each part's output kept in the JSON
 MIN_PART_S = 5            # a part is not started with less time left
+DRY_RUN_LIMIT_S = 600     # a dry run checks code paths on a CPU (perhaps a busy one): no budget, one loose limit
 
 
 @dataclass
@@ -104,6 +107,11 @@ def train_bench_command(attention):
     return command
 
 
+def trl_dpo_command(work, dry_run):
+    sizes = ["--toy", "--pairs", "1", "--answer-tokens", "16", "--repeats", "1"] if dry_run else []
+    return python(REPO / "benchmarks" / "bench_trl.py", *sizes, "--scratch", work / "scratch", "--out", work / "result.json")
+
+
 def read_json(work):
     return json.loads((work / "result.json").read_text(encoding="utf-8"))
 
@@ -127,10 +135,11 @@ def read_train_steps(work):
 
 PARTS = (
     Part("cuda-tests", ("pytest", "transformers"), 75, cuda_tests_command, read_pytest),
-    Part("lm-head", ("tqdm",), 110, lm_head_command, read_json),
-    Part("train-bench-sdpa", ("transformers",), 70, train_bench_command("sdpa"), read_json),
-    Part("train-bench-flex", ("transformers", "torch.nn.attention.flex_attention"), 120, train_bench_command("flex"),
+    Part("lm-head", ("tqdm",), 100, lm_head_command, read_json),
+    Part("train-bench-sdpa", ("transformers",), 60, train_bench_command("sdpa"), read_json),
+    Part("train-bench-flex", ("transformers", "torch.nn.attention.flex_attention"), 100, train_bench_command("flex"),
          read_json, cuda_only="FlexAttention trains on CUDA only (no CPU backward)"),
+    Part("trl-dpo", ("trl", "datasets", "transformers"), 40, trl_dpo_command, read_json),
     Part("train-steps", ("deepspeed", "transformers", "yaml"), 75, train_steps_command, read_train_steps),
 )
 
@@ -297,8 +306,9 @@ def main(argv=None):
         report["versions"] = package_versions()
         for part in PARTS:
             left = BUDGET_S - (time.perf_counter() - began)
-            print(f"gpu-check: {part.name} (limit {min(part.limit_s, int(left))} s) ...", flush=True)
-            entry = run_part(part, work / part.name, env, args.dry_run, min(part.limit_s, int(left)))
+            limit_s = DRY_RUN_LIMIT_S if args.dry_run else min(part.limit_s, int(left))
+            print(f"gpu-check: {part.name} (limit {limit_s} s) ...", flush=True)
+            entry = run_part(part, work / part.name, env, args.dry_run, limit_s)
             print(f"gpu-check: {part.name}: {entry['status']} {entry.get('reason', '')}", flush=True)
             report["parts"].append(entry)
     report["seconds"] = round(time.perf_counter() - began, 1)

@@ -31,8 +31,6 @@ import functools
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, flex_attention_mask
 
 from .batching import BRANCHES, TRUNK
 
@@ -199,5 +197,11 @@ def flex_attention_forward(module, query, key, value, attention_mask, scaling=No
     return output.transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register(FLEX_ATTENTION, flex_attention_forward)
-AttentionMaskInterface.register(FLEX_ATTENTION, flex_attention_mask)  # masks of plain calls (model(input_ids))
+@functools.cache
+def register_flex_attention():
+    """Makes ``FLEX_ATTENTION`` an attention implementation transformers accepts (once per process;
+    called where a model is given it: transformers is imported here, not when this module is)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flex_attention_mask
+    AttentionInterface.register(FLEX_ATTENTION, flex_attention_forward)
+    AttentionMaskInterface.register(FLEX_ATTENTION, flex_attention_mask)  # masks of plain calls (model(input_ids))

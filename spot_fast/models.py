@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .attention import FLEX_ATTENTION
+from .attention import FLEX_ATTENTION, register_flex_attention
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN_MODEL = "builtin:tiny-qwen3"
@@ -110,6 +110,8 @@ def load_model(name, dtype=torch.float32, attn_implementation=None, zero3_config
     if zero3_config is not None:
         from transformers.integrations import HfDeepSpeedConfig
         _ZERO3_CONFIGS.append(HfDeepSpeedConfig(zero3_config))  # before the model is built
+    if attn_implementation == FLEX_ATTENTION:
+        register_flex_attention()
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if load_in_4bit:
         kwargs["quantization_config"] = four_bit_config(dtype)

@@ -25,7 +25,7 @@ for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "WANDB_API_KEY", "WAN
 (ROOT / "hub" / "models--spotfast--cached").mkdir(parents=True)
 
 from spot_fast import preflight  # noqa: E402
-from spot_fast.models import BUILTIN_MODEL  # noqa: E402
+from spot_fast.models import ASSETS, BUILTIN_MODEL  # noqa: E402
 from spot_fast.train import main as train_main  # noqa: E402
 
 CASES = {
@@ -36,8 +36,8 @@ CASES = {
     "bitsandbytes": (["bitsandbytes"], ["--load-in-4bit", "--lora-r", "8"]),
     "flex attention": (["torch.nn.attention.flex_attention"], ["--attention", "flex"]),
     "liger on": ([], ["--liger", "on"]),
-    "hub": ([], ["--model", "spotfast/absent"]),
-    "hub, cached": ([], ["--model", "spotfast/cached"]),
+    "hub": ([], ["--model", "spotfast/absent", "--data", str(ASSETS / "pairs.jsonl")]),
+    "hub, cached": ([], ["--model", "spotfast/cached", "--data", str(ASSETS / "pairs.jsonl")]),
 }
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOTS = ("transformers", "tokenizers", "huggingface-hub", "safetensors", "peft", "liger-kernel", "deepspeed",
+ROOTS = ("transformers", "tokenizers", "huggingface-hub", "safetensors", "peft", "liger-kernel", "deepspeed", "trl",
          "pyyaml", "tqdm", "numpy", "matplotlib", "pytest", "pytest-timeout")
 NODE_HAS = ("torch", "triton")
 BUILT_HERE = ("deepspeed",)  # source-only on the package index
