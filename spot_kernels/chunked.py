@@ -6,7 +6,11 @@ at a time):
     m   = running max over the slices seen so far, s = sum exp(z - m) rescaled as m grows
     lse = m + log(s);  logp = z[t] - lse
     extras (no grad): a = sum exp(z - m) * (z - m), rescaled online as m grows: a' = r * (a + (m - m') * s)
-    entropy = log(s) - a / s  (no cancellation of two large numbers), target_is_argmax = z[t] >= m
+    j   = first column of the first tile whose maximum exceeds the running max (``argmax``'s tie rule)
+    entropy = log(s) - a / s  (no cancellation of two large numbers), target_is_argmax = (j == t)
+
+Autocast is off inside (``linear_logprobs`` turns it off around every backend): the tiles are formed
+in the accumulation dtype whatever autocast context the caller is in.
 
 Backward: ``backward.accumulate_gradients`` (the driver both fused backends share) over the same
 chunks as the forward (``chunk_sizes``), with the tile function ``torch_dlogits``, which recomputes a [token_chunk, vocab_chunk] logit tile and returns
@@ -57,15 +61,18 @@ def chunked_forward(hidden, weight, bias, targets, with_stats):
         sum_exp = torch.zeros_like(running_max)
         sum_exp_z = torch.zeros_like(running_max)
         target_logit = torch.zeros_like(running_max)
+        first_argmax = torch.zeros(n1 - n0, dtype=torch.long, device=hidden.device)
         for v0 in range(0, vocab_size, vocab_chunk):
             v1 = min(vocab_size, v0 + vocab_chunk)
             z = logit_tile(h, weight, bias, v0, v1)
-            new_max = torch.maximum(running_max, z.amax(dim=1))
+            tile_max = z.amax(dim=1)
+            new_max = torch.maximum(running_max, tile_max)
             rescale = torch.exp(running_max - new_max)
             p = z.sub(new_max[:, None]).exp_()
             sum_exp_prev, sum_exp = sum_exp, sum_exp * rescale + p.sum(dim=1)
             if with_stats:  # sum exp(z - m) * (z - m), kept relative to the running max for precision
                 sum_exp_z = (sum_exp_z + (running_max - new_max) * sum_exp_prev) * rescale + (p * (z - new_max[:, None])).sum(dim=1)
+                first_argmax = torch.where(tile_max > running_max, z.argmax(dim=1) + v0, first_argmax)
             in_slice = (t >= v0) & (t < v1)
             local = (t - v0).clamp(0, v1 - v0 - 1)
             target_logit += z.gather(1, local[:, None]).squeeze(1) * in_slice
@@ -75,7 +82,7 @@ def chunked_forward(hidden, weight, bias, targets, with_stats):
         logp[n0:n1] = target_logit - lse[n0:n1]
         if with_stats:
             entropy[n0:n1] = torch.log(sum_exp) - sum_exp_z / sum_exp
-            target_is_argmax[n0:n1] = target_logit >= running_max
+            target_is_argmax[n0:n1] = first_argmax == t
     return logp, lse, entropy, target_is_argmax
 
 

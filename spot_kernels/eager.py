@@ -12,8 +12,8 @@ def eager_linear_logprobs(hidden, weight, targets, bias=None, ignore_index=-100,
 
     Softmax math runs in fp32 (float64 for float64 inputs: the high-precision values the tests
     hold every backend to). Returns ``(logp, entropy, target_is_argmax)``; the last two are None unless ``with_stats``.
-    Ignored tokens get log-prob 0, entropy 0 and ``target_is_argmax`` False. Autograd does the
-    backward.
+    Ignored tokens get log-prob 0, entropy 0 and ``target_is_argmax`` False; ``target_is_argmax``
+    is ``argmax == target``, so of tied maxima only the first counts. Autograd does the backward.
     """
     logits = torch.nn.functional.linear(hidden, weight, bias)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
@@ -25,6 +25,5 @@ def eager_linear_logprobs(hidden, weight, targets, bias=None, ignore_index=-100,
         return logp, None, None
     with torch.no_grad():
         entropy = -(logsoftmax.exp() * logsoftmax).sum(dim=-1) * keep
-        target_logit = logits.gather(1, safe_targets).squeeze(1)
-        target_is_argmax = (target_logit >= logits.max(dim=-1).values) & keep
+        target_is_argmax = (logits.argmax(dim=-1) == targets) & keep  # the first of tied maxima, as TRL counts
     return logp, entropy, target_is_argmax

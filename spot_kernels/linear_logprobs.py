@@ -3,12 +3,16 @@
     logp[i] = z[i, t_i] - logsumexp_v z[i, v],   z = hidden @ weight.T (+ bias),   0 where t_i is ignored
 
 The public entry point validates its inputs, picks a backend and, for the fused backends, drops the
-ignored tokens (prompt, padding) before any matmul so they cost nothing. Backends share one
+ignored tokens (prompt, padding) before any matmul so they cost nothing. Every backend runs with
+autocast off, forward and backward: the precision is the kernel's own (products of the input values
+summed in fp32) inside a ``torch.autocast`` region as outside it, where autocast would otherwise
+round the chunked and eager logits (and the backward's matmuls) to bf16. Backends share one
 signature and one result:
 - ``triton``: fused Triton kernels (CUDA; or the CPU under TRITON_INTERPRET=1),
 - ``chunked``: bounded-memory PyTorch (any device),
 - ``eager``: materialized logits, the specification.
 """
+import contextlib
 from typing import Callable, NamedTuple, Optional
 
 import torch
@@ -36,6 +40,13 @@ def triton_available(device):
     except ImportError:
         return False
     return device.type == "cuda" or triton_linear_logprobs.interpreting()
+
+
+def autocast_off(device):
+    """A context in which ops on ``device`` run in the dtypes they are given (no autocast)."""
+    if not torch.amp.is_autocast_available(device.type):  # e.g. meta tensors: nothing to turn off
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, enabled=False)
 
 
 class FusedBackend(NamedTuple):
@@ -90,6 +101,11 @@ class _FusedLinearLogprobs(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logp, _grad_entropy, _grad_argmax):
+        with autocast_off(grad_logp.device):
+            return _FusedLinearLogprobs._backward(ctx, grad_logp)
+
+    @staticmethod
+    def _backward(ctx, grad_logp):
         hidden, weight, bias, targets, kept, lse = ctx.saved_tensors
         fused = _fused_backend(ctx.backend)
         needs = ctx.needs_input_grad[:3]
@@ -207,6 +223,11 @@ def linear_logprobs_unchecked(hidden: torch.Tensor, weight: torch.Tensor, target
 
 
 def _dispatch(hidden, weight, targets, bias, ignore_index, backend, return_stats):
+    with autocast_off(hidden.device):
+        return _dispatch_backend(hidden, weight, targets, bias, ignore_index, backend, return_stats)
+
+
+def _dispatch_backend(hidden, weight, targets, bias, ignore_index, backend, return_stats):
     backend = resolve_backend(backend, hidden.device, hidden.dtype)
     hidden, weight, targets = hidden.contiguous(), weight.contiguous(), targets.contiguous()
     bias = bias.contiguous() if bias is not None else None

@@ -8,19 +8,24 @@ Forward, two kernels.
    BLOCK_H steps into an fp32 accumulator. Per row it keeps, online over the chunk's tiles,
        m' = max(m, rowmax(z));  s = s * exp(m - m') + rowsum(exp(z - m'))
        a  = exp(m - m') * (a + (m - m') * s) + rowsum(exp(z - m') * (z - m'))   (stats only)
+       j  = the tile's first column holding rowmax(z) where rowmax(z) > m, else j      (stats only)
        t += z where the column is the target (0 if the target is in another chunk)
-   and writes (m, s, t, a) of the chunk to ``partials`` [4, num_chunks, N] (fp32).
+   and writes (m, s, t, a, j) of the chunk to ``partials`` [5, num_chunks, N] (fp32; the column j is
+   exact in fp32 for V <= 2^24).
+   The strict ``>`` keeps the first of tied maxima, as ``torch.argmax`` does.
 2. ``_merge_kernel``, one program per MERGE_BLOCK tokens, folds the chunks in the fixed order
    c = 0, 1, ... with the same update (a chunk is a tile whose sums are already reduced):
        M = max(m, m_c);  s = s * exp(m - M) + s_c * exp(m_c - M)
        a = exp(m - M) * (a + (m - M) * s) + exp(m_c - M) * (a_c + (m_c - M) * s_c);  t += t_c
-   then lse = M + log(s), logp = t - lse, entropy = log(s) - a / s, target_is_argmax = t >= M.
+       j = j_c where m_c > m (a later chunk wins only with a larger maximum)
+   then lse = M + log(s), logp = t - lse, entropy = log(s) - a / s, target_is_argmax = (j == target):
+   the target is the first maximum, as ``argmax`` counts it (TRL's token accuracy).
    The fold order is fixed, so the result is reproducible bit for bit: no atomics, no locks.
 Splitting the vocabulary keeps every SM busy at any N (a few thousand completion tokens give only
 tens of token blocks). Programs run in grouped order (Triton's matmul tutorial): GROUP_N consecutive
 token blocks take the same vocab chunk before the next chunk starts, so a wave of programs shares
 weight tiles and hidden blocks in L2. Only lse[N] is saved for the backward; ``partials`` is
-16 * ceil(V / chunk_width) bytes per token, freed after the merge.
+12 * ceil(V / chunk_width) bytes per token (20 with the statistics), freed after the merge.
 
 Backward: ``backward.accumulate_gradients`` over vocab slices of BACKWARD_SLICE columns and token
 chunks that keep the dz tile within DZ_TILE_ELEMENTS. ``_dlogits_kernel`` recomputes each
@@ -60,6 +65,8 @@ DZ_TILE_ELEMENTS = 1 << 25
 # Row stride of the dz tile is padded to a multiple of this, so every slice width launches one binary.
 DZ_ROW_ALIGN = 64
 MERGE_BLOCK = 1024
+# The largest vocabulary whose column indices fp32 holds exactly (the argmax field of ``partials``).
+MAX_EXACT_COLUMN = 1 << 24
 # Initial running max: finite, so the first rescale is exp(-huge) = 0 and 0 * (m - m') stays 0.
 NO_LOGIT_YET = tl.constexpr(-1e30)
 
@@ -168,6 +175,7 @@ def _partial_forward_kernel(hidden_ptr, weight_ptr, bias_ptr, targets_ptr, parti
     sum_exp = tl.zeros((BLOCK_N,), dtype=tl.float32)
     sum_exp_z = tl.zeros((BLOCK_N,), dtype=tl.float32)
     target_logit = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    first_argmax = tl.zeros((BLOCK_N,), dtype=tl.int64)
     for v0 in range(chunk_start, chunk_end, BLOCK_V):
         # Tile-local int32 column indices for the masks and the target test (int64 only in addresses).
         local_cols = tl.arange(0, BLOCK_V)
@@ -176,12 +184,17 @@ def _partial_forward_kernel(hidden_ptr, weight_ptr, bias_ptr, targets_ptr, parti
         z = _logit_tile(hidden_ptrs, weight_ptr, bias_ptr, v0 + tl.where(col_mask, local_cols, 0).to(tl.int64), H,
                         stride_weight, HAS_BIAS, UPCAST, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
         z = tl.where(col_mask[None, :], z, float("-inf"))
-        new_max = tl.maximum(running_max, tl.max(z, axis=1))
+        if WITH_STATS:  # the maximum and its first column in one reduction
+            tile_max, tile_first = tl.max(z, axis=1, return_indices=True, return_indices_tie_break_left=True)
+        else:
+            tile_max = tl.max(z, axis=1)
+        new_max = tl.maximum(running_max, tile_max)
         rescale = tl.exp(running_max - new_max)
         p = tl.exp(z - new_max[:, None])
         if WITH_STATS:  # sum exp(z - m) * (z - m), kept relative to the running max for precision
             centered = tl.where(col_mask[None, :], z - new_max[:, None], 0.0)
             sum_exp_z = (sum_exp_z + (running_max - new_max) * sum_exp) * rescale + tl.sum(p * centered, axis=1)
+            first_argmax = tl.where(tile_max > running_max, v0 + tile_first.to(tl.int64), first_argmax)
         sum_exp = sum_exp * rescale + tl.sum(p, axis=1)
         target_logit += tl.sum(tl.where(local_cols[None, :] == local_targets[:, None], z, 0.0), axis=1)
         running_max = new_max
@@ -192,10 +205,11 @@ def _partial_forward_kernel(hidden_ptr, weight_ptr, bias_ptr, targets_ptr, parti
     tl.store(out + 2 * field_stride, target_logit, mask=row_mask)
     if WITH_STATS:
         tl.store(out + 3 * field_stride, sum_exp_z, mask=row_mask)
+        tl.store(out + 4 * field_stride, first_argmax.to(tl.float32), mask=row_mask)
 
 
 @triton.jit(do_not_specialize=["N", "num_chunks"])
-def _merge_kernel(partials_ptr, logp_ptr, lse_ptr, entropy_ptr, argmax_ptr, N, num_chunks,
+def _merge_kernel(partials_ptr, targets_ptr, logp_ptr, lse_ptr, entropy_ptr, argmax_ptr, N, num_chunks,
                   WITH_STATS: tl.constexpr, BLOCK: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     row_mask = rows < N
@@ -204,6 +218,7 @@ def _merge_kernel(partials_ptr, logp_ptr, lse_ptr, entropy_ptr, argmax_ptr, N, n
     sum_exp = tl.zeros((BLOCK,), dtype=tl.float32)
     sum_exp_z = tl.zeros((BLOCK,), dtype=tl.float32)
     target_logit = tl.zeros((BLOCK,), dtype=tl.float32)
+    first_argmax = tl.zeros((BLOCK,), dtype=tl.float32)
     part = partials_ptr + rows  # chunk 0's row of each field; advanced by N per chunk
     for _ in range(0, num_chunks):
         chunk_max = tl.load(part, mask=row_mask, other=0.0)
@@ -215,6 +230,8 @@ def _merge_kernel(partials_ptr, logp_ptr, lse_ptr, entropy_ptr, argmax_ptr, N, n
             chunk_sum_exp_z = tl.load(part + 3 * field_stride, mask=row_mask, other=0.0)
             sum_exp_z = (rescale * (sum_exp_z + (running_max - new_max) * sum_exp)
                          + chunk_rescale * (chunk_sum_exp_z + (chunk_max - new_max) * chunk_sum_exp))
+            chunk_argmax = tl.load(part + 4 * field_stride, mask=row_mask, other=0.0)
+            first_argmax = tl.where(chunk_max > running_max, chunk_argmax, first_argmax)
         sum_exp = sum_exp * rescale + chunk_sum_exp * chunk_rescale
         target_logit += tl.load(part + 2 * field_stride, mask=row_mask, other=0.0)
         running_max = new_max
@@ -224,7 +241,8 @@ def _merge_kernel(partials_ptr, logp_ptr, lse_ptr, entropy_ptr, argmax_ptr, N, n
     tl.store(lse_ptr + rows, lse, mask=row_mask)
     if WITH_STATS:
         tl.store(entropy_ptr + rows, tl.log(sum_exp) - sum_exp_z / sum_exp, mask=row_mask)
-        tl.store(argmax_ptr + rows, (target_logit >= running_max).to(tl.int8), mask=row_mask)
+        targets = tl.load(targets_ptr + rows, mask=row_mask, other=-1).to(tl.float32)
+        tl.store(argmax_ptr + rows, (first_argmax == targets).to(tl.int8), mask=row_mask)
 
 
 @triton.jit(do_not_specialize=["N", "slice_width", "V"])
@@ -275,7 +293,10 @@ def triton_forward(hidden, weight, bias, targets, with_stats):
     vocab_size = weight.shape[0]
     chunk_width = forward_chunk_width()
     num_chunks = triton.cdiv(vocab_size, chunk_width)
-    partials = torch.empty(4, num_chunks, num_tokens, dtype=torch.float32, device=hidden.device)
+    if with_stats and vocab_size > MAX_EXACT_COLUMN:
+        raise ValueError(f"return_stats on the triton backend supports a vocabulary of at most {MAX_EXACT_COLUMN} "
+                         f"(the argmax column is carried in fp32); got {vocab_size}: use the chunked backend")
+    partials = torch.empty(5 if with_stats else 3, num_chunks, num_tokens, dtype=torch.float32, device=hidden.device)
     kernel = tuned_kernel("forward", config_set(hidden.dtype))
     kernel[lambda meta: (triton.cdiv(num_tokens, meta["BLOCK_N"]) * num_chunks,)](
         hidden, weight, bias, targets, partials,
@@ -287,7 +308,7 @@ def triton_forward(hidden, weight, bias, targets, with_stats):
     entropy = torch.empty_like(logp) if with_stats else lse  # placeholder pointer when unused
     argmax = torch.empty(num_tokens, dtype=torch.int8, device=hidden.device) if with_stats else lse
     _merge_kernel[(triton.cdiv(num_tokens, MERGE_BLOCK),)](
-        partials, logp, lse, entropy, argmax, num_tokens, num_chunks,
+        partials, targets, logp, lse, entropy, argmax, num_tokens, num_chunks,
         WITH_STATS=with_stats, BLOCK=MERGE_BLOCK, num_warps=4,
     )
     if not with_stats:

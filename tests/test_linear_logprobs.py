@@ -33,16 +33,20 @@ def device_for(backend):
     return torch.device("cuda") if backend == "triton" and torch.cuda.is_available() else torch.device("cpu")
 
 
-def run(backend, hidden, weight, bias, targets, upstream, **kwargs):
-    """(logp, entropy, target_is_argmax, dhidden, dweight, dbias) for loss = sum(upstream * logp), on the CPU."""
+def run(backend, hidden, weight, bias, targets, upstream, backward=True, **kwargs):
+    """(logp, entropy, target_is_argmax, dhidden, dweight, dbias) for loss = sum(upstream * logp), on the CPU;
+    with ``backward=False``, a function that runs the backward and returns them."""
     device = device_for(backend)
     leaves = [t.detach().to(device).clone().requires_grad_(True) if t is not None else None
               for t in (hidden, weight, bias)]
     out = linear_logprobs(leaves[0], leaves[1], targets.to(device), leaves[2], backend=backend, return_stats=True,
                           **kwargs)
-    (out.logp * upstream.to(device, out.logp.dtype)).sum().backward()
-    grads = [leaf.grad.cpu() if leaf is not None else None for leaf in leaves]
-    return (out.logp.detach().cpu(), out.entropy.cpu(), out.target_is_argmax.cpu(), *grads)
+
+    def finish():
+        (out.logp * upstream.to(device, out.logp.dtype)).sum().backward()
+        grads = [leaf.grad.cpu() if leaf is not None else None for leaf in leaves]
+        return (out.logp.detach().cpu(), out.entropy.cpu(), out.target_is_argmax.cpu(), *grads)
+    return finish() if backward else finish
 
 
 def reference(hidden, weight, bias, targets, upstream):
@@ -95,6 +99,48 @@ def test_many_chunks_and_slices(backend, monkeypatch):
     assert triton.cdiv(2500, triton_linear_logprobs.forward_chunk_width()) >= 3  # the forward merges chunks
     inputs = make_inputs(129, 48, 2500, seed=11)
     assert_matches(run(backend, *inputs), reference(*inputs), rtol=1e-5, atol_scale=1e-5)
+
+
+@pytest.mark.parametrize("backend, backward_in_autocast", [
+    ("chunked", False), ("chunked", True), ("triton", False), ("triton", True), ("eager", False)])
+def test_autocast_keeps_the_kernels_precision(backend, backward_in_autocast):
+    """Inside ``torch.autocast`` (bf16) the results are what they are outside it: fp32 inputs give
+    fp32-accurate log-probs, entropies and gradients, not values from bf16-rounded logits. The fused
+    backends' backward keeps its precision even when called inside the region (the eager backward is
+    autograd's, which follows autocast there: PyTorch advises backward outside it)."""
+    inputs = make_inputs(37, 48, 1000, seed=13)
+    with torch.autocast(device_for(backend).type, dtype=torch.bfloat16):
+        backward = run(backend, *inputs, backward=False)
+        result = backward() if backward_in_autocast else None
+    result = result or backward()
+    assert_matches(result, reference(*inputs), rtol=1e-5, atol_scale=1e-5)
+
+
+@pytest.mark.parametrize("backend", FUSED + ["eager"])
+def test_only_the_first_of_tied_maxima_is_the_argmax(backend, monkeypatch):
+    """``target_is_argmax`` is ``argmax == target`` (TRL's token accuracy): where head rows are copies
+    (as ``resize_token_embeddings`` makes them) and their logit is the maximum, only the first copy
+    counts. The copies lie in one tile, in another tile and in another vocab chunk (the interpreter's
+    chunks are 1024 columns in tiles of 512; the chunked backend is forced to slices of 400). Small
+    integers make every logit exact, so the copies tie whatever the summation order."""
+    monkeypatch.setattr(chunked, "TILE_ELEMENTS", 64 * 400)
+    monkeypatch.setattr(chunked, "TOKEN_CHUNK", 64)
+    g = torch.Generator().manual_seed(14)
+    hidden = torch.randint(-2, 3, (64, 16), generator=g).float()
+    weight = torch.randint(-2, 3, (2500, 16), generator=g).float()
+    bias = torch.randint(-2, 3, (2500,), generator=g).float()
+    targets = torch.randint(0, 2500, (64,), generator=g)
+    upstream = torch.randn(64, generator=g)
+    copies = torch.tensor([7, 300, 900, 2100])
+    weight[copies], bias[copies] = torch.full((16,), 3.0), 0.0
+    hidden[:50] = 3.0  # the copies' logit, 144, is the maximum for these tokens
+    targets[:40] = copies.repeat(10)
+    targets[40:50] = 5  # not a maximum
+    result = run(backend, hidden, weight, bias, targets, upstream)
+    first = torch.zeros(64, dtype=torch.bool)
+    first[:40] = targets[:40] == copies[0]
+    assert torch.equal(result[2][:50], first[:50]), f"target_is_argmax of the tied tokens: {result[2][:50].int().tolist()}"
+    assert_matches(result, reference(hidden, weight, bias, targets, upstream), rtol=1e-5, atol_scale=1e-5)
 
 
 # Margins of the elementwise bf16 criterion, as (one rounding to the output's dtype, relative to the
