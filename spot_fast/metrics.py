@@ -93,6 +93,11 @@ class TensorBoardReport:
 
 
 class WandbReport:
+    """A W&B run. ``close`` returns once the run's files are complete on disk: W&B's service process
+    writes the transaction log (``run-ID.wandb``) through a buffer and closes it after ``finish()``
+    has returned (the stream is closed by a message ``finish()`` sends without waiting), so ``close``
+    also tears W&B down, which waits for that process to close every run and exit."""
+
     def __init__(self, output_dir, run_config):
         import wandb
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "spot-fast"), name=Path(output_dir).name,
@@ -102,7 +107,9 @@ class WandbReport:
         self.run.log(values, step=step)
 
     def close(self):
+        import wandb
         self.run.finish()
+        wandb.teardown()
 
 
 REPORTS = {"tensorboard": TensorBoardReport, "wandb": WandbReport}

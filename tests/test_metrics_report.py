@@ -48,6 +48,8 @@ def wandb_history(path):
 
 
 def test_wandb_offline_receives_the_jsonl_rows(tmp_path, monkeypatch):
+    """Once the log is closed, the W&B run's transaction log on disk holds every JSONL row (W&B's
+    service process writes it in the background: closing waits for it, see ``WandbReport``)."""
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -58,7 +60,7 @@ def test_wandb_offline_receives_the_jsonl_rows(tmp_path, monkeypatch):
     jsonl = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [(row.pop("step"), row) for row in jsonl] == ROWS
     [run_log] = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
-    assert wandb_history(run_log) == ROWS
+    assert wandb_history(run_log) == ROWS, f"W&B history in {run_log} ({run_log.stat().st_size} bytes) after close()"
 
 
 def test_window_pools_each_metric_over_what_it_counts():
