@@ -29,7 +29,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from .linear_logprobs import linear_logprobs
+from .linear_logprobs import autocast_off, linear_logprobs
 from .losses import preference_loss
 from .reward_shift import RewardShift
 
@@ -102,15 +102,17 @@ class FusedLinearDPOLoss(nn.Module):
 @torch.no_grad()
 def _logits_means(hidden, weight, bias):
     """Liger's chosen and rejected logits means: the sum of every logit of the chosen (rejected) half,
-    ignored positions included, over B * T * V; computed as (sum_i h_i) . (sum_v W_v) (+ n sum_v b_v)."""
+    ignored positions included, over B * T * V; computed as (sum_i h_i) . (sum_v W_v) (+ n sum_v b_v),
+    in fp32 with autocast off."""
     num_pairs, length, vocab = hidden.shape[0] // 2, hidden.shape[1], weight.shape[0]
-    weight_sum = weight.sum(0, dtype=torch.float32)
     means = []
-    for half in hidden.chunk(2):
-        total = half.reshape(-1, half.shape[-1]).sum(0, dtype=torch.float32) @ weight_sum
-        if bias is not None:
-            total = total + half.shape[0] * length * bias.sum(dtype=torch.float32)
-        means.append(total / (num_pairs * length * vocab))
+    with autocast_off(hidden.device):
+        weight_sum = weight.sum(0, dtype=torch.float32)
+        for half in hidden.chunk(2):
+            total = half.reshape(-1, half.shape[-1]).sum(0, dtype=torch.float32) @ weight_sum
+            if bias is not None:
+                total = total + half.shape[0] * length * bias.sum(dtype=torch.float32)
+            means.append(total / (num_pairs * length * vocab))
     return tuple(means)
 
 
@@ -126,7 +128,9 @@ class FusedLinearCrossEntropyLoss(nn.Module):
     """Liger's ``LigerFusedLinearCrossEntropyLoss``: ``forward(lin_weight, _input [N, H], target [N], bias=None)``
     returns the cross entropy of ``_input @ lin_weight.T (+ bias)`` (``reduction`` mean over the
     non-ignored tokens, sum, or none: per token, 0 where ignored), as a ``CrossEntropyOutput`` with the
-    token accuracy when ``return_token_accuracy`` (module docstring)."""
+    token accuracy when ``return_token_accuracy``: as Liger's, the fraction of non-ignored tokens whose
+    target is the first argmax, or with ``reduction="none"`` that flag per token ([N] fp32, 0 where
+    ignored) (module docstring)."""
 
     def __init__(self, ce_weight=None, ignore_index=-100, lse_square_scale=0.0, label_smoothing=0.0,
                  reduction="mean", softcap=None, return_z_loss=False, accum_dtype=None, use_token_scaling=False,
@@ -153,5 +157,6 @@ class FusedLinearCrossEntropyLoss(nn.Module):
             loss = losses.sum() if self.reduction == "sum" else losses
         if not self.return_token_accuracy:
             return loss
-        accuracy = out.target_is_argmax.sum() / kept.sum().clamp(min=1)
+        correct = out.target_is_argmax.float()  # 0 at ignored positions
+        accuracy = correct if self.reduction == "none" else correct.sum() / kept.sum().clamp(min=1)
         return CrossEntropyOutput(loss=loss, token_accuracy=accuracy)

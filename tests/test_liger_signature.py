@@ -40,19 +40,23 @@ def close(ours, theirs, tol):
 @pytest.mark.parametrize("loss_type", ["sigmoid", "bco_pair"])
 @pytest.mark.parametrize("average_log_prob,compute_nll_loss,use_ref_model",
                          [(False, False, True), (True, True, True), (False, True, False)])
-def test_dpo_equals_liger(loss_type, average_log_prob, compute_nll_loss, use_ref_model):
+@pytest.mark.parametrize("ignore_index", [-100, -1])
+def test_dpo_equals_liger(loss_type, average_log_prob, compute_nll_loss, use_ref_model, ignore_index):
+    """Every output and gradient as Liger's, with Liger's default ignore index and another one (its
+    tests use -1): the per-row token counts of ``average_log_prob`` and the NLL follow it."""
     from liger_kernel.chunked_loss import LigerFusedLinearDPOLoss
 
     options = dict(beta=0.3, alpha=0.7, loss_type=loss_type, average_log_prob=average_log_prob,
-                   compute_nll_loss=compute_nll_loss, use_ref_model=use_ref_model)
+                   compute_nll_loss=compute_nll_loss, use_ref_model=use_ref_model, ignore_index=ignore_index)
     data = inputs()
+    data["target"] = data["target"].masked_fill(data["target"] == -100, ignore_index)
     ours = run(FusedLinearDPOLoss(**options), data)
     theirs = run(LigerFusedLinearDPOLoss(compiled=False, **options), data)
-    close(ours[0], theirs[0], 1e-5)
-    for a, b in zip(ours[1], theirs[1]):
-        close(a, b, 1e-5)
-    for a, b in zip(ours[2], theirs[2]):
-        close(a, b, 1e-5)
+    names = ("chosen_logps", "rejected_logps", "chosen_logits_mean", "rejected_logits_mean", "nll_loss",
+             "chosen_rewards", "rejected_rewards", "loss", "d_input", "dlin_weight", "dbias")
+    for name, a, b in zip(names, (*ours[1], ours[0], *ours[2]), (*theirs[1], theirs[0], *theirs[2])):
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-5, atol=1e-5,
+                                   msg=lambda m: f"{name} with ignore_index={ignore_index}: {m}")
 
 
 def reference_dpo(kind, data, beta, delta):
@@ -107,10 +111,13 @@ def test_cross_entropy_equals_liger_and_the_float64_reference(reduction):
         close(ours[0], theirs[0], 1e-5)
         for a, b in zip(ours[1], theirs[1]):
             close(a, b, 1e-5)
-    accuracy = FusedLinearCrossEntropyLoss(return_token_accuracy=True)(data["lin_weight"], hidden, target, data["bias"])
-    liger_accuracy = LigerFusedLinearCrossEntropyLoss(return_token_accuracy=True)(data["lin_weight"], hidden, target,
-                                                                                  data["bias"])
-    close(accuracy.token_accuracy, liger_accuracy.token_accuracy, 0)
+    accuracy = FusedLinearCrossEntropyLoss(reduction=reduction, return_token_accuracy=True)(
+        data["lin_weight"], hidden, target, data["bias"]).token_accuracy
+    liger_accuracy = LigerFusedLinearCrossEntropyLoss(reduction=reduction, return_token_accuracy=True)(
+        data["lin_weight"], hidden, target, data["bias"]).token_accuracy
+    assert accuracy.shape == liger_accuracy.shape, f"token_accuracy shape with reduction={reduction!r}"
+    assert accuracy.dtype == liger_accuracy.dtype, f"token_accuracy dtype with reduction={reduction!r}"
+    close(accuracy, liger_accuracy, 0)
 
 
 def test_what_needs_the_logits_is_refused():
