@@ -20,7 +20,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from same_training import assert_same_steps, assert_same_weights, logged_steps
+from spot_fast.config import parse_config
+from spot_fast.engine import adamw
 from spot_fast.models import ASSETS, BUILTIN_MODEL, load_model, load_tokenizer
+from spot_fast.train import load_policy
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(REPO / "spot_fast" / "train.py")]
@@ -199,6 +202,27 @@ def test_zero3_constructs_the_model_partitioned(rank_report):
                 assert visible == 0, (name, parameter)
                 assert local == report["expected_shard"][name][parameter] < full, (name, parameter)
         assert report["loaded_differences"] and max(report["loaded_differences"].values()) == 0
+
+
+@pytest.mark.parametrize("stage", ["2", "3"])
+def test_weight_decay_falls_on_the_parameters_one_process_decays(rank_report, stage, tmp_path):
+    """AdamW decays the weight matrices only. Under ZeRO-3 a partitioned parameter is a flat shard
+    (an empty 1-D placeholder), so the rule must read its full shape: the parameter groups the engine
+    was built with (weight decay and whole element count, by parameter name) equal one process's on
+    every rank."""
+    from zero_ranks import weight_decay_by_name
+
+    config = parse_config(["--output-dir", str(tmp_path / "unused")])
+    policy = load_policy(BUILTIN_MODEL, config, torch.float32, torch.device("cpu"))
+    one = weight_decay_by_name(policy, adamw(policy, config, config.learning_rate))
+    decayed = lambda groups: sum(elements for decay, elements in groups.values() if decay > 0)  # noqa: E731
+    assert decayed(one) > 0
+    for rank, report in enumerate(rank_report):
+        groups = report["weight_decay"][stage]
+        differing = sorted(name for name in one.keys() | groups.keys() if one.get(name) != groups.get(name))
+        assert not differing, (
+            f"ZeRO-{stage} rank {rank}: weight decay or element count differs from one process for {differing}; "
+            f"{decayed(groups)} elements decayed against {decayed(one)} in one process")
 
 
 @pytest.mark.parametrize("stage", ["2", "3"])

@@ -7,10 +7,11 @@
    empty placeholder plus a local shard of ``ceil(numel / world)`` elements; gathered, MODEL_DIR's
    parameters equal the saved ones.
 2. Synchronised training (ZeRO-2, then ZeRO-3): the trainer's own ``set_up`` and one
-   ``optimizer_step``; then every parameter (gathered under ZeRO-3) is compared with rank 0's.
+   ``optimizer_step``; then every parameter (gathered under ZeRO-3) is compared with rank 0's. The
+   parameter groups ``set_up`` builds its optimizer with are recorded as they are built.
 
 Each rank writes OUT_DIR/rank-R.json: per parameter name, the local element counts, and per stage
-the largest difference from rank 0 and the change made by the step.
+the largest difference from rank 0, the change made by the step and the weight decay.
 """
 import json
 import math
@@ -22,6 +23,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
+from spot_fast import engine as engine_module
 from spot_fast.config import parse_config
 from spot_fast.engine import deepspeed_config, start_distributed
 from spot_fast.metrics import MetricsWindow
@@ -57,12 +59,31 @@ def gathered(engine):
         return {name: p.data.detach().clone() for name, p in parameters.items()}
 
 
+def weight_decay_by_name(model, optimizer):
+    """name -> [weight decay, elements of the whole parameter] of every parameter ``optimizer`` steps."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    return {names[id(p)]: [group["weight_decay"], getattr(p, "ds_numel", p.numel())]
+            for group in optimizer.param_groups for p in group["params"]}
+
+
 def one_step_agreement(stage, out_dir):
-    """Largest |parameter - rank 0's| and largest change of the step, per parameter name."""
+    """Largest |parameter - rank 0's| and largest change of the step, per parameter name; and the
+    weight decay of each parameter in the optimizer the engine was built with."""
+    build_adamw, weight_decay = engine_module.adamw, {}
+
+    def recorded_adamw(model, config, learning_rate):
+        optimizer = build_adamw(model, config, learning_rate)
+        weight_decay.update(weight_decay_by_name(model, optimizer))
+        return optimizer
+
     config = parse_config(["--zero-stage", str(stage), "--per-device-batch", "2", "--grad-accum", "1",
                            "--max-steps", "1", "--warmup-ratio", "0", "--learning-rate", "1e-2", "--output-dir", str(out_dir / f"zero{stage}"),
                            "--cache-dir", str(out_dir / f"cache{stage}")])
-    run = set_up(config)
+    engine_module.adamw = recorded_adamw
+    try:
+        run = set_up(config)
+    finally:
+        engine_module.adamw = build_adamw
     before = gathered(run.engine)
     optimizer_step(run, 0, MetricsWindow())
     after = gathered(run.engine)
@@ -71,16 +92,18 @@ def one_step_agreement(stage, out_dir):
         theirs = value.clone()
         dist.broadcast(theirs, src=0)
         result[name] = (float((value - theirs).abs().max()), float((value - before[name]).abs().max()))
-    return result
+    return result, weight_decay
 
 
 def main():
     model_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
     rank, world, _ = start_distributed()
-    agreement = {2: one_step_agreement(2, out_dir)}  # first: ZeRO-3 loading switches transformers to partitioning
+    agreement, weight_decay = {}, {}
+    agreement[2], weight_decay[2] = one_step_agreement(2, out_dir)  # first: ZeRO-3 loading switches transformers to partitioning
     found, loaded_differences = partitioned_construction(model_dir, out_dir)
-    agreement[3] = one_step_agreement(3, out_dir)
+    agreement[3], weight_decay[3] = one_step_agreement(3, out_dir)
     report = {"world": world, "shards": found, "loaded_differences": loaded_differences, "agreement": agreement,
+              "weight_decay": weight_decay,
               "expected_shard": {name: {p: math.ceil(full / world) for p, (_, full, _) in params.items()}
                                  for name, params in found.items()}}
     (out_dir / f"rank-{rank}.json").write_text(json.dumps(report))
