@@ -30,7 +30,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from .linear_logprobs import linear_logprobs
+from .linear_logprobs import autocast_off, linear_logprobs
 from .losses import segment_sum
 
 
@@ -38,7 +38,7 @@ class CausalLMLogprobs(NamedTuple):
     """Per-position outputs ([B, L-1], or [B, L] with ``shift_labels=False``), 0 / False where a
     position is not scored. ``logp`` fp32, differentiable; the statistics (None unless
     ``return_stats``) have no gradient: ``entropy`` of the (temperature-scaled) next-token
-    distribution, ``target_is_argmax`` (ties count), ``mean_logit`` (the mean over the vocabulary of
+    distribution, ``target_is_argmax`` (the target is the first maximum: ``argmax``), ``mean_logit`` (the mean over the vocabulary of
     the scaled logits, ``(h / T) . mean_v W_v + mean(b) / T``, one matrix-vector product).
     ``mask``: the scored positions. ``sequence_logp``: [S] sums, None unless ``sequence_sums``."""
     logp: torch.Tensor
@@ -61,6 +61,11 @@ def causal_lm_logprobs(model, input_ids, labels, attention_mask=None, position_i
         raise ValueError(f"temperature must be positive; got {temperature}")
     if labels.dim() != 2:
         raise ValueError(f"labels must be [batch, length]; got shape {tuple(labels.shape)}")
+    tokens = input_ids if input_ids is not None else model_kwargs.get("inputs_embeds")
+    if tokens is not None and labels.shape != tokens.shape[:2]:
+        name = "input_ids" if input_ids is not None else "inputs_embeds"
+        raise ValueError(f"labels must have the batch and length of {name}: labels {tuple(labels.shape)} vs "
+                         f"{name} {tuple(tokens.shape)}")
     transformer, head = body_and_head(model)
     hidden = transformer(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          **{**model_kwargs, "use_cache": False}).last_hidden_state
@@ -116,8 +121,13 @@ def sequence_starts(position_ids):
 
 
 def _fused_head(head, hidden, targets, scale, return_stats, backend):
-    """The forward routed into ``head`` for one call: per-token scores of the kept positions."""
-    weight, bias = head.weight, head.bias
+    """The forward routed into ``head`` for one call: per-token scores of the kept positions, in the
+    head's precision whether or not the caller runs under autocast."""
+    with autocast_off(hidden.device):
+        return _scores(head.weight, head.bias, hidden, targets, scale, return_stats, backend)
+
+
+def _scores(weight, bias, hidden, targets, scale, return_stats, backend):
     hidden = hidden.to(weight.dtype)
     if scale != 1.0:
         hidden, bias = hidden * scale, (None if bias is None else bias * scale)
