@@ -57,12 +57,17 @@ class Batch:
         return Batch(**{k: move(v) for k, v in self.__dict__.items()})
 
 
+def should_pin(tensor, device):
+    """Whether ``tensor`` is staged in pinned (page-locked) host memory before its copy to ``device``:
+    a host tensor bound for CUDA. Only a copy from pinned memory leaves the host free; from pageable
+    memory a ``non_blocking`` copy still blocks the host until it is done."""
+    return tensor.device.type == "cpu" and torch.device(device).type == "cuda"
+
+
 def to_device(tensor, device):
-    """``tensor`` on ``device``; a host tensor goes to CUDA through pinned memory, asynchronously (a copy
-    from pageable memory would block the host until the GPU reached it). The caching host allocator
-    keeps the pinned buffer until the copy is done."""
-    device = torch.device(device)
-    if device.type == "cuda" and tensor.device.type == "cpu":
+    """``tensor`` on ``device``, copied without waiting; from pinned memory where ``should_pin``. The
+    caching host allocator keeps the pinned buffer until the copy is done."""
+    if should_pin(tensor, device):
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
 

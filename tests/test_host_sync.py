@@ -6,7 +6,9 @@ dpo on padded sequences, PEAR) each take one ``optimizer_step`` of two micro-bat
 wait for the accelerator (tests/step_host_reads.py; one subprocess for the three runs, ~25 s). On a
 GPU each such call stalls the queue of kernels; here it fails the test, naming the site. DeepSpeed's
 and transformers' own reads are theirs, printed but not counted; the trainer's and the kernels' must
-be none. The logged row's metrics and the gradient norm come to the host in one read.
+be none. The logged row's metrics and the gradient norm come to the host in one read. Batches and
+reference rows bound for CUDA are copied from pinned memory (a copy from pageable memory blocks the
+host however it is asked): the decision and the copies it leads to are checked without a GPU.
 """
 import json
 import subprocess
@@ -16,7 +18,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
+from spot_fast.batching import collate, should_pin, to_device
+from spot_fast.data import Pair
 from spot_fast.host_syncs import HostSyncs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,3 +80,44 @@ def test_sync_debug_counts_torch_sync_warnings_by_call_site(monkeypatch, tmp_pat
     assert json.loads((tmp_path / "host_syncs.json").read_text()) == {
         "traced": True, "steps": 1, "sites": [{"site": site, "calls": 3}]}
     assert [str(w.message) for w in recwarn] == ["something else"]
+
+
+class RecordedCopies(TorchFunctionMode):
+    """Within the block, ``Tensor.pin_memory`` marks its tensor pinned and ``Tensor.to`` records, by the
+    source tensor, (pinned, non_blocking); both return the tensor itself, which stands for its pinned
+    buffer and its copy, so copies to CUDA are recorded without a GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.pinned, self.copies = set(), {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.pin_memory:
+            self.pinned.add(id(args[0]))
+            return args[0]
+        if func is torch.Tensor.to:
+            self.copies[id(args[0])] = (id(args[0]) in self.pinned, kwargs.get("non_blocking", False))
+            return args[0]
+        return func(*args, **kwargs)
+
+
+def test_host_tensors_bound_for_cuda_are_copied_from_pinned_memory():
+    """Every tensor of a batch (``Batch.to``) and a reference row (``to_device``) is pinned before its
+    copy to a CUDA device and copied without blocking; bound for the CPU, none is pinned. The decision
+    is ``should_pin``; the copies are recorded (``RecordedCopies``), not timed."""
+    pairs = [Pair([1, 2, 3], [4, 5, 6], [4, 5, 7, 8], line=1, behavior_logps=torch.zeros(3)),
+             Pair([2, 3], [9], [7, 9], line=2, behavior_logps=torch.zeros(1))]
+    batch = collate(pairs, pack=True, pad_id=0, share_prefix=True)
+    tensors = {name: value for name, value in vars(batch).items() if isinstance(value, torch.Tensor)}
+    tensors["reference row"] = torch.zeros(2, 2)
+    for device in ("cuda", torch.device("cuda", 1), "cpu"):
+        pinned = {name: should_pin(tensor, device) for name, tensor in tensors.items()}
+        to_cuda = torch.device(device).type == "cuda"
+        assert pinned == dict.fromkeys(tensors, to_cuda), f"pinned flag of each host tensor bound for {device}: {pinned}"
+        with RecordedCopies() as recorded:
+            batch.to(device)
+            to_device(tensors["reference row"], device)
+        copies = {name: recorded.copies.get(id(tensor)) for name, tensor in tensors.items()}
+        assert copies == dict.fromkeys(tensors, (to_cuda, True)), (
+            f"(pinned flag, non_blocking) of each host tensor's copy to {device}: {copies}")
