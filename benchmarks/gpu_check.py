@@ -21,9 +21,13 @@ Parts, each a subprocess of this checkout's code with its own time limit (togeth
 
 Writes ``benchmarks/results/gpu-check-<device>-<UTC time>.json`` (every part's status, reason, time,
 results and output tail) and a ``.md`` beside it with the short table, or under ``--out-dir``. Without
-CUDA and without ``--dry-run`` it says so, writes nothing and exits 0. ``--dry-run`` runs every part's
-code path on the CPU at toy sizes (the CUDA tests are only collected; FlexAttention's training step
-needs CUDA and is skipped). The exit status is 1 when a part failed or ran out of time.
+CUDA and without ``--dry-run`` it says so, with the installed torch and whether it is a CPU-only build
+(the usual cause on a GPU node), writes nothing and exits 0. ``--dry-run`` runs every part's code path
+on the CPU at toy sizes and says what each part did (``Part.dry_run``: the CUDA tests are only
+collected, the LM head measures eager alone; FlexAttention's training step needs CUDA and is
+skipped). A part fails when it exits other than 0, runs out of time, or exits 0 without results its
+``read`` can find (no file, an empty one, no rows or test counts). The exit status is 1 when a part
+failed or ran out of time.
 
 Imports: every part runs this checkout's ``spot_fast`` and ``spot_kernels`` (the checkout is put
 first on PYTHONPATH). ``--wheels DIR`` first installs the wheels in DIR (``make gpu-wheels``) into a
@@ -57,13 +61,15 @@ DRY_RUN_LIMIT_S = 600     # a dry run checks code paths on a CPU (perhaps a busy
 @dataclass
 class Part:
     """A part of the check: ``command(work, dry_run)`` is its argv; ``read(work)`` its results (a dict)
-    from what it wrote under ``work``; ``needs`` the modules it imports; ``limit_s`` its time limit."""
+    from what it wrote under ``work``, ValueError or OSError where there are none; ``needs`` the
+    modules it imports; ``limit_s`` its time limit."""
     name: str
     needs: tuple
     limit_s: int
     command: object
     read: object
     cuda_only: str = ""   # the reason it cannot run in a dry run (on the CPU), if it cannot
+    dry_run: str = ""     # what its dry run does, said in the report
 
 
 def python(*args):
@@ -88,6 +94,8 @@ def read_pytest(work):
     output = (work / "output.txt").read_text(encoding="utf-8", errors="replace")
     summary = output.strip().splitlines()[-1] if output.strip() else ""
     counts = {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|skipped|errors?|tests? collected)", summary)}
+    if not counts:
+        raise ValueError(f"pytest's output ends without test counts: {summary!r}")
     failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", output, flags=re.MULTILINE)
     return {"files": cuda_test_files(), "summary": summary, "counts": counts, "failed": failed}
 
@@ -113,7 +121,10 @@ def trl_dpo_command(work, dry_run):
 
 
 def read_json(work):
-    return json.loads((work / "result.json").read_text(encoding="utf-8"))
+    result = json.loads((work / "result.json").read_text(encoding="utf-8"))
+    if not result:
+        raise ValueError("result.json holds no results")
+    return result
 
 
 def train_steps_command(work, dry_run):
@@ -130,17 +141,24 @@ def read_train_steps(work):
     syncs = json.loads((work / "run" / "host_syncs.json").read_text(encoding="utf-8"))
     rows = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
             if line.strip()]
-    return {"host_syncs": syncs, "last_row": rows[-1] if rows else None}
+    if not rows:
+        raise ValueError("metrics.jsonl has no rows")
+    return {"host_syncs": syncs, "last_row": rows[-1]}
 
 
 PARTS = (
-    Part("cuda-tests", ("pytest", "transformers"), 75, cuda_tests_command, read_pytest),
-    Part("lm-head", ("tqdm",), 100, lm_head_command, read_json),
-    Part("train-bench-sdpa", ("transformers",), 60, train_bench_command("sdpa"), read_json),
+    Part("cuda-tests", ("pytest", "transformers"), 75, cuda_tests_command, read_pytest,
+         dry_run="collected the CUDA tests, ran none"),
+    Part("lm-head", ("tqdm",), 100, lm_head_command, read_json,
+         dry_run="eager alone at a toy shape on the CPU, no fused kernel"),
+    Part("train-bench-sdpa", ("transformers",), 60, train_bench_command("sdpa"), read_json,
+         dry_run="every layout of a toy model on the CPU, times not meaningful"),
     Part("train-bench-flex", ("transformers", "torch.nn.attention.flex_attention"), 100, train_bench_command("flex"),
          read_json, cuda_only="FlexAttention trains on CUDA only (no CPU backward)"),
-    Part("trl-dpo", ("trl", "datasets", "transformers"), 40, trl_dpo_command, read_json),
-    Part("train-steps", ("deepspeed", "transformers", "yaml"), 75, train_steps_command, read_train_steps),
+    Part("trl-dpo", ("trl", "datasets", "transformers"), 40, trl_dpo_command, read_json,
+         dry_run="both trainers' step on a toy model on the CPU, times and memory not meaningful"),
+    Part("train-steps", ("deepspeed", "transformers", "yaml"), 75, train_steps_command, read_train_steps,
+         dry_run="1 fp32 step of the built-in model on the CPU, host syncs not traced (no CUDA)"),
 )
 
 
@@ -191,11 +209,13 @@ def run_part(part, work, env, dry_run, limit_s):
         entry["read_error"] = f"{type(error).__name__}: {error}"
     if code is None:
         return entry | {"status": "timed out", "reason": f"killed at its limit of {limit_s} s"}
-    if code != 0 or "read_error" in entry:
-        return entry | {"status": "failed", "exit_code": code, "reason": entry.get("read_error", f"exit code {code}")}
+    if code != 0:
+        return entry | {"status": "failed", "exit_code": code, "reason": f"exit code {code}"}
+    if "read_error" in entry:
+        return entry | {"status": "failed", "exit_code": code, "reason": f"exited 0 without results: {entry['read_error']}"}
     if part.read is read_pytest and entry["result"]["failed"]:
         return entry | {"status": "failed", "exit_code": code, "reason": f"{len(entry['result']['failed'])} tests failed"}
-    return entry | {"status": "ok", "exit_code": code}
+    return entry | {"status": "ok", "exit_code": code} | ({"dry_run_did": part.dry_run} if dry_run else {})
 
 
 def install_wheels(wheels, site):
@@ -237,23 +257,38 @@ def table(report):
              "versions: " + ", ".join(f"{k} {v or '-'}" for k, v in report["versions"].items()), "",
              "| part | status | seconds | note |", "| --- | --- | --- | --- |"]
     for part in report["parts"]:
-        lines.append(f"| {part['name']} | {part['status']} | {part.get('seconds', '-')} | "
-                     f"{part.get('reason') or note(part)} |")
+        lines.append(f"| {part['name']} | {part['status']} | {part.get('seconds', '-')} | {summary(part)} |")
     for part in report["parts"]:
         lines += details(part)
     return "\n".join(lines) + "\n"
+
+
+def summary(part):
+    """One line on a part: why it failed or was skipped, else what its dry run did and its note."""
+    if part.get("reason"):
+        return part["reason"]
+    said = [f"dry run: {part['dry_run_did']}"] if part.get("dry_run_did") else []
+    return "; ".join(text for text in [*said, note(part)] if text)
 
 
 def note(part):
     result = part.get("result") or {}
     if part["name"] == "cuda-tests":
         return result.get("summary", "")
+    if part["name"] == "trl-dpo" and result.get("results"):
+        rows = {row["trainer"]: row for row in result["results"]}
+        trl, spot = rows["trl"], rows["spot_kernels"]
+        return (f"SpotDPOTrainer: {spot['step_ms'] / trl['step_ms']:.2f} x TRL's step time, "
+                f"{spot['workspace_mib'] / trl['workspace_mib']:.2f} x its workspace")
     if part["name"] == "train-steps" and result.get("host_syncs"):
         syncs = result["host_syncs"]
         calls = sum(site["calls"] for site in syncs["sites"])
         return f"{calls} host syncs at {len(syncs['sites'])} sites in {syncs['steps']} steps" if syncs["traced"] \
             else "host syncs not traced (no CUDA)"
     return ""
+
+
+TRL_HEADS = {"trl": "TRL's own LM head", "spot_kernels": "SpotDPOTrainer (spot_kernels)"}
 
 
 def details(part):
@@ -273,11 +308,25 @@ def details(part):
             peak = "-" if row["peak_memory_bytes"] is None else f"{row['peak_memory_bytes'] / 2**30:.1f} GiB"
             lines.append(f"- {row['layout']}: {row['step_ms']:.0f} ms/step, {row['useful_tokens_per_s']:.0f} useful "
                          f"tok/s, effective MFU {row['effective_mfu']:.3f}, peak {peak}")
+    elif part["name"] == "trl-dpo":
+        lines.append(f"- TRL {result['trl']} DPOTrainer step, {result['rows']} rows, {result['tokens']} tokens, vocab "
+                     f"{result['model']['vocab_size']}, hidden {result['model']['hidden_size']}, {result['dtype']}")
+        lines += [f"- {TRL_HEADS[row['trainer']]}: {row['step_ms']:.0f} ms/step, workspace {row['workspace_mib']:.0f} MiB, "
+                  f"loss {row['loss']:.6f}" for row in result["results"]]
     elif part["name"] == "train-steps":
         lines += [f"- {site['calls']} x {site['site']}" for site in result["host_syncs"]["sites"]]
     elif part["name"] == "cuda-tests":
         lines += [f"- failed: {name}" for name in result["failed"]]
     return lines
+
+
+def torch_build():
+    """The installed torch, and whether it is built for a GPU at all."""
+    built_for = (f"CUDA {torch.version.cuda}" if torch.version.cuda else
+                 f"ROCm {torch.version.hip}" if torch.version.hip else None)
+    if built_for is None:
+        return f"torch {torch.__version__} is a CPU-only build: on a GPU node, install a CUDA build of torch"
+    return f"torch {torch.__version__} is built for {built_for} but sees no GPU (driver, CUDA_VISIBLE_DEVICES)"
 
 
 def main(argv=None):
@@ -288,7 +337,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     on_cuda = torch.cuda.is_available()
     if not on_cuda and not args.dry_run:
-        print("gpu-check: no CUDA device here; nothing to check (--dry-run runs toy sizes on the CPU)")
+        print(f"gpu-check: no CUDA device here ({torch_build()}); nothing to check (--dry-run runs toy sizes on "
+              f"the CPU)")
         return 0
     utc = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     began = time.perf_counter()
@@ -309,7 +359,8 @@ def main(argv=None):
             limit_s = DRY_RUN_LIMIT_S if args.dry_run else min(part.limit_s, int(left))
             print(f"gpu-check: {part.name} (limit {limit_s} s) ...", flush=True)
             entry = run_part(part, work / part.name, env, args.dry_run, limit_s)
-            print(f"gpu-check: {part.name}: {entry['status']} {entry.get('reason', '')}", flush=True)
+            said = summary(entry)
+            print(f"gpu-check: {part.name}: {entry['status']}{f' ({said})' if said else ''}", flush=True)
             report["parts"].append(entry)
     report["seconds"] = round(time.perf_counter() - began, 1)
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -22,10 +22,17 @@ def gpu_check():
     return module
 
 
-def test_without_cuda_it_says_so_and_does_nothing(gpu_check, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("cuda_build, says", [(None, "is a CPU-only build: on a GPU node, install a CUDA build"),
+                                               ("12.8", "is built for CUDA 12.8 but sees no GPU")])
+def test_without_cuda_it_says_so_names_the_torch_build_and_does_nothing(gpu_check, tmp_path, monkeypatch, capsys,
+                                                                         cuda_build, says):
+    """A CPU build of torch on a GPU node is the usual reason for no CUDA: the message names the torch."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", cuda_build)
+    monkeypatch.setattr(torch.version, "hip", None)
     assert gpu_check.main(["--out-dir", str(tmp_path)]) == 0
-    assert "no CUDA device here; nothing to check" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "no CUDA device here" in out and "nothing to check" in out and f"torch {torch.__version__} {says}" in out, out
     assert list(tmp_path.iterdir()) == []
 
 
@@ -40,6 +47,52 @@ def test_a_part_is_killed_at_its_time_limit(gpu_check, tmp_path):
                           gpu_check.read_json)
     entry = gpu_check.run_part(part, tmp_path / "work", None, dry_run=False, limit_s=gpu_check.MIN_PART_S)
     assert entry["status"] == "timed out" and entry["seconds"] < 60
+
+
+def writes_result(text):
+    """A part's command that writes ``text`` (None: nothing) as its result.json and exits 0."""
+    script = "pass" if text is None else f"import pathlib, sys; pathlib.Path(sys.argv[1], 'result.json').write_text({text!r})"
+    return lambda work, dry_run: [sys.executable, "-c", script, str(work)]
+
+
+@pytest.mark.parametrize("text, read, why", [
+    (None, "read_json", "No such file"), ("", "read_json", "JSONDecodeError"),
+    ("{}", "read_json", "result.json holds no results"),
+    (None, "read_pytest", "pytest's output ends without test counts"),
+], ids=["no file", "empty file", "empty json", "no pytest output"])
+def test_a_part_that_exits_0_without_results_fails(gpu_check, tmp_path, text, read, why):
+    part = gpu_check.Part("silent", (), 60, writes_result(text), getattr(gpu_check, read))
+    entry = gpu_check.run_part(part, tmp_path / "work", None, dry_run=False, limit_s=60)
+    assert entry["status"] == "failed", f"a part that exited 0 without results is reported {entry['status']!r}"
+    assert entry["exit_code"] == 0 and entry["reason"].startswith("exited 0 without results") and why in entry["reason"]
+
+
+def test_a_dry_run_says_what_each_part_did(gpu_check, tmp_path):
+    """"ok" alone would read as measured on a GPU: a dry-run entry carries what its part did, in the table."""
+    part = gpu_check.Part("toy", (), 60, writes_result('{"shapes": []}'), gpu_check.read_json, dry_run="eager alone")
+    entry = gpu_check.run_part(part, tmp_path / "work", None, dry_run=True, limit_s=60)
+    assert entry["status"] == "ok" and entry["dry_run_did"] == "eager alone"
+    assert f"| toy | ok | {entry['seconds']} | dry run: eager alone |" in gpu_check.table(report_of([entry], dry_run=True))
+    assert all(p.dry_run for p in gpu_check.PARTS if not p.cuda_only), "every part that runs dry says what it does"
+
+
+def report_of(parts, dry_run=False):
+    return {"device": "test", "utc": "now", "dry_run": dry_run, "versions": {}, "parts": parts}
+
+
+def test_the_table_compares_the_trl_dpo_trainers(gpu_check):
+    """The headline of a GPU run: TRL's step with its own LM head and with SpotDPOTrainer, side by side
+    (here the committed CPU measurement)."""
+    [measured] = (REPO / "benchmarks" / "results").glob("trl-dpo-*.json")
+    result = json.loads(measured.read_text())
+    trl, spot = result["results"]
+    table = gpu_check.table(report_of([{"name": "trl-dpo", "status": "ok", "seconds": 1, "result": result}]))
+    ratios = (f"SpotDPOTrainer: {spot['step_ms'] / trl['step_ms']:.2f} x TRL's step time, "
+              f"{spot['workspace_mib'] / trl['workspace_mib']:.2f} x its workspace")
+    assert f"| trl-dpo | ok | 1 | {ratios} |" in table, table
+    section = table.split("## trl-dpo\n", 1)[1]
+    assert f"- TRL's own LM head: {trl['step_ms']:.0f} ms/step, workspace {trl['workspace_mib']:.0f} MiB" in section
+    assert f"- SpotDPOTrainer (spot_kernels): {spot['step_ms']:.0f} ms/step, workspace {spot['workspace_mib']:.0f} MiB" in section
 
 
 def write_wheel(folder):
@@ -92,3 +145,5 @@ def test_dry_run_runs_every_part_at_toy_sizes(tmp_path):
     assert steps["host_syncs"] == {"traced": False, "steps": 1, "sites": []} and steps["last_row"]["step"] == 1
     table = written.with_suffix(".md").read_text()
     assert all(f"| {name} | {part['status']} |" in table for name, part in parts.items())
+    assert all(f"dry run: {part['dry_run_did']}" in table for part in parts.values() if part["status"] == "ok")
+    assert "## trl-dpo" in table
