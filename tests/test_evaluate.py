@@ -41,7 +41,7 @@ class KnowsTheAnswers:
         listed = dict(re.findall(r"^([A-Z])\) (.*)$", prompt, flags=re.MULTILINE))
         return next(letter for letter, text in listed.items() if text == problem["answer"])
 
-    def generate(self, prompts):
+    def generate(self, prompts, sample_ids):
         self.calls += 1
         right = self.calls % 2 == 1  # requests come problem by problem, repetition 0 first
         return [Generation(f"So the answer is \\boxed{{{self.answer(p) if right else 'nothing'}}}.", tokens=7,

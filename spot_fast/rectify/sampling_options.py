@@ -3,10 +3,14 @@
 Kept free of torch so that a command parses its options (and reports bad ones) before it imports a
 model library; ``generation.generator_loader`` turns the parsed options into a generator.
 """
-import argparse
 from dataclasses import asdict, dataclass
 
+from spot_fast.cli import SEED_RANGE, number
+
 BACKEND_NAMES = ("hf", "vllm")
+# How samples are seeded (``generation.sample_seed``); recorded, so that samples drawn under another
+# scheme (one generator seeded once per run, before this) are never resumed into the same log.
+SEEDING = "per sample: sha256 of (seed, sample id)"
 
 
 @dataclass(frozen=True)
@@ -18,11 +22,7 @@ class Sampling:
     seed: int = 0
 
 
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+positive_int = number(int, lambda v: v >= 1, ">= 1")
 
 
 def add_sampling_arguments(parser, max_new_tokens):
@@ -30,11 +30,13 @@ def add_sampling_arguments(parser, max_new_tokens):
     and ``generation.generator_loader``)."""
     parser.add_argument("--backend", choices=list(BACKEND_NAMES), default="hf")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="answers per generate call")
-    parser.add_argument("--temperature", type=float, default=Sampling.temperature)
-    parser.add_argument("--top-p", type=float, default=Sampling.top_p)
-    parser.add_argument("--top-k", type=int, default=Sampling.top_k, help="0: no top-k cut")
+    parser.add_argument("--temperature", type=number(float, lambda v: v > 0, "> 0"), default=Sampling.temperature)
+    parser.add_argument("--top-p", type=number(float, lambda v: 0 < v <= 1, "in (0, 1]"), default=Sampling.top_p)
+    parser.add_argument("--top-k", type=number(int, lambda v: v >= 0, ">= 0"), default=Sampling.top_k,
+                        help="0: no top-k cut")
     parser.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens)
-    parser.add_argument("--seed", type=int, default=Sampling.seed)
+    parser.add_argument("--seed", type=number(int, *SEED_RANGE), default=Sampling.seed,
+                        help="with the id of a sample (its problem and repetition), seeds that sample alone")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="auto: bfloat16 on GPU, float32 on CPU (hf); the model's own (vllm)")
     parser.add_argument("--enable-thinking", action="store_true", help="Qwen3 thinking mode (default: off)")
@@ -52,4 +54,5 @@ def recorded_settings(args):
     """Everything besides the model that determines the samples (sampling, prompt rendering, backend,
     dtype), as the JSON-able dict that ``sample_settings.claim`` records beside them."""
     sampling, render = sampling_settings(args)
-    return {"backend": args.backend, "dtype": args.dtype, "sampling": asdict(sampling), "render": render}
+    return {"backend": args.backend, "dtype": args.dtype, "sampling": asdict(sampling), "render": render,
+            "seeding": SEEDING}
