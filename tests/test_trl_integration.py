@@ -1,7 +1,8 @@
 """The TRL integration against the real TRL: ``DPOTrainer`` with and without ``SpotDPOTrainer``
 trains the same (every logged metric at every step, the weight updates) on the built-in tiny model and
 bundled pairs; ``GRPOTrainer``'s per-token log-probs and entropies (at its temperature) equal TRL's own;
-what cannot be served is refused at construction."""
+what cannot be served is refused at construction; TRL's own trainers built afterwards keep TRL's head, and
+precomputed reference log-probs are cached apart from TRL's."""
 import json
 import math
 import subprocess
@@ -12,9 +13,11 @@ import pytest
 import torch
 
 trl = pytest.importorskip("trl")
-from datasets import Dataset  # noqa: E402
+from datasets import Dataset, load_from_disk  # noqa: E402
+from trl.trainer import utils as trl_utils  # noqa: E402
 
 from spot_fast.models import ASSETS, BUILTIN_MODEL, load_model, load_tokenizer  # noqa: E402
+from spot_kernels import trl_integration  # noqa: E402
 from spot_kernels.trl_integration import SpotDPOTrainer  # noqa: E402
 
 STEPS = 2
@@ -50,18 +53,24 @@ def train(trainer_class, pairs, tokenizer, tmp_path, loss_type, precompute, peft
     ref_model = None if precompute or peft else load_model(BUILTIN_MODEL)
     trainer = trainer_class(model=load_model(BUILTIN_MODEL), ref_model=ref_model, args=config, train_dataset=pairs,
                             processing_class=tokenizer, peft_config=peft_config)
-    if trainer_class is SpotDPOTrainer:
-        for model in (trainer.model.get_base_model() if peft else trainer.model, trainer.ref_model):
-            assert model is None or served_by_spot_kernels(model)
+    for model in (trainer.model.get_base_model() if peft else trainer.model, trainer.ref_model):
+        assert model is None or fused_head(model) == expected_head(trainer_class), (
+            f"{trainer_class.__name__} runs the {fused_head(model)} fused head")
     initial = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     return logs, {name: (initial[name], p.detach().clone()) for name, p in trainer.model.named_parameters() if name in initial}
 
 
-def served_by_spot_kernels(model):
-    """Whether ``model``'s fused forward is the integration's (not TRL's own)."""
-    return model.forward.__func__.__code__.co_filename.endswith("trl_integration.py")
+def fused_head(model):
+    """Whose fused forward ``model`` runs: "spot_kernels" (the integration's), "trl" (TRL's own
+    ``add_fused_lm_head``) or the file that defines it."""
+    source = Path(model.forward.__func__.__code__.co_filename)
+    return {Path(trl_utils.__file__): "trl", Path(trl_integration.__file__): "spot_kernels"}.get(source, str(source))
+
+
+def expected_head(trainer_class):
+    return "spot_kernels" if trainer_class.__module__ == "spot_kernels.trl_integration" else "trl"
 
 
 @pytest.mark.parametrize("loss_type,precompute,peft", [
@@ -96,6 +105,61 @@ def test_what_needs_the_logits_is_refused(pairs, tokenizer, tmp_path):
                        processing_class=tokenizer)
 
 
+def dpo_trainer(trainer_class, pairs, tokenizer, tmp_path, model=None, precompute=False):
+    """A DPO trainer of the tiny model (``model`` if given) with a reference model, or precomputed
+    reference log-probs; built, not trained."""
+    config = trl.DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, report_to=[], use_cpu=True,
+                           bf16=False, max_length=96, precompute_ref_log_probs=precompute, disable_tqdm=True)
+    return trainer_class(model=model or load_model(BUILTIN_MODEL),
+                         ref_model=None if precompute else load_model(BUILTIN_MODEL), args=config,
+                         train_dataset=pairs, processing_class=tokenizer)
+
+
+def test_trl_trainers_built_after_ours_run_trls_own_head(pairs, tokenizer, tmp_path):
+    """The integration puts its head in TRL's place only while one of its trainers is constructed,
+    also when that construction is refused: every TRL trainer built afterwards in the same process
+    runs TRL's own fused head (else a side-by-side comparison compares the integration with itself)."""
+    from spot_kernels.trl_integration import SpotGRPOTrainer
+
+    dpo_trainer(SpotDPOTrainer, pairs, tokenizer, tmp_path)
+    grpo_trainer(SpotGRPOTrainer, pairs, tokenizer, tmp_path)
+    softcapped = load_model(BUILTIN_MODEL)
+    softcapped.config.final_logit_softcapping = 30.0
+    with pytest.raises(ValueError, match="final_logit_softcapping"):  # refused inside TRL's construction
+        dpo_trainer(SpotDPOTrainer, pairs, tokenizer, tmp_path, model=softcapped)
+    for trainer in (dpo_trainer(trl.DPOTrainer, pairs, tokenizer, tmp_path),
+                    grpo_trainer(trl.GRPOTrainer, pairs, tokenizer, tmp_path)):
+        for role, model in (("policy", trainer.model), ("reference", trainer.ref_model)):
+            assert model is None or fused_head(model) == "trl", (
+                f"{type(trainer).__name__} built after SpotDPOTrainer and SpotGRPOTrainer: its {role} model runs "
+                f"the {fused_head(model)} fused head, not TRL's")
+
+
+def reference_cache_file(trainer):
+    """The name of the file that holds the trainer's precomputed reference log-probs (the columns TRL
+    appends to the training set)."""
+    files = [entry["filename"] for entry in trainer.train_dataset.cache_files]
+    [path] = [f for f in files if Dataset.from_file(f).column_names == ["ref_chosen_logps", "ref_rejected_logps"]]
+    return Path(path).name
+
+
+def test_precomputed_reference_is_cached_apart_from_trls(pairs, tokenizer, tmp_path):
+    """For the same dataset and reference model, SpotDPOTrainer keeps its precomputed reference
+    log-probs under a cache key of its own: TRL's trainer and ours write (and find) different files.
+    Each trainer built again finds its own file again, so the keys are cache keys, not fresh names,
+    and TRL's key is the same before and after one of ours was built."""
+    pairs.save_to_disk(tmp_path / "pairs")
+    on_disk = load_from_disk(tmp_path / "pairs")  # datasets caches maps beside a dataset's files, not in memory
+    keys = {}
+    for trainer_class in (trl.DPOTrainer, SpotDPOTrainer, trl.DPOTrainer, SpotDPOTrainer):
+        trainer = dpo_trainer(trainer_class, on_disk, tokenizer, tmp_path / "out", precompute=True)
+        keys.setdefault(trainer_class.__name__, []).append(reference_cache_file(trainer))
+    (theirs, again), (ours, ours_again) = keys["DPOTrainer"], keys["SpotDPOTrainer"]
+    assert theirs == again, f"TRL's DPOTrainer built after SpotDPOTrainer uses another reference cache key: {keys}"
+    assert ours == ours_again, f"SpotDPOTrainer's reference cache key differs between identical trainers: {keys}"
+    assert ours != theirs, f"SpotDPOTrainer's precomputed reference log-probs share TRL's cache key: {keys}"
+
+
 @pytest.fixture(scope="module")
 def rollouts(pairs, tokenizer):
     """Prompt + completion token ids of three bundled answers, right-padded, and their mask."""
@@ -120,7 +184,8 @@ def test_grpo_logps_and_entropies_equal_trls(pairs, tokenizer, tmp_path, rollout
     results = []
     for trainer_class in (trl.GRPOTrainer, SpotGRPOTrainer):
         trainer = grpo_trainer(trainer_class, pairs, tokenizer, tmp_path)
-        assert served_by_spot_kernels(trainer.model) == (trainer_class is SpotGRPOTrainer)
+        assert fused_head(trainer.model) == expected_head(trainer_class), (
+            f"{trainer_class.__name__} runs the {fused_head(trainer.model)} fused head")
         logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
             trainer.model, input_ids, attention_mask, logits_to_keep=40, compute_entropy=True)
         logps.sum().backward()
