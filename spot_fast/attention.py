@@ -1,4 +1,13 @@
-"""The attention mask of a batch, in the form the model's attention implementation takes.
+"""How a batch is attended: the three attention backends, each one ``AttentionBackend`` record, and
+the masks they take.
+
+``ATTENTION_BACKENDS`` holds a record per ``--attention`` choice: ``sdpa`` (a dense boolean mask, any
+device), ``flex`` (FlexAttention block masks, CUDA) and ``varlen`` (FlashAttention varlen over the
+batch's segments, no mask: ``varlen_attention.py``; on the CPU its per-segment SDPA reference). A
+record says where it can run, how transformers is given it, which models it refuses and what the
+model body receives for a batch; config, preflight, the model loader, the trainer and the benchmarks
+all read it. ``choose_attention`` resolves ``auto``: varlen on CUDA once its self-check on the device
+passes, else SDPA.
 
 A batch gives every token a document id (-1 for padding) and a branch (``batching.py``); key k is
 visible to query q when ``doc[k] == doc[q] >= 0``, k is not after q in the row, and
@@ -27,12 +36,17 @@ recompile limit sends it to the eager path. Rows padded to whole blocks keep the
 dynamic, so a new length compiles nothing (measured with dynamo's compile counter on the CPU; a row of
 a single block, like a single row, is specialized once more: dynamic shapes treat size 1 apart).
 """
+import dataclasses
 import functools
+import importlib.util
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from .batching import BRANCHES, TRUNK
+from .varlen_attention import (VARLEN_ATTENTION, VarlenSegments, no_mask, refused_by_model, register_varlen_attention,
+                               self_check, torch_varlen_attn)
 
 FLEX_ATTENTION = "spot_flex_attention"
 FLEX_BLOCK_SIZE = 128  # FlexAttention's default sparse block size
@@ -164,18 +178,36 @@ def attention_mask(batch, implementation):
     return (batch.doc_ids >= 0).long()
 
 
-def model_inputs(batch, implementation):
-    """Keyword arguments of the model body for ``batch``: ``input_ids``, ``position_ids`` and
-    ``attention_mask``. Under ``FLEX_ATTENTION`` the rows are first padded to a multiple of
-    ``FLEX_BLOCK_SIZE`` (padding tokens: id 0, document -1); the hidden states past
-    ``batch.input_ids.shape[1]`` belong to that padding."""
-    if implementation == FLEX_ATTENTION:
-        beyond = -batch.input_ids.shape[1] % FLEX_BLOCK_SIZE
-        doc_ids, branch_ids = F.pad(batch.doc_ids, (0, beyond), value=-1), F.pad(batch.branch_ids, (0, beyond), value=TRUNK)
-        return {"input_ids": F.pad(batch.input_ids, (0, beyond)), "position_ids": F.pad(batch.position_ids, (0, beyond)),
-                "attention_mask": block_mask(doc_ids, branch_ids)}
+def flex_model_inputs(batch):
+    """The rows padded to a multiple of ``FLEX_BLOCK_SIZE`` (padding tokens: id 0, document -1) and
+    their ``BlockMask``; the hidden states past ``batch.input_ids.shape[1]`` belong to that padding."""
+    beyond = -batch.input_ids.shape[1] % FLEX_BLOCK_SIZE
+    doc_ids, branch_ids = F.pad(batch.doc_ids, (0, beyond), value=-1), F.pad(batch.branch_ids, (0, beyond), value=TRUNK)
+    return {"input_ids": F.pad(batch.input_ids, (0, beyond)), "position_ids": F.pad(batch.position_ids, (0, beyond)),
+            "attention_mask": block_mask(doc_ids, branch_ids)}
+
+
+def varlen_model_inputs(batch):
+    """The rows as they are, no mask (``no_mask``), and the batch's segments as ``varlen_segments``."""
+    segments = VarlenSegments(batch.cu_seq_q, batch.cu_seq_k, batch.key_index, batch.max_segment_queries,
+                              batch.max_segment_keys)
+    return {"input_ids": batch.input_ids, "position_ids": batch.position_ids,
+            "attention_mask": no_mask(batch.input_ids.shape[0]).to(batch.input_ids.device), "varlen_segments": segments}
+
+
+def sdpa_model_inputs(batch, implementation="sdpa"):
     return {"input_ids": batch.input_ids, "position_ids": batch.position_ids,
             "attention_mask": attention_mask(batch, implementation)}
+
+
+def model_inputs(batch, implementation):
+    """Keyword arguments of the model body for ``batch`` under the attention ``implementation``
+    (``model.config._attn_implementation``): ``input_ids``, ``position_ids``, ``attention_mask`` and
+    what else the implementation's backend adds (``AttentionBackend.model_inputs``)."""
+    for backend in ATTENTION_BACKENDS.values():
+        if backend.implementation == implementation:
+            return backend.model_inputs(batch)
+    return sdpa_model_inputs(batch, implementation)  # transformers' eager attention, and the like
 
 
 @functools.cache
@@ -205,3 +237,72 @@ def register_flex_attention():
     from transformers.masking_utils import AttentionMaskInterface, flex_attention_mask
     AttentionInterface.register(FLEX_ATTENTION, flex_attention_forward)
     AttentionMaskInterface.register(FLEX_ATTENTION, flex_attention_mask)  # masks of plain calls (model(input_ids))
+
+
+def flex_unavailable(cuda):
+    if importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
+        return f"--attention flex needs torch's FlexAttention (torch >= 2.5); this torch is {torch.__version__}"
+    if not cuda:
+        return f"--attention flex needs CUDA: FlexAttention has no CPU backward in torch {torch.__version__}"
+    return None
+
+
+def varlen_unavailable(cuda):
+    if cuda and torch_varlen_attn() is None:
+        return (f"--attention varlen needs torch.nn.attention.varlen.varlen_attn (torch >= 2.9) on CUDA; this torch "
+                f"is {torch.__version__}")
+    return None  # on the CPU the per-segment SDPA reference stands in
+
+
+def flex_refused_by_model(model):
+    return None if model._supports_flex_attn else f"{type(model).__name__} does not support FlexAttention"
+
+
+def varlen_refused_by_model(model):
+    reasons = refused_by_model(model.config)
+    return None if reasons is None else f"varlen attention serves plain causal attention only; the model has {reasons}"
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionBackend:
+    """One way to attend over a batch (``--attention NAME``): the attention implementation transformers
+    runs; ``unavailable(cuda)``, None where this machine can run it, else the one line why not (checked
+    with the options); ``register()``, which makes the implementation known to transformers (once per
+    process, where a model is given it); ``refused_by_model(model)``, None or why this model cannot use
+    it; and ``model_inputs(batch)``, the model body's keyword arguments for a batch."""
+    name: str
+    implementation: str
+    unavailable: Callable
+    register: Callable
+    refused_by_model: Callable
+    model_inputs: Callable
+
+
+ATTENTION_BACKENDS = {
+    "sdpa": AttentionBackend("sdpa", "sdpa", lambda cuda: None, lambda: None, lambda model: None, sdpa_model_inputs),
+    "flex": AttentionBackend("flex", FLEX_ATTENTION, flex_unavailable, register_flex_attention, flex_refused_by_model,
+                             flex_model_inputs),
+    "varlen": AttentionBackend("varlen", VARLEN_ATTENTION, varlen_unavailable, register_varlen_attention,
+                               varlen_refused_by_model, varlen_model_inputs),
+}
+
+
+def backend_named(name):
+    """The ``AttentionBackend`` ``--attention name`` selects (``auto`` is resolved by ``choose_attention``)."""
+    return ATTENTION_BACKENDS[name]
+
+
+def choose_attention(choice, device):
+    """``(backend name, why)`` for ``--attention choice`` on ``device``. ``auto`` is ``varlen`` on CUDA
+    where this torch has ``varlen_attn`` and its self-check on ``device`` passes
+    (``varlen_attention.self_check``), else ``sdpa``; any other choice is itself."""
+    if choice != "auto":
+        return choice, "chosen with --attention"
+    if device.type != "cuda":
+        return "sdpa", "auto on a CPU: sdpa (varlen and flex need CUDA kernels)"
+    if torch_varlen_attn() is None:
+        return "sdpa", f"auto: sdpa, because this torch ({torch.__version__}) has no varlen_attn"
+    passed, detail = self_check(device)
+    if not passed:
+        return "sdpa", f"auto: sdpa, because varlen failed its self-check ({detail})"
+    return "varlen", f"auto: varlen, its self-check passed ({detail})"

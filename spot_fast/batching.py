@@ -15,7 +15,11 @@ Two layouts, packed into one row (``pack``) or one row per piece, padded:
 Every token carries a document id (the sequence, or the pair of a tree; -1 for padding) and a branch
 (0 trunk: prompt and shared part; 1 chosen suffix; 2 rejected suffix). The attention rule is: key k is
 visible to query q when both are in the same document, k is not after q in the row, and k is on the
-trunk or on q's branch (``attention.py`` turns this into a mask). Scored tokens are listed with the
+trunk or on q's branch (``attention.py`` turns this into a mask); a padding token sees itself only.
+The same rule as variable-length segments (``varlen_segments``, built here on the host with the rest
+of the batch, so no device value is ever read back): a segment is a maximal run of one document's
+branch in a row, or one padding token; its queries are its own tokens, its keys the trunk of its
+document (for a suffix) followed by its own tokens, causal with the last query aligned to the last key. Scored tokens are listed with the
 chosen answers first, pair by pair in position order (``num_chosen_tokens`` of them), then the
 rejected answers' own tokens; ``seq_index`` gives each token's sequence and ``also_token_index`` /
 ``also_seq_index`` the shared tokens that count in a rejected sum too.
@@ -49,6 +53,11 @@ class Batch:
     padding_fraction: float
     packed: bool
     shares_prefix: bool
+    cu_seq_q: torch.Tensor          # [S + 1] int32: segment s's queries are flat tokens cu_seq_q[s]:cu_seq_q[s + 1]
+    cu_seq_k: torch.Tensor          # [S + 1] int32: its keys are key_index[cu_seq_k[s]:cu_seq_k[s + 1]]
+    key_index: torch.Tensor         # [K] flat token index of each gathered key/value
+    max_segment_queries: int
+    max_segment_keys: int
 
     def to(self, device):
         """The batch on ``device``: on CUDA every tensor is copied from pinned memory without waiting
@@ -70,6 +79,42 @@ def to_device(tensor, device):
     if should_pin(tensor, device):
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
+
+
+def varlen_segments(doc_ids, branch_ids):
+    """The attention rule of rows ``doc_ids`` / ``branch_ids`` [rows, length] as variable-length
+    segments over the flattened rows: ``(cu_seq_q, cu_seq_k, key_index, max_queries, max_keys)``.
+
+    Segments are the maximal runs of equal (row, document, branch), each padding token alone. Segment
+    s attends from its own tokens (queries, in place: ``cu_seq_q`` are the run boundaries) to
+    ``key_index[cu_seq_k[s]:cu_seq_k[s + 1]]``: the tokens of its document's trunk run, when s is a
+    suffix, then its own, causal aligned bottom-right (query i of n sees the first m - n + i + 1 of m
+    keys). A suffix's trunk is the last trunk run before it, which in a row of trees is its document's
+    (``[prompt | shared | chosen suffix | rejected suffix]``). O(tokens) time and memory.
+    """
+    rows, length = doc_ids.shape
+    doc, branch = doc_ids.reshape(-1), branch_ids.reshape(-1)
+    token = torch.arange(rows * length)
+    starts_run = (token % length == 0) | (doc < 0)
+    starts_run[1:] |= (doc[1:] != doc[:-1]) | (branch[1:] != branch[:-1])
+    run_start = starts_run.nonzero().squeeze(1)
+    run_length = torch.diff(run_start, append=torch.tensor([rows * length]))
+    is_suffix = (doc[run_start] >= 0) & (branch[run_start] != TRUNK)
+    run = torch.arange(len(run_start))
+    last_trunk = torch.where(is_suffix, -1, run).cummax(0).values
+    if bool((is_suffix & ((last_trunk < 0) | (doc[run_start[last_trunk.clamp(min=0)]] != doc[run_start]))).any()):
+        raise ValueError("varlen_segments: a branch run without its document's trunk before it")
+    trunk_length = torch.where(is_suffix, run_length[last_trunk], 0)
+    key_length = trunk_length + run_length
+    # the keys: per segment, the trunk's range (empty for a trunk) then its own range
+    range_start = torch.stack([run_start[last_trunk], run_start], 1).reshape(-1)
+    range_length = torch.stack([trunk_length, run_length], 1).reshape(-1)
+    range_offset = torch.cumsum(range_length, 0) - range_length
+    key_index = torch.arange(int(range_length.sum())) + torch.repeat_interleave(range_start - range_offset, range_length)
+    zero = torch.zeros(1, dtype=torch.int32)
+    cu_seq_q = torch.cat([zero, torch.cumsum(run_length, 0, dtype=torch.int32)])
+    cu_seq_k = torch.cat([zero, torch.cumsum(key_length, 0, dtype=torch.int32)])
+    return cu_seq_q, cu_seq_k, key_index, int(run_length.max()), int(key_length.max())
 
 
 def common_prefix_length(a, b):
@@ -167,6 +212,7 @@ def collate(pairs, pack, pad_id, share_prefix=False):
     scored = torch.tensor(chosen_scored + rejected_scored, dtype=torch.long).reshape(-1, 4)
     also = (scored[:, 3] >= 0).nonzero().squeeze(1)
     num_tokens = sum(lengths)
+    cu_seq_q, cu_seq_k, key_index, max_queries, max_keys = varlen_segments(doc_ids, branch_ids)
     return Batch(
         input_ids=input_ids, position_ids=position_ids, doc_ids=doc_ids, branch_ids=branch_ids,
         token_positions=scored[:, 0], targets=scored[:, 1], seq_index=scored[:, 2],
@@ -176,4 +222,6 @@ def collate(pairs, pack, pad_id, share_prefix=False):
         num_pairs=num_pairs, num_sequences=2 * num_pairs if all(with_rejected) else num_pairs,
         num_tokens=num_tokens, unshared_tokens=sum(pair_tokens(p, False) for p in pairs),
         padding_fraction=1.0 - num_tokens / (rows * length), packed=pack, shares_prefix=trees,
+        cu_seq_q=cu_seq_q, cu_seq_k=cu_seq_k, key_index=key_index, max_segment_queries=max_queries,
+        max_segment_keys=max_keys,
     )
