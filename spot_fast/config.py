@@ -12,7 +12,8 @@ The PEAR options default to ``spot_kernels.PearConfig()`` (this library's choice
 
 Every option is validated once, from the flags and the YAML alike, before anything is loaded or
 written: its type (YAML numbers such as ``1e-6``, which YAML reads as a string, are converted), its
-choices and its range (``RANGES``); an error names the option and, for a YAML value, the file.
+choices and its range (``RANGES``; a float must be finite); an error names the option and, for a YAML
+value, the file. The flags are parsed by ``cli.ArgumentParser`` (no abbreviations, one-line errors).
 ``parse_config`` then checks what the options need from the machine (``preflight``: packages, CUDA,
 the hub), still before the heavy imports (this module does not import transformers).
 ``RESUME_SAFE`` lists the options a resumed run may change; any other change is refused
@@ -21,6 +22,7 @@ the hub), still before the heavy imports (this module does not import transforme
 import argparse
 import dataclasses
 import importlib.util
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,9 +30,11 @@ import yaml
 
 from spot_kernels import BACKENDS, LOSS_KINDS, PEAR_LEVELS, PearConfig
 
+from .cli import SEED_RANGE, ArgumentParser
 from .data import RENDER_MODES, TRUNCATION_MODES, TokenLayout
 from .models import ASSETS, BUILTIN_MODEL
 from .objective import Objective
+from .paths import file_problem
 from .preflight import RequirementError, check_environment
 
 RECIPE_LEARNING_RATE = 1e-6
@@ -132,7 +136,7 @@ RANGES = {
     "epochs": (lambda v: v >= 1, ">= 1"),
     "per_device_batch": (lambda v: v >= 1, ">= 1"),
     "grad_accum": (lambda v: v >= 1, ">= 1"),
-    "max_length": (lambda v: v >= 2, ">= 2"),
+    "max_length": (lambda v: 2 <= v <= 2**24, "in [2, 2**24]"),  # 16M tokens: beyond any model's context
     "max_prompt_length": (lambda v: v >= 0, ">= 0 (0: max_length // 2)"),
     "weight_decay": (lambda v: v >= 0, ">= 0"),
     "adam_beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -140,7 +144,7 @@ RANGES = {
     "grad_clip": (lambda v: v >= 0, ">= 0 (0: no clipping)"),
     "pear_block_size": (lambda v: v >= 1, ">= 1"),
     "retain_every": (lambda v: v >= 1, ">= 1"),
-    "seed": (lambda v: v >= 0, ">= 0"),
+    "seed": SEED_RANGE,
     "save_every": (lambda v: v >= 0, ">= 0 (0: only at the end)"),
     "keep_last": (lambda v: v >= 0, ">= 0 (0: keep all)"),
     "log_every": (lambda v: v >= 1, ">= 1"),
@@ -207,6 +211,8 @@ def validate(values, sources):
     for name, value in values.items():
         option = f"{sources[name]}: option {name}" if name in sources else "--" + name.replace("_", "-")
         value = checked[name] = _typed(fields[name], value, option)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{option} must be a finite number; got {value!r}")
         choices = fields[name].metadata.get("choices")
         if choices is not None and value not in choices:
             raise ConfigError(f"{option}: {value!r} is not one of {list(choices)}")
@@ -253,7 +259,7 @@ def check_four_bit(config):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="spot_fast/train.py", description="Train a causal LM with SPoT and its baselines.")
+    parser = ArgumentParser(prog="spot_fast/train.py", description="Train a causal LM with SPoT and its baselines.")
     parser.add_argument("--config", help="YAML file of options (keys as below, with underscores); flags override it")
     for f in dataclasses.fields(TrainConfig):
         help_text = f.metadata.get("help", "")
@@ -277,8 +283,9 @@ def parse_config(argv=None):
     values, sources = {}, {}
     if args.config:
         path = Path(args.config)
-        if not path.is_file():
-            raise SystemExit(f"error: config file {path} does not exist")
+        problem = file_problem(path)
+        if problem:
+            raise SystemExit(f"error: --config {path}: {problem}")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as error:

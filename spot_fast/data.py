@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from .paths import file_problem
+
 PROMPT_FIELDS = ("question", "prompt")
 CHOSEN_FIELDS = ("gemini_corrected_answer", "chosen", "response", "completion")
 REJECTED_FIELDS = ("original_answer", "rejected")
@@ -233,8 +235,9 @@ def load_pairs(path, tokenizer, max_length, with_rejected=True, with_behavior=Fa
     with ``with_behavior=True`` the ``behavior_logps`` field is read and checked where present.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such data file")
+    problem = file_problem(path)
+    if problem:
+        raise DataError(f"{path}: {problem}")
     if tokenizer.eos_token_id is None:
         raise DataError("the tokenizer has no eos token; completions need an end token")
     pairs, stats = [], DataStats()

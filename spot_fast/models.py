@@ -65,11 +65,29 @@ def check_model_name(name):
         raise ModelError(f"model {name!r}: no such directory (and not a hub id 'owner/name')")
 
 
+def is_run_folder(path):
+    """Whether ``path`` is the output directory of a training run: it holds the run's ``final`` model or a
+    ``checkpoint-<step>`` (a model is in those, not beside them)."""
+    path = Path(path)
+    return (path / "final").is_dir() or any(p.is_dir() and p.name.split("-", 1)[1].isdigit()
+                                            for p in path.glob("checkpoint-*"))
+
+
+def run_folder_error(name):
+    final = os.path.join(name, "final")
+    use = f"use {final} (or one of its checkpoint-<step> folders)" if os.path.isdir(final) else \
+        "use one of its checkpoint-<step> folders"
+    return ModelError(f"{name!r} is a training run folder, not a model: {use}, or evaluate them all with "
+                      f"spot-fast-eval --checkpoints {name}")
+
+
 def _loaded(what, name, load):
     """``load()``, with transformers' errors for ``name`` turned into one line that says what to do."""
     try:
         return load()
     except (OSError, ValueError) as error:
+        if os.path.isdir(name) and is_run_folder(name):
+            raise run_folder_error(name) from None
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         where = "the directory" if os.path.isdir(name) else "the local Hugging Face cache or the hub"
         raise ModelError(f"{what} of {name!r} could not be loaded from {where}: {first_line}") from None
@@ -82,6 +100,8 @@ def load_tokenizer(name, need_chat_template=True):
     path = ASSETS / "tokenizer" if name == BUILTIN_MODEL else name
     if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
         # transformers would build an empty tokenizer from config.json alone
+        if is_run_folder(path):
+            raise run_folder_error(name)
         raise ModelError(f"{name!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): save the tokenizer "
                          f"into it with tokenizer.save_pretrained")
     from transformers import AutoTokenizer

@@ -128,7 +128,9 @@ def hub_cache_dir(name):
 
 def check_hub_reachable(option, name):
     """RequirementError for a hub id (``models.is_hub_id``; a missing directory is refused when the model
-    is loaded) when the hub does not answer and ``HF_HUB_OFFLINE`` is not set."""
+    is loaded) when the hub does not answer and ``HF_HUB_OFFLINE`` is not set. The one hub check of the
+    trainer, spot-fast-rectify and spot-fast-eval: one line in seconds, where transformers would retry
+    for about a minute and print every failed request."""
     from huggingface_hub import constants
     if not is_hub_id(name) or constants.is_offline_mode():
         return

@@ -194,7 +194,7 @@ def test_verify_and_build_refuse_an_unfinished_correct_and_build_writes_no_empty
     # Every answer final, none corrected: verify is done, build writes the report but no pairs.
     write_jsonl_atomic(tmp_path / layout.CORRECTIONS, [{**e, "correction": None} for e in errors])
     assert run("build", "--workdir", tmp_path) == 2  # verify first
-    assert f"{layout.VERIFIED}: file not found" in capsys.readouterr().err
+    assert f"has no {layout.VERIFIED}: run `spot-fast-rectify verify` first" in capsys.readouterr().err
     assert run("verify", "--workdir", tmp_path) == 0
     (tmp_path / layout.PAIRS).write_text('{"stale": true}\n')
     assert run("build", "--workdir", tmp_path) == 1

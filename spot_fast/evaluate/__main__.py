@@ -9,6 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
+from spot_fast.cli import ArgumentParser
+from spot_fast.paths import check_output_dir
 from spot_fast.rectify.sampling_options import add_sampling_arguments, positive_int, recorded_settings
 
 PROG = "spot-fast-eval"
@@ -34,7 +36,7 @@ def samples_per_benchmark(values, names):
 
 
 def parser():
-    p = argparse.ArgumentParser(prog=PROG, description="Evaluate models on benchmarks: avg@k +- std, pass@k, "
+    p = ArgumentParser(prog=PROG, description="Evaluate models on benchmarks: avg@k +- std, pass@k, "
                                 "response length, truncation; results.json, results.md and plots.")
     p.add_argument("--model", action="append", default=[], metavar="[LABEL=]PATH",
                    help="a model directory, hub id or builtin:tiny-qwen3; repeat to compare models")
@@ -55,6 +57,7 @@ def run(args):
     from spot_fast.evaluate.report import write_reports
     from spot_fast.evaluate.run import check_unique_labels, checkpoint_models, evaluate_model, parse_model
     from spot_fast.models import BUILTIN_MODEL
+    from spot_fast.preflight import check_hub_reachable
     from spot_fast.rectify.generation import generator_loader
 
     models = [parse_model(text, BUILTIN_MODEL) for text in args.model]
@@ -65,6 +68,9 @@ def run(args):
     check_unique_labels(models)
     benchmarks = read_benchmarks(args.benchmarks, limit=args.limit)
     samples = samples_per_benchmark(args.samples, [b.name for b in benchmarks])
+    check_output_dir("--output-dir", args.output_dir)
+    for model in models:
+        check_hub_reachable("--model", model.path)
     settings = recorded_settings(args)
     results = {"settings": {**settings, "samples": samples}, "models": []}
     for model in models:

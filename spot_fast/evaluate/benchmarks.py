@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spot_fast.rectify.answers import grade, last_boxed, normalize
-from spot_fast.rectify.elicit import problem_fields
-from spot_fast.rectify.jsonl import InputError, read_unique
+from spot_fast.rectify.elicit import problem_fields, read_problems
 
 MATH = "math"
 CHOICE = "choice"
@@ -67,10 +66,7 @@ def read_benchmark(path, limit=None):
     """The ``Benchmark`` in the JSONL file ``path`` (its first ``limit`` problems when given); every line
     is checked, and ``InputError`` names the line of a bad one."""
     path = Path(path)
-    problems = read_unique(path, _benchmark_fields)
-    if not problems:
-        raise InputError(path, 0, "no problems")
-    return Benchmark(path.stem, path, problems[:limit])
+    return Benchmark(path.stem, path, read_problems(path, _benchmark_fields)[:limit])
 
 
 def read_benchmarks(paths, limit=None):

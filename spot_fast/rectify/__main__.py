@@ -7,12 +7,13 @@ or ``build`` kept no pair, 2 bad input or options, 3 the Oracle stopped
 responding (the circuit breaker; finished work is saved, the same command resumes), 130 interrupted
 (finished work is saved; the same command resumes).
 """
-import argparse
 import json
 import logging
 import os
 import sys
 
+from spot_fast.cli import ArgumentParser, number
+from spot_fast.paths import check_output_dir
 from spot_fast.rectify.chat_client import OracleUnreachable
 from spot_fast.rectify.correct import UNFINISHED, NotReady
 from spot_fast.rectify.sampling_options import add_sampling_arguments, positive_int, recorded_settings
@@ -20,18 +21,23 @@ from spot_fast.rectify.sampling_options import add_sampling_arguments, positive_
 PROG = "spot-fast-rectify"
 
 
-def model_name(name):
-    """``name``, or the built-in tiny model for None (imported here: it brings torch)."""
+def model_name(name, option):
+    """``name``, or the built-in tiny model for None, after the hub check of ``option`` (shared with the
+    trainer and spot-fast-eval: one line, in seconds, where the hub does not answer; imported here: it
+    brings torch)."""
     from spot_fast.models import BUILTIN_MODEL
+    from spot_fast.preflight import check_hub_reachable
 
-    return BUILTIN_MODEL if name is None else name
+    name = BUILTIN_MODEL if name is None else name
+    check_hub_reachable(option, name)
+    return name
 
 
 def run_elicit(args):
     from spot_fast.rectify.elicit import elicit
     from spot_fast.rectify.generation import generator_loader
 
-    model = model_name(args.model)
+    model = model_name(args.model, "--model")
     return elicit(args.problems, args.workdir, generator_loader(args, model), {"model": model, **recorded_settings(args)},
                   samples=args.samples, batch_size=args.batch_size, limit=args.limit)
 
@@ -75,17 +81,17 @@ def run_correct(args):
 def run_verify(args):
     from spot_fast.rectify.verify import verify
 
-    return verify(args.workdir, model_name(args.tokenizer), gamma=args.gamma)
+    return verify(args.workdir, model_name(args.tokenizer, "--tokenizer"), gamma=args.gamma)
 
 
 def run_build(args):
     from spot_fast.rectify.build import build
 
-    return build(args.workdir, model_name(args.tokenizer), examples=args.examples)
+    return build(args.workdir, model_name(args.tokenizer, "--tokenizer"), examples=args.examples)
 
 
 def parser():
-    p = argparse.ArgumentParser(prog=PROG, description="SPoT data rectification: elicit errors, "
+    p = ArgumentParser(prog=PROG, description="SPoT data rectification: elicit errors, "
                                 "correct them with an Oracle, verify and filter, build training pairs.")
     stages = p.add_subparsers(dest="stage", required=True)
 
@@ -112,27 +118,31 @@ def parser():
     c.add_argument("--api-key", default=os.environ.get("SPOT_ORACLE_API_KEY"),
                    help="bearer token (prefer env SPOT_ORACLE_API_KEY)")
     c.add_argument("--concurrency", type=positive_int, default=8, help="Oracle calls in flight at most")
-    c.add_argument("--timeout", type=float, default=600.0, help="seconds per attempt (socket timeout)")
-    c.add_argument("--max-retries", type=int, default=6)
-    c.add_argument("--backoff", type=float, default=1.0, help="base seconds of the exponential backoff")
+    c.add_argument("--timeout", type=number(float, lambda v: v > 0, "> 0"), default=600.0,
+                   help="seconds per attempt (socket timeout)")
+    c.add_argument("--max-retries", type=number(int, lambda v: v >= 0, ">= 0"), default=6)
+    c.add_argument("--backoff", type=number(float, lambda v: v >= 0, ">= 0"), default=1.0,
+                   help="base seconds of the exponential backoff")
     c.add_argument("--max-connection-failures", type=positive_int, default=32,
                    help="stop the stage after this many attempts in a row got no response (connection "
                         "errors, timeouts) from the endpoint; a rerun resumes")
     c.add_argument("--max-unmarked-replies", type=positive_int, default=3,
                    help="replies without a marked correction (one per run) before an answer is final "
                         "without a correction")
-    c.add_argument("--thinking-budget", type=int,
+    c.add_argument("--thinking-budget", type=number(int, lambda v: v >= -1, ">= -1 (-1: dynamic)"),
                    help="Gemini thinking budget (sent as extra_body.google.thinking_config.thinking_budget)")
     c.add_argument("--extra-body", default="{}",
                    help="JSON object merged into every request body (temperature, max_tokens, ...)")
 
     v = stage("verify", run_verify, "check corrected answers and filter by change ratio")
     v.add_argument("--tokenizer", help="the trainer's tokenizer (default: the built-in tiny model's)")
-    v.add_argument("--gamma", type=float, default=0.6, help="largest change ratio kept")
+    v.add_argument("--gamma", type=number(float, lambda v: 0 <= v <= 1, "in [0, 1]"), default=0.6,
+                   help="largest change ratio kept")
 
     b = stage("build", run_build, "write the training pairs and the report")
     b.add_argument("--tokenizer", help="for the example diffs (default: the built-in tiny model's)")
-    b.add_argument("--examples", type=int, default=3, help="marked examples in the report")
+    b.add_argument("--examples", type=number(int, lambda v: v >= 0, ">= 0"), default=3,
+                   help="marked examples in the report")
     return p
 
 
@@ -140,6 +150,7 @@ def main(argv=None):
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(levelname)s: %(message)s")
     try:
+        check_output_dir("--workdir", args.workdir)
         summary = args.run(args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; finished work is saved, run the same command to resume",

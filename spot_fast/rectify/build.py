@@ -37,9 +37,9 @@ def to_pair(record):
 def build(workdir, tokenizer_name, examples=3):
     """Write ``pairs.jsonl`` and the report; returns the stage summary."""
     workdir = Path(workdir)
-    final_ids = {r["id"] for r in read_unique(workdir / layout.CORRECTIONS, correction_fields)}
+    final_ids = {r["id"] for r in read_unique(layout.stage_input(workdir, layout.CORRECTIONS), correction_fields)}
     check_all_final(workdir, final_ids)
-    verified = read_unique(workdir / layout.VERIFIED, verified_fields)
+    verified = read_unique(layout.stage_input(workdir, layout.VERIFIED), verified_fields)
     if {r["id"] for r in verified} != final_ids:
         raise NotReady(f"{layout.VERIFIED} does not judge the corrections now in {layout.CORRECTIONS}: "
                        "run `verify` again")

@@ -155,7 +155,7 @@ def finished_results(done, interrupted):
 def correct(workdir, oracle, concurrency=8, max_unmarked_replies=3):
     """Ask the Oracle about every error without a final record; returns the stage summary."""
     workdir = Path(workdir)
-    errors = read_unique(workdir / layout.ERRORS, error_fields)
+    errors = read_unique(layout.stage_input(workdir, layout.ERRORS), error_fields)
     now = Counter()
 
     def ask(error):

@@ -15,7 +15,7 @@ from pathlib import Path
 from spot_fast.rectify import layout
 from spot_fast.rectify.answers import grade
 from spot_fast.rectify.generation import sample_missing
-from spot_fast.rectify.jsonl import AppendLog, read_unique, write_jsonl_atomic
+from spot_fast.rectify.jsonl import AppendLog, InputError, read_unique, write_jsonl_atomic
 from spot_fast.rectify.sample_settings import claim
 
 
@@ -26,8 +26,13 @@ def problem_fields(line):
             "answer": line.text("answer", "ground_truth", numbers=True)}
 
 
-def read_problems(path):
-    return read_unique(path, problem_fields)
+def read_problems(path, fields=problem_fields):
+    """The problems of the JSONL file ``path`` (``fields(line)`` each, ids unique); a file without any
+    is refused, as the trainer refuses one without pairs: there would be nothing to sample."""
+    problems = read_unique(path, fields)
+    if not problems:
+        raise InputError(path, 0, "no problems (the file holds no non-blank line)")
+    return problems
 
 
 def elicit(problems_path, workdir, load_generator, settings, samples=1, batch_size=8, limit=None):

@@ -26,6 +26,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from spot_fast.paths import file_problem
+
 log = logging.getLogger(__name__)
 
 NEW_FILE_MODE = 0o666
@@ -89,8 +91,9 @@ class Line:
 def read_jsonl(path):
     """Yield a ``Line`` for every non-blank line of ``path``; raise ``InputError`` on bad JSON."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, 0, "file not found")
+    problem = file_problem(path)
+    if problem:
+        raise InputError(path, 0, problem)
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             try:

@@ -66,7 +66,7 @@ def judge(record, token_ids, gamma):
 def verify(workdir, tokenizer_name, gamma=0.6):
     """Judge every correction and write ``verified.jsonl``; returns the stage summary."""
     workdir = Path(workdir)
-    records = read_unique(workdir / layout.CORRECTIONS, correction_fields)
+    records = read_unique(layout.stage_input(workdir, layout.CORRECTIONS), correction_fields)
     check_all_final(workdir, {r["id"] for r in records})
     tokenizer = load_tokenizer(tokenizer_name)
 
