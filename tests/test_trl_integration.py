@@ -169,9 +169,9 @@ def rollouts(pairs, tokenizer):
 
 
 def grpo_trainer(trainer_class, pairs, tokenizer, tmp_path, **options):
-    config = trl.GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, num_generations=2,
-                            max_completion_length=8, temperature=0.7, report_to=[], use_cpu=True, bf16=False,
-                            gradient_checkpointing=False, disable_tqdm=True, **options)
+    config = trl.GRPOConfig(**{**dict(output_dir=str(tmp_path), per_device_train_batch_size=2, num_generations=2,
+                                      max_completion_length=8, temperature=0.7, report_to=[], use_cpu=True, bf16=False,
+                                      gradient_checkpointing=False, disable_tqdm=True), **options})
     return trainer_class(model=load_model(BUILTIN_MODEL), reward_funcs=lambda completions, **_: [0.0] * len(completions),
                          args=config, train_dataset=pairs.select_columns(["prompt"]), processing_class=tokenizer)
 
@@ -195,6 +195,24 @@ def test_grpo_logps_and_entropies_equal_trls(pairs, tokenizer, tmp_path, rollout
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(our_entropies, their_entropies, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(our_grad, their_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_grpo_under_bf16_autocast_keeps_the_fp32_heads_precision(pairs, tokenizer, tmp_path, rollouts):
+    """``bf16=True, cast_lm_head_to_fp32=True``: inside the trainer's autocast (its accelerator's) the
+    log-probs and entropies through our head equal TRL's fp32 head's, not values from bf16 logits."""
+    from spot_kernels.trl_integration import SpotGRPOTrainer
+
+    input_ids, attention_mask = rollouts
+    results = {}
+    for trainer_class in (trl.GRPOTrainer, SpotGRPOTrainer):
+        trainer = grpo_trainer(trainer_class, pairs, tokenizer, tmp_path, bf16=True, cast_lm_head_to_fp32=True)
+        with torch.no_grad(), trainer.accelerator.autocast():
+            assert torch.is_autocast_enabled("cpu"), "the trainer's accelerator does not autocast"
+            results[trainer_class.__name__] = trainer._get_per_token_logps_and_entropies(
+                trainer.model, input_ids, attention_mask, logits_to_keep=40, compute_entropy=True)[:2]
+    for index, name in enumerate(("log-probs", "entropies")):
+        torch.testing.assert_close(results["SpotGRPOTrainer"][index], results["GRPOTrainer"][index], rtol=1e-5, atol=1e-5,
+                                   msg=lambda m: f"{name} under bf16 autocast, ours against TRL's fp32 head: {m}")
 
 
 def test_grpo_entropy_bonus_is_refused(pairs, tokenizer, tmp_path):
