@@ -9,13 +9,12 @@ checkpoint's (``config.changed_on_resume``) and the world size is the same. The 
 writable, which is tried, not assumed.
 """
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from .checkpoint import STATE_FILE, checkpoints
 from .config import RESUME_SAFE, ConfigError, changed_on_resume
+from .paths import directory_problem
 
 RESULT_NAMES = ("metrics.jsonl", "training.png", "tensorboard", "wandb", "final", "final-merged")
 
@@ -28,16 +27,9 @@ def previous_results(output_dir):
 
 
 def check_writable(output_dir):
-    """Raises ConfigError unless ``output_dir`` can be created and written, trying it in the nearest
-    directory that exists (a temporary directory, removed at once: nothing is left behind)."""
-    output_dir = Path(output_dir)
-    existing = next(path for path in (output_dir, *output_dir.absolute().parents) if path.exists())
-    problem = None if existing.is_dir() else f"{existing} is not a directory"
-    if problem is None:
-        try:
-            os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=existing))
-        except OSError as error:
-            problem = f"{existing}: {error.strerror or error}"
+    """Raises ConfigError unless ``output_dir`` can be created and written (``paths.directory_problem``,
+    the check of every command's output directory)."""
+    problem = directory_problem(output_dir)
     if problem:
         raise ConfigError(f"--output-dir {output_dir} is not writable: {problem}")
 
