@@ -4,7 +4,11 @@ A checkpoint directory holds a Hugging Face model (safetensors + config + tokeni
 ``AutoModelForCausalLM.from_pretrained`` loads (under ZeRO-3, the weights gathered from every rank's
 shards, in the training dtype), the engine's state under ``deepspeed/`` (weights,
 optimizer, LR scheduler) with the ``TrainingState`` inside it, and ``trainer_state.json``, a readable
-copy of the training state (without RNG) and of the run's configuration.
+copy of the training state (without RNG) and of the run's configuration. Step checkpoints
+(``checkpoint-<step>``) always hold the engine's state; a finished run's ``final`` holds it only when
+asked (``--save-optimizer-in-final``): the optimizer state is about 12 bytes per trained parameter
+(~100 GB at 8B), and ``final`` is meant as a model directory. A directory without it cannot be resumed
+from.
 
 Atomic: everything is written into ``.tmp-NAME``, fsynced, and renamed to ``NAME`` only when
 complete, so a crash leaves either the previous checkpoint or the new one, never a partial one under
@@ -25,6 +29,8 @@ from .engine import barrier
 from .lora import adapters_gathered, has_adapters
 
 STATE_FILE = "trainer_state.json"
+ENGINE_STATE = "deepspeed"  # the engine's state inside a checkpoint directory
+FINAL = "final"  # a finished run's checkpoint
 
 
 def rng_state():
@@ -98,8 +104,9 @@ def model_weights(engine):
     return {name.removeprefix("model."): value for name, value in weights.items()}
 
 
-def save_checkpoint(engine, tokenizer, output_dir, name, state, config, rank):
-    """Writes OUTPUT_DIR/NAME atomically; every rank must call it. Returns its path."""
+def save_checkpoint(engine, tokenizer, output_dir, name, state, config, rank, engine_state=True):
+    """Writes OUTPUT_DIR/NAME atomically; every rank must call it. Returns its path. Without
+    ``engine_state`` NAME holds the model, tokenizer and readable training state only."""
     output_dir = Path(output_dir)
     final, tmp = output_dir / name, output_dir / f".tmp-{name}"
     if rank == 0:
@@ -107,7 +114,8 @@ def save_checkpoint(engine, tokenizer, output_dir, name, state, config, rank):
         tmp.mkdir(parents=True)
     barrier()
     state_dict = state.state_dict()
-    engine.save_checkpoint(str(tmp / "deepspeed"), tag="state", client_state={"training_state": state_dict})
+    if engine_state:
+        engine.save_checkpoint(str(tmp / ENGINE_STATE), tag="state", client_state={"training_state": state_dict})
     weights = model_weights(engine)
     with adapters_gathered(engine.module.model):
         if rank == 0:
@@ -133,7 +141,7 @@ def save_checkpoint(engine, tokenizer, output_dir, name, state, config, rank):
 
 def load_checkpoint(engine, path, state):
     """Restores the engine (weights, optimizer, scheduler) and ``state`` from checkpoint ``path``."""
-    _, client_state = engine.load_checkpoint(str(path / "deepspeed"), tag="state")
+    _, client_state = engine.load_checkpoint(str(path / ENGINE_STATE), tag="state")
     state.load_state_dict(client_state["training_state"])
 
 
@@ -141,6 +149,26 @@ def checkpoints(output_dir):
     """Complete step checkpoints in OUTPUT_DIR, oldest first."""
     found = [p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def has_engine_state(path):
+    return (Path(path) / ENGINE_STATE).is_dir()
+
+
+def saved_step(path):
+    """The optimizer steps taken when checkpoint ``path`` was written."""
+    return json.loads((Path(path) / STATE_FILE).read_text())["step"]
+
+
+def latest_state(output_dir):
+    """The saved state in OUTPUT_DIR with the most steps (None if there is none): a step checkpoint,
+    or ``final`` where the run finished; at equal steps the step checkpoint, which always holds the
+    engine's state."""
+    found = [(int(path.name.split("-")[-1]), 1, path) for path in checkpoints(output_dir)]
+    final = Path(output_dir) / FINAL
+    if (final / STATE_FILE).is_file():
+        found.append((saved_step(final), 0, final))
+    return max(found)[2] if found else None
 
 
 def prune_checkpoints(output_dir, keep_last):

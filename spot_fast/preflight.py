@@ -17,6 +17,8 @@ has kernels for.
   where the package is installed.
 - ``--load-in-4bit``: bitsandbytes (``config.check_four_bit``).
 - ``--attention flex``: torch's FlexAttention module, and CUDA (it has no CPU backward in torch 2.13).
+- ``--kernel-backend triton``: triton, and where its kernels run (``spot_kernels``' ``triton_available``):
+  CUDA, or the CPU under ``TRITON_INTERPRET=1`` (Triton's interpreter, which the tests use).
 - A hub id (``--model``, ``--behavior-model``) without ``HF_HUB_OFFLINE=1``: the hub must answer a
   connection within ``HUB_TIMEOUT_S`` (where an HTTPS proxy is set, the proxy is trusted), else
   huggingface_hub retries for about a minute before transformers fails or falls back to its cache.
@@ -37,6 +39,7 @@ INSTALL = {
     "liger_kernel": "pip install liger-kernel",
     "tensorboard": "pip install tensorboard",
     "wandb": "pip install wandb",
+    "triton": "pip install triton",
 }
 
 
@@ -121,6 +124,16 @@ def check_flex_attention():
                                f"{torch.__version__}; use --attention sdpa")
 
 
+def check_triton_backend():
+    import torch
+    from spot_kernels.linear_logprobs import triton_available
+    if not installed("triton"):
+        raise RequirementError(f"--kernel-backend triton needs triton, which is not installed: {INSTALL['triton']}")
+    if not triton_available(torch.device("cuda" if cuda_available() else "cpu")):
+        raise RequirementError(f"--kernel-backend triton needs CUDA, and this torch ({torch.__version__}) sees no "
+                               f"GPU: use --kernel-backend chunked (what auto picks without CUDA)")
+
+
 def hub_cache_dir(name):
     from huggingface_hub import constants
     return Path(constants.HF_HUB_CACHE) / f"models--{name.replace('/', '--')}"
@@ -159,6 +172,8 @@ def check_environment(config):
     check_report_to(config.report_to)
     if config.attention == "flex":
         check_flex_attention()
+    if config.kernel_backend == "triton":
+        check_triton_backend()
     check_hub_reachable("--model", config.model)
     if config.behavior_model:
         check_hub_reachable("--behavior-model", config.behavior_model)

@@ -5,14 +5,16 @@ checkpoints, the plot), so that two runs never mix their metrics or overwrite ea
 ``--overwrite`` deletes those results first; the refusal suggests ``--resume latest`` only where
 there is a checkpoint to resume. A resume (``--resume latest`` or a checkpoint path)
 continues in place, and only if the settings that decide what the run computes are the
-checkpoint's (``config.changed_on_resume``) and the world size is the same. The directory must be
-writable, which is tried, not assumed.
+checkpoint's (``config.changed_on_resume``) and the world size is the same. ``latest`` is the saved
+state with the most steps, ``final/`` included: a finished run is resumed from its end, where there
+is nothing left to train (``finished``) unless a larger ``--max-steps`` asks for more, which needs
+the optimizer state in ``final/``. The directory must be writable, which is tried, not assumed.
 """
 import json
 import shutil
 from pathlib import Path
 
-from .checkpoint import STATE_FILE, checkpoints
+from .checkpoint import FINAL, STATE_FILE, checkpoints, has_engine_state, latest_state, saved_step
 from .config import RESUME_SAFE, ConfigError, changed_on_resume
 from .paths import directory_problem
 
@@ -41,10 +43,9 @@ def resume_checkpoint(config, world):
         return None
     output_dir = Path(config.output_dir)
     if config.resume == "latest":
-        found = checkpoints(output_dir)
-        if not found:
+        path = latest_state(output_dir)
+        if path is None:
             raise ConfigError(f"--resume latest: no checkpoint in {output_dir}")
-        path = found[-1]
     else:
         path = Path(config.resume)
     state_file = path / STATE_FILE
@@ -59,6 +60,20 @@ def resume_checkpoint(config, world):
         raise ConfigError(f"--resume {config.resume}: {path} was trained with other settings ({listed}). A resume "
                           f"may change only {', '.join(RESUME_SAFE)}; start a new run in a new --output-dir instead")
     return path
+
+
+def finished(checkpoint, total_steps):
+    """True where ``checkpoint`` is a finished run's ``final/`` with none of this run's ``total_steps``
+    left to train: the run is done, and ``final/`` is kept as it is. Otherwise training goes on from
+    ``checkpoint``, which needs its engine state: ConfigError for a ``final/`` saved without it."""
+    step = saved_step(checkpoint)
+    if checkpoint.name == FINAL and step >= total_steps:
+        return True
+    if not has_engine_state(checkpoint):
+        raise ConfigError(f"--resume: {checkpoint} holds the model at step {step} but no optimizer state (saved "
+                          f"without --save-optimizer-in-final), so this run of {total_steps} steps cannot go on "
+                          f"from it: resume from a checkpoint-<step>, or start a new run with --model {checkpoint}")
+    return False
 
 
 def prepare(config, world):

@@ -9,13 +9,15 @@ the CPU if there is no GPU. Read it top to bottom:
   constructed partitioned over the ranks); DeepSpeed engine (ZeRO-2 by default), AdamW,
   transformers' cosine schedule; score once with the starting weights, through the engine's module
   (where ZeRO-3 gathers parameters), and cache what the objective needs (reference sums, PEAR
-  behaviour per token, retain and evaluation references); resume if asked. Returns a ``Run``.
+  behaviour per token, retain and evaluation references); resume if asked. Returns a ``Run``, or None
+  where ``--resume`` finds a finished run with nothing left to train (before any of the above).
 - ``train``: the loop, one ``optimizer_step`` per step: per micro-batch log-probs -> rewards ->
   (delta) -> loss, or PEAR weights -> loss; backward; the engine steps at the accumulation boundary.
   Metrics every ``log_every`` steps, retain-set forgetting signals every ``retain_every``, atomic
   checkpoints every ``save_every``. ``--sync-debug warn`` (CUDA) counts every host synchronisation in
   the loop by call site into OUTPUT_DIR/host_syncs.json (``host_syncs.py``).
-- ``finish``: final checkpoint, evaluation on ``eval_data``, plot.
+- ``finish``: the final model (OUTPUT_DIR/final: a Hugging Face model directory, without the optimizer
+  state unless ``--save-optimizer-in-final``), evaluation on ``eval_data``, plot.
 - ``main``: a bad option, data file, model or cache ends the run with one line, printed once under
   torchrun where the ranks fail alike (``report_error``); Ctrl-C or SIGTERM ends it with one line from
   rank 0 saying the step reached, the last checkpoint and the command that resumes from it, with exit
@@ -36,7 +38,8 @@ from tqdm.auto import tqdm
 
 from spot_fast import run_dir
 from spot_fast.attention import FLEX_ATTENTION
-from spot_fast.checkpoint import TrainingState, checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
+from spot_fast.checkpoint import (FINAL, TrainingState, checkpoints, has_engine_state, load_checkpoint, prune_checkpoints,
+                                  save_checkpoint, saved_step)
 from spot_fast.config import ConfigError, TrainConfig, parse_config
 from spot_fast.batching import collate, pair_tokens, to_device
 from spot_fast.data import DataError, load_pairs
@@ -134,13 +137,27 @@ def load_policy(name, config, dtype, device, zero3_config=None):
 
 
 def set_up(config):
-    resume_from = run_dir.prepare(config, world=int(os.environ.get("WORLD_SIZE", "1")))
-    if os.environ.get("RANK", "0") == "0":
+    """The ``Run``, or None where the run to resume has finished and has nothing left to train (said on
+    rank 0; nothing is loaded or written)."""
+    world, is_main = int(os.environ.get("WORLD_SIZE", "1")), os.environ.get("RANK", "0") == "0"
+    resume_from = run_dir.prepare(config, world)
+    if is_main:
         print("\n".join(startup_lines(config)))
     tokenizer = load_tokenizer(config.model)
     pairs, stats, eval_pairs, retain_pairs = read_data(config, tokenizer)
     if config.loss == "pear" and config.behavior_model:
         check_behavior_model(config, tokenizer)
+    order = ExampleOrder(len(pairs), config.per_device_batch, config.grad_accum, world, config.epochs, config.seed,
+                         config.max_steps)
+    if order.steps_per_epoch == 0:
+        raise DataError(f"{config.data}: {len(pairs)} pairs do not fill one optimizer step of "
+                        f"{order.global_batch} pairs (per_device_batch x grad_accum x world)")
+    if resume_from is not None and run_dir.finished(resume_from, order.total_steps):
+        if is_main:
+            more = " (it holds the optimizer state: a larger --max-steps trains on)" if has_engine_state(resume_from) else ""
+            print(f"{config.output_dir}: the run finished at step {saved_step(resume_from)} of {order.total_steps}; "
+                  f"nothing left to train, {resume_from} is left as it is{more}")
+        return None
     rank, world, device = start_distributed()
     if rank == 0:
         if resume_from is None and config.overwrite:
@@ -149,11 +166,6 @@ def set_up(config):
     torch.manual_seed(config.seed)
     bf16 = on_when_auto(config.bf16, device)
     dtype = torch.bfloat16 if bf16 else torch.float32
-    order = ExampleOrder(len(pairs), config.per_device_batch, config.grad_accum, world, config.epochs, config.seed,
-                         config.max_steps)
-    if order.steps_per_epoch == 0:
-        raise DataError(f"{config.data}: {len(pairs)} pairs do not fill one optimizer step of "
-                        f"{order.global_batch} pairs (per_device_batch x grad_accum x world)")
     if rank == 0:
         prompts = (f"{stats.truncated_prompts} prompts truncated ({stats.prompt_cut_for_longer} cut for the longer "
                    f"answer), " if config.render == "trl020" else "")
@@ -313,7 +325,8 @@ def evaluate(run):
 
 
 def finish(run):
-    final = save_checkpoint(run.engine, run.tokenizer, run.output_dir, "final", run.state, run.config, run.rank)
+    final = save_checkpoint(run.engine, run.tokenizer, run.output_dir, FINAL, run.state, run.config, run.rank,
+                            engine_state=run.config.save_optimizer_in_final)
     if run.config.lora_save_merged:
         save_merged(run.engine.module.model, run.tokenizer, run.output_dir / "final-merged")
     if run.eval_pairs is not None:
@@ -400,7 +413,8 @@ def main(argv=None):
     with signals_stop_the_run():
         try:
             run = set_up(config)
-            train(run)
+            if run is not None:
+                train(run)
             succeeded = True
         except (ConfigError, DataError, ModelError, CacheError) as error:
             report_error(error, rank)

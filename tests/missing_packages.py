@@ -5,7 +5,9 @@
 A package is made missing the way Python sees an absent one: ``sys.modules[name] = None`` makes
 ``import name`` raise ModuleNotFoundError and ``importlib.util.find_spec(name)`` return None. Each case
 (name -> modules made missing, trainer flags, environment) records what ``main`` exited with, whether
-its output directory exists, and which heavy modules had been imported by then. Last, with Liger
+its output directory exists, and which heavy modules had been imported by then. The cases of
+``WITHOUT_CUDA`` run as on a machine without CUDA (``preflight.cuda_available`` answers False, and
+TRITON_INTERPRET, which the tests set, is unset), whatever this machine has. Last, with Liger
 made missing, ``preflight.liger_choice`` as it answers on a CUDA machine (cuda=True), which reads the
 model's configuration (transformers).
 """
@@ -39,6 +41,7 @@ CASES = {
     "hub": ([], ["--model", "spotfast/absent", "--data", str(ASSETS / "pairs.jsonl")]),
     "hub, cached": ([], ["--model", "spotfast/cached", "--data", str(ASSETS / "pairs.jsonl")]),
 }
+WITHOUT_CUDA = {"triton without CUDA": ["--kernel-backend", "triton"]}
 
 
 @contextlib.contextmanager
@@ -54,6 +57,18 @@ def missing(names):
         sys.modules.update(saved)
 
 
+@contextlib.contextmanager
+def without_cuda():
+    cuda_available, interpret = preflight.cuda_available, os.environ.pop("TRITON_INTERPRET", None)
+    preflight.cuda_available = lambda: False
+    try:
+        yield
+    finally:
+        preflight.cuda_available = cuda_available
+        if interpret is not None:
+            os.environ["TRITON_INTERPRET"] = interpret
+
+
 def run_case(names, flags):
     output_dir = ROOT / "runs" / "-".join(flags or ["default"])
     with missing(names):
@@ -61,11 +76,15 @@ def run_case(names, flags):
             code = train_main(["--output-dir", str(output_dir), *flags])
         except SystemExit as stop:
             code = stop.code
+        except Exception as error:  # a run that got past the option checks and died later
+            code = f"raised {type(error).__name__}: {error}"
     return {"exit": code, "output_dir_exists": output_dir.exists(), "heavy": [m for m in HEAVY if sys.modules.get(m)]}
 
 
 def main(out_path):
     results = {name: run_case(names, flags) for name, (names, flags) in CASES.items()}
+    with without_cuda():
+        results.update({name: run_case([], flags) for name, flags in WITHOUT_CUDA.items()})
     with missing(["liger_kernel"]):
         results["liger auto, CUDA"] = preflight.liger_choice("auto", BUILTIN_MODEL, True)
         try:

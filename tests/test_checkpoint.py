@@ -1,7 +1,8 @@
 """Checkpoints under interruption: a save that raises or is SIGKILLed part-way never leaves a
 checkpoint that ``--resume latest`` trusts; resuming from the last complete one reproduces the
-uninterrupted run (metrics and final weights); ``keep_last`` keeps the newest checkpoints; Ctrl-C or
-SIGTERM ends a run with one line that says how to resume it."""
+uninterrupted run (metrics and final weights); ``keep_last`` keeps the newest checkpoints; ``final/``
+is a model directory without the optimizer state; ``--resume latest`` after a finished run says so and
+changes nothing; Ctrl-C or SIGTERM ends a run with one line that says how to resume it."""
 import json
 import os
 import re
@@ -17,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from spot_fast.batching import pair_tokens
-from spot_fast.checkpoint import checkpoints, prune_checkpoints
+from spot_fast.checkpoint import checkpoints, has_engine_state, prune_checkpoints
 from spot_fast.config import TrainConfig
 from spot_fast.data import load_pairs
 from spot_fast.example_order import ExampleOrder
@@ -75,6 +76,45 @@ def test_an_interrupted_save_is_never_resumed_from(uninterrupted, point, how):
     assert [p.name for p in checkpoints(output_dir)] == ["checkpoint-2", "checkpoint-3"]
 
 
+# a Hugging Face model directory: weights, configuration, tokenizer, and the run's training state summary
+MODEL_DIRECTORY_FILE = re.compile(r"model(-\d+-of-\d+)?\.safetensors(\.index\.json)?|(generation_)?config\.json|"
+                                  r"tokenizer(_config)?\.json|special_tokens_map\.json|added_tokens\.json|vocab\.json|"
+                                  r"merges\.txt|chat_template\.jinja|trainer_state\.json")
+
+
+def test_final_holds_the_model_and_no_optimizer_state(uninterrupted):
+    """The optimizer state is ~12 bytes per parameter (~100 GB at 8B): it stays in checkpoint-<step>/,
+    where an interrupted run resumes from, and final/ holds the files of a model directory alone."""
+    run_dir = uninterrupted / "run"
+    found = sorted(str(path.relative_to(run_dir / "final")) for path in (run_dir / "final").rglob("*"))
+    assert "model.safetensors" in found and "trainer_state.json" in found
+    assert [name for name in found if not MODEL_DIRECTORY_FILE.fullmatch(name)] == [], f"final/ holds {found}"
+    assert all(has_engine_state(path) for path in checkpoints(run_dir))
+
+
+def files_and_times(directory):
+    return {path: (path.stat().st_size, path.stat().st_mtime_ns) for path in Path(directory).rglob("*")}
+
+
+def test_resume_latest_after_a_finished_run_says_so_and_changes_nothing(uninterrupted, capsys):
+    """The run's latest state is final/ (step 4, after checkpoint-3): nothing left to train, said in one
+    line naming the folder, before any work; a larger --max-steps would need the optimizer state that
+    final/ does not keep, and is refused naming it."""
+    from spot_fast.train import main
+    run_dir = uninterrupted / "run"
+    before = files_and_times(run_dir)
+    argv = ARGS + ["--cache-dir", str(uninterrupted / "cache"), "--output-dir", str(run_dir), "--resume", "latest"]
+    assert main(argv) == 0
+    said = capsys.readouterr().out.strip().splitlines()[-1]
+    assert said == (f"{run_dir}: the run finished at step 4 of 4; nothing left to train, {run_dir / 'final'} is left "
+                    f"as it is"), said
+    assert main(argv + ["--max-steps", "6"]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and (f"{run_dir / 'final'} holds the model at step 4 but no optimizer state (saved "
+                                       f"without --save-optimizer-in-final), so this run of 6 steps") in error, error
+    assert files_and_times(run_dir) == before
+
+
 def test_pruning_deletes_the_oldest_and_finishes_an_interrupted_deletion(tmp_path):
     for step in (1, 2, 10, 3):
         (tmp_path / f"checkpoint-{step}").mkdir()
@@ -92,7 +132,7 @@ def test_a_resume_with_a_changed_setting_is_refused_before_any_work(uninterrupte
                    "--resume", "latest", "--learning-rate", "2e-3", "--beta", "0.2"]
     assert main(argv) == 1
     error = capsys.readouterr().err
-    assert "learning_rate: 0.001 in the checkpoint, 0.002 now" in error and "checkpoint-3 was trained with other settings" in error
+    assert "learning_rate: 0.001 in the checkpoint, 0.002 now" in error and f"{uninterrupted / 'run' / 'final'} was trained with other settings" in error
     assert "beta: 0.1 in the checkpoint, 0.2 now" in error
 
 

@@ -15,6 +15,7 @@ import torch
 from spot_fast import engine, run_dir
 from spot_fast.config import ConfigError, TrainConfig
 from spot_fast.metrics import MetricsLog
+from spot_fast.preflight import check_triton_backend
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,6 +45,17 @@ def test_a_missing_requirement_stops_the_run_in_one_line_before_any_work(missing
     assert not run["output_dir_exists"] and run["heavy"] == [], run  # nothing written, transformers not imported
     if case.startswith("hub"):
         assert "HF_HUB_OFFLINE=1" in run["exit"]
+
+
+def test_the_triton_backend_without_cuda_is_refused_with_the_options(missing_package_runs):
+    """Refused like --attention flex, before the data, DeepSpeed or the output directory; under the
+    tests' TRITON_INTERPRET=1 the option is allowed (the interpreter runs the kernels on the CPU)."""
+    run = missing_package_runs["triton without CUDA"]
+    assert run["exit"].startswith("error: --kernel-backend triton needs CUDA") and "\n" not in run["exit"], run
+    assert "--kernel-backend chunked" in run["exit"]
+    assert not run["output_dir_exists"] and run["heavy"] == [], run
+    assert os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
+    check_triton_backend()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on CUDA --liger on is allowed")

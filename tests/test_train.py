@@ -5,6 +5,7 @@ are shared by several tests through module fixtures to keep the suite fast on tw
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 
 from spot_fast import train as train_module
+from spot_fast.checkpoint import has_engine_state
 from spot_fast.config import TrainConfig
 from spot_fast.batching import collate
 from spot_fast.data import DataError, completion_ids, load_pairs
@@ -117,15 +119,16 @@ def retain_file(root):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A: 1 process, 4 pairs per step, checkpoint at step 2. B: resumes A from step 2, reusing A's caches.
-    C: 2 processes x 2 pairs per step (the same global batch as A), computing its own caches."""
+    """A: 1 process, 4 pairs per step, checkpoint at step 2. B: resumes A from step 2, reusing A's caches,
+    and keeps the optimizer state in final/ (an option a resume may add). C: 2 processes x 2 pairs per
+    step (the same global batch as A), computing its own caches."""
     root = tmp_path_factory.mktemp("runs")
     retain = retain_file(root)
     common = COMMON + RETAIN + retain + ["--cache-dir", str(root / "cache")]
     a = run(TRAIN + common + ["--per-device-batch", "4", "--save-every", "2", "--output-dir", str(root / "a"),
                               "--eval-data", str(ASSETS / "eval_pairs.jsonl")])
     b = run(TRAIN + common + ["--per-device-batch", "4", "--resume", str(root / "a" / "checkpoint-2"),
-                              "--output-dir", str(root / "b")])
+                              "--output-dir", str(root / "b"), "--save-optimizer-in-final"])
     c = run(TORCHRUN + COMMON + RETAIN + retain + ["--cache-dir", str(root / "cache-c"), "--per-device-batch", "2",
                                                    "--output-dir", str(root / "c")])
     return root, a, b, c
@@ -189,6 +192,24 @@ def test_resume_continues_exactly(runs):
     weights_a = load_file(root / "a" / "final" / "model.safetensors")
     weights_b = load_file(root / "b" / "final" / "model.safetensors")
     assert all(torch.allclose(weights_a[k], weights_b[k], atol=1e-6) for k in weights_a)
+
+
+def test_a_final_with_the_optimizer_state_trains_on_with_more_steps(runs, capsys):
+    """B's final/ keeps the optimizer state: --resume latest has nothing left to train at the same
+    --max-steps (said), and with a larger one trains on from final/ (a copy of B)."""
+    root, _, _, _ = runs
+    assert has_engine_state(root / "b" / "final") and not has_engine_state(root / "a" / "final")
+    resume = COMMON + ["--cache-dir", str(root / "cache"), "--per-device-batch", "4", "--resume", "latest"]
+    assert train_module.main(resume + ["--output-dir", str(root / "b")]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        f"{root / 'b'}: the run finished at step 4 of 4; nothing left to train, {root / 'b' / 'final'} is left as "
+        f"it is (it holds the optimizer state: a larger --max-steps trains on)")
+    shutil.copytree(root / "b", root / "b-more")
+    more = run(TRAIN + resume + ["--output-dir", str(root / "b-more"), "--max-steps", "5"])
+    assert f"resumed from {root / 'b-more' / 'final'} at step 4" in more.stdout
+    assert [r["step"] for r in logged_steps(root / "b-more")] == [3, 4, 5]
+    assert json.loads((root / "b-more" / "final" / "trainer_state.json").read_text())["step"] == 5
+    assert not has_engine_state(root / "b-more" / "final")  # not asked for again
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(runs):
