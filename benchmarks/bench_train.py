@@ -45,7 +45,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_kernels import RESULTS_DIR, cell, device_name, median_ms, slug  # noqa: E402
 
-from spot_fast.attention import FLEX_ATTENTION, register_flex_attention  # noqa: E402
+from spot_fast.attention import ATTENTION_BACKENDS  # noqa: E402
 from spot_fast.batching import collate  # noqa: E402
 from spot_fast.data import Pair  # noqa: E402
 from spot_fast.logprob_head import batch_logps, install_logprob_head  # noqa: E402
@@ -86,9 +86,9 @@ def build_model(config, attention, device, dtype):
     torch.manual_seed(SEED)
     with torch.device(device):
         model = Qwen3ForCausalLM._from_config(config, dtype=dtype)
-    if attention == "flex":
-        register_flex_attention()
-    model.set_attn_implementation(FLEX_ATTENTION if attention == "flex" else "sdpa")
+    backend = ATTENTION_BACKENDS[attention]
+    backend.register()
+    model.set_attn_implementation(backend.implementation)
     if liger_for(device)[0]:
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
         _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
@@ -211,7 +211,7 @@ def parse_args(argv=None):
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.2, 0.5, 0.8],
                         help="fraction of each answer that the two answers share")
     parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
-    parser.add_argument("--attention", nargs="+", default=["sdpa"], choices=["sdpa", "flex"])
+    parser.add_argument("--attention", nargs="+", default=["sdpa"], choices=list(ATTENTION_BACKENDS))
     parser.add_argument("--pairs", type=int, default=4 if cuda else 2, help="pairs per step")
     parser.add_argument("--prompt-tokens", type=int, default=256 if cuda else 128)
     parser.add_argument("--answer-tokens", type=int, default=3072 if cuda else 1024)

@@ -8,12 +8,13 @@ Parts, each a subprocess of this checkout's code with its own time limit (togeth
 ``BUDGET_S``); a part that cannot run is skipped with its reason (a missing package is named):
 
 - ``cuda-tests``: every test file that asks for CUDA (kernels against float64, FlexAttention against
-  SDPA, ...), through pytest.
+  SDPA, torch's varlen_attn against its reference and the start-up self-check, ...), through pytest.
 - ``lm-head``: ``bench_kernels.py`` at Qwen3-8B's head (H 4096, V 151936, bf16, N 4096 and 16384):
   eager, chunked, triton, Liger's fused linear cross entropy and DPO loss where Liger is installed;
   time, workspace, time over the 8NHV floor at the measured matmul rate.
-- ``train-bench-sdpa``, ``train-bench-flex``: ``bench_train.py`` (Qwen3-1.7B shape, bf16, answers
-  sharing half their tokens): padded, packed and tree layouts; step time, tokens/s, MFU, peak memory.
+- ``train-bench-sdpa``, ``train-bench-varlen``, ``train-bench-flex``: ``bench_train.py`` (Qwen3-1.7B
+  shape, bf16, answers sharing half their tokens) per attention backend: padded, packed and tree
+  layouts; step time, tokens/s, MFU, peak memory.
 - ``trl-dpo``: ``bench_trl.py``: one step of TRL's ``DPOTrainer`` with its own LM head and with
   ``SpotDPOTrainer`` (Qwen3-1.7B shape, vocabulary 151936): step time and peak memory side by side.
 - ``train-steps``: 5 optimizer steps of ``spot_fast/train.py`` (built-in model, bf16, DeepSpeed) with
@@ -149,15 +150,18 @@ def read_train_steps(work):
 PARTS = (
     Part("cuda-tests", ("pytest", "transformers"), 75, cuda_tests_command, read_pytest,
          dry_run="collected the CUDA tests, ran none"),
-    Part("lm-head", ("tqdm",), 100, lm_head_command, read_json,
+    Part("lm-head", ("tqdm",), 90, lm_head_command, read_json,
          dry_run="eager alone at a toy shape on the CPU, no fused kernel"),
-    Part("train-bench-sdpa", ("transformers",), 60, train_bench_command("sdpa"), read_json,
+    Part("train-bench-sdpa", ("transformers",), 50, train_bench_command("sdpa"), read_json,
          dry_run="every layout of a toy model on the CPU, times not meaningful"),
-    Part("train-bench-flex", ("transformers", "torch.nn.attention.flex_attention"), 100, train_bench_command("flex"),
+    Part("train-bench-varlen", ("transformers",), 50, train_bench_command("varlen"), read_json,
+         dry_run="every layout of a toy model on the CPU through varlen's per-segment SDPA stand-in, times not "
+                 "meaningful"),
+    Part("train-bench-flex", ("transformers", "torch.nn.attention.flex_attention"), 80, train_bench_command("flex"),
          read_json, cuda_only="FlexAttention trains on CUDA only (no CPU backward)"),
     Part("trl-dpo", ("trl", "datasets", "transformers"), 40, trl_dpo_command, read_json,
          dry_run="both trainers' step on a toy model on the CPU, times and memory not meaningful"),
-    Part("train-steps", ("deepspeed", "transformers", "yaml"), 75, train_steps_command, read_train_steps,
+    Part("train-steps", ("deepspeed", "transformers", "yaml"), 65, train_steps_command, read_train_steps,
          dry_run="1 fp32 step of the built-in model on the CPU, host syncs not traced (no CUDA)"),
 )
 

@@ -204,10 +204,10 @@ def model_inputs(batch, implementation):
     """Keyword arguments of the model body for ``batch`` under the attention ``implementation``
     (``model.config._attn_implementation``): ``input_ids``, ``position_ids``, ``attention_mask`` and
     what else the implementation's backend adds (``AttentionBackend.model_inputs``)."""
-    for backend in ATTENTION_BACKENDS.values():
-        if backend.implementation == implementation:
-            return backend.model_inputs(batch)
-    return sdpa_model_inputs(batch, implementation)  # transformers' eager attention, and the like
+    backend = backend_of(implementation)
+    if backend is None:  # transformers' eager attention, and the like
+        return sdpa_model_inputs(batch, implementation)
+    return backend.model_inputs(batch)
 
 
 @functools.cache
@@ -245,6 +245,11 @@ def flex_unavailable(cuda):
     if not cuda:
         return f"--attention flex needs CUDA: FlexAttention has no CPU backward in torch {torch.__version__}"
     return None
+
+
+def backend_of(implementation):
+    """The ``AttentionBackend`` whose transformers implementation is ``implementation``, or None."""
+    return next((b for b in ATTENTION_BACKENDS.values() if b.implementation == implementation), None)
 
 
 def varlen_unavailable(cuda):
@@ -285,11 +290,6 @@ ATTENTION_BACKENDS = {
     "varlen": AttentionBackend("varlen", VARLEN_ATTENTION, varlen_unavailable, register_varlen_attention,
                                varlen_refused_by_model, varlen_model_inputs),
 }
-
-
-def backend_named(name):
-    """The ``AttentionBackend`` ``--attention name`` selects (``auto`` is resolved by ``choose_attention``)."""
-    return ATTENTION_BACKENDS[name]
 
 
 def choose_attention(choice, device):

@@ -31,6 +31,7 @@ import yaml
 from spot_kernels import BACKENDS, LOSS_KINDS, PEAR_LEVELS, PearConfig
 
 from .cli import SEED_RANGE, ArgumentParser
+from .attention import ATTENTION_BACKENDS
 from .data import RENDER_MODES, TRUNCATION_MODES, TokenLayout
 from .models import ASSETS, BUILTIN_MODEL
 from .objective import Objective
@@ -74,7 +75,7 @@ class TrainConfig:
     liger: str = field(default="auto", metadata={"choices": ("auto", "on", "off"), "help": "Liger kernels for the model body; auto: on with CUDA where liger-kernel is installed and supports the model"})
     pack: str = field(default="on", metadata={"choices": ("on", "off"), "help": "pack sequences without padding"})
     share_prefix: str = field(default="on", metadata={"choices": ("on", "off"), "help": "forward each pair as a tree: prompt and common answer prefix once"})
-    attention: str = field(default="auto", metadata={"choices": ("auto", "sdpa", "flex"), "help": "attention kernel; auto: sdpa (flex: FlexAttention block masks, CUDA)"})
+    attention: str = field(default="auto", metadata={"choices": ("auto", *ATTENTION_BACKENDS), "help": "attention over pair trees: sdpa (a dense mask, any device), flex (FlexAttention block masks, CUDA) or varlen (FlashAttention varlen over the trees' segments, no mask; CUDA, and on the CPU an exact per-segment SDPA stand-in); auto: varlen on CUDA once its self-check on the GPU passes, else sdpa"})
     max_tokens_per_batch: int = field(default=0, metadata={"help": "form micro-batches of whole pairs up to this many tokens (0: per_device_batch pairs each)"})
     pear_level: str = field(default=PEAR_DEFAULTS.level, metadata={"choices": PEAR_LEVELS, "help": "PEAR importance weights per token, block or sequence"})
     pear_clip_low: float = field(default=PEAR_DEFAULTS.clip_low, metadata={"help": "PEAR: each log-ratio is clipped to [-clip_low, clip_high]"})

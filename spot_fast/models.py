@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .attention import FLEX_ATTENTION, register_flex_attention
+from .attention import backend_of
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN_MODEL = "builtin:tiny-qwen3"
@@ -130,8 +130,9 @@ def load_model(name, dtype=torch.float32, attn_implementation=None, zero3_config
     if zero3_config is not None:
         from transformers.integrations import HfDeepSpeedConfig
         _ZERO3_CONFIGS.append(HfDeepSpeedConfig(zero3_config))  # before the model is built
-    if attn_implementation == FLEX_ATTENTION:
-        register_flex_attention()
+    attention = backend_of(attn_implementation)
+    if attention is not None:
+        attention.register()
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if load_in_4bit:
         kwargs["quantization_config"] = four_bit_config(dtype)
@@ -146,8 +147,8 @@ def load_model(name, dtype=torch.float32, attn_implementation=None, zero3_config
     else:
         check_model_name(name)
         model = _loaded("the model", name, lambda: AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs))
-    if attn_implementation == FLEX_ATTENTION and not model._supports_flex_attn:
-        raise ModelError(f"{name}: {type(model).__name__} does not support FlexAttention (--attention flex); use sdpa")
+    if attention is not None and (why := attention.refused_by_model(model)):
+        raise ModelError(f"{name}: {why} (--attention {attention.name}); use --attention sdpa")
     if load_in_4bit:
         _check_4bit_rows(model, name)
         _same_4bit_path_for_scoring(model)

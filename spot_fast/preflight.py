@@ -16,7 +16,8 @@ has kernels for.
   that ``wandb login`` writes (``NETRC`` or ``~/.netrc``) for the W&B host. ``auto``: TensorBoard
   where the package is installed.
 - ``--load-in-4bit``: bitsandbytes (``config.check_four_bit``).
-- ``--attention flex``: torch's FlexAttention module, and CUDA (it has no CPU backward in torch 2.13).
+- ``--attention flex`` / ``varlen``: what the backend's record says it needs (``attention.ATTENTION_BACKENDS``):
+  FlexAttention and CUDA (no CPU backward in torch 2.13); on CUDA, a torch with ``varlen_attn``.
 - ``--kernel-backend triton``: triton, and where its kernels run (``spot_kernels``' ``triton_available``):
   CUDA, or the CPU under ``TRITON_INTERPRET=1`` (Triton's interpreter, which the tests use).
 - A hub id (``--model``, ``--behavior-model``) without ``HF_HUB_OFFLINE=1``: the hub must answer a
@@ -114,14 +115,11 @@ def check_report_to(report_to):
                                "later `wandb sync`")
 
 
-def check_flex_attention():
-    import torch
-    if not installed("torch.nn.attention.flex_attention"):
-        raise RequirementError(f"--attention flex needs torch's FlexAttention (torch >= 2.5); this torch is "
-                               f"{torch.__version__}: use --attention sdpa, or install a newer torch")
-    if not cuda_available():
-        raise RequirementError(f"--attention flex needs CUDA: FlexAttention has no CPU backward in torch "
-                               f"{torch.__version__}; use --attention sdpa")
+def check_attention(choice):
+    """RequirementError where ``--attention choice`` cannot run here (its ``AttentionBackend`` says why)."""
+    from .attention import ATTENTION_BACKENDS
+    if choice in ATTENTION_BACKENDS and (why := ATTENTION_BACKENDS[choice].unavailable(cuda_available())):
+        raise RequirementError(f"{why}: use --attention sdpa")
 
 
 def check_triton_backend():
@@ -170,8 +168,7 @@ def check_environment(config):
     if not installed("deepspeed"):
         raise RequirementError(f"spot_fast/train.py needs DeepSpeed, which is not installed: {INSTALL['deepspeed']}")
     check_report_to(config.report_to)
-    if config.attention == "flex":
-        check_flex_attention()
+    check_attention(config.attention)
     if config.kernel_backend == "triton":
         check_triton_backend()
     check_hub_reachable("--model", config.model)

@@ -37,7 +37,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from spot_fast import run_dir
-from spot_fast.attention import FLEX_ATTENTION
+from spot_fast.attention import ATTENTION_BACKENDS, choose_attention
 from spot_fast.checkpoint import (FINAL, TrainingState, checkpoints, has_engine_state, load_checkpoint, prune_checkpoints,
                                   save_checkpoint, saved_step)
 from spot_fast.config import ConfigError, TrainConfig, parse_config
@@ -119,13 +119,13 @@ def check_behavior_model(config, tokenizer):
                         f"{config.model}'s; PEAR needs both models to score the same token ids")
 
 
-def load_policy(name, config, dtype, device, zero3_config=None):
-    """A ``LogprobModel``: the model with the fused log-prob head and the chosen attention kernel (and,
+def load_policy(name, config, dtype, device, attention, zero3_config=None):
+    """A ``LogprobModel``: the model with the fused log-prob head and the ``attention`` backend (and,
     for the policy, LoRA adapters when ``--lora-r`` on a 4-bit body when ``--load-in-4bit``), on
     ``device``, or partitioned over the ranks when given ``zero3_config`` (ZeRO-3's ``zero.Init``
     places each shard on the device)."""
     is_policy = name == config.model
-    model = load_model(name, dtype=dtype, attn_implementation=FLEX_ATTENTION if config.attention == "flex" else "sdpa",
+    model = load_model(name, dtype=dtype, attn_implementation=ATTENTION_BACKENDS[attention].implementation,
                        zero3_config=zero3_config, load_in_4bit=config.load_in_4bit and is_policy)
     if liger_choice(config.liger, config.model, cuda_available())[0]:  # checked with the options (preflight)
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
@@ -176,8 +176,11 @@ def set_up(config):
         if grad_accum_note(config, bf16):
             print(grad_accum_note(config, bf16))
 
+    attention, why = choose_attention(config.attention, device)
+    if rank == 0:
+        print(f"attention: {attention} ({why})")
     engine_config = deepspeed_config(config, bf16, device, hidden_size(config.model))
-    policy = load_policy(config.model, config, dtype, device, engine_config if config.zero_stage == 3 else None)
+    policy = load_policy(config.model, config, dtype, device, attention, engine_config if config.zero_stage == 3 else None)
     if on_when_auto(config.gradient_checkpointing, device):
         policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy.train()
@@ -200,7 +203,7 @@ def set_up(config):
                 eval_reference = scored.get("reference", config.eval_data, start, eval_pairs, False, starting_policy)
         if config.loss == "pear" and pairs[0].behavior_logps is None:
             model, load = ((model_identity(config.behavior_model),
-                            lambda: load_behavior_model(config, tokenizer, dtype, device, engine_config))
+                            lambda: load_behavior_model(config, tokenizer, dtype, device, attention, engine_config))
                            if config.behavior_model else (start, starting_policy))
             behavior = scored.get("behaviour", config.data, model, pairs, True, load)
             for pair, values in zip(pairs, behavior.split([len(p.chosen_ids) for p in pairs])):
@@ -218,7 +221,7 @@ def set_up(config):
         if rank == 0:
             print(f"resumed from {resume_from} at step {state.step}")
     log = MetricsLog(config.output_dir, enabled=rank == 0, resumed_step=state.step if resume_from else None,
-                     report_to=config.report_to, run_config=vars(config))
+                     report_to=config.report_to, run_config={**vars(config), "attention_chosen": attention})
     forwarded = [pair_tokens(p, config.share_prefix == "on") for p in pairs]
     return Run(config=config, rank=rank, world=world, device=device, tokenizer=tokenizer, pairs=pairs, order=order,
                objective=objective, reference=reference, engine=engine, state=state, scorer=scorer, log=log,
@@ -226,11 +229,11 @@ def set_up(config):
                eval_pairs=eval_pairs, eval_reference=eval_reference)
 
 
-def load_behavior_model(config, tokenizer, dtype, device, engine_config):
+def load_behavior_model(config, tokenizer, dtype, device, attention, engine_config):
     """PEAR's behaviour model, for scoring once (freed after). Under ZeRO-3 it is partitioned like the
     policy and wrapped in an engine without optimizer, whose hooks gather its parameters."""
     zero3 = config.zero_stage == 3
-    model = load_policy(config.behavior_model, config, dtype, device, engine_config if zero3 else None)
+    model = load_policy(config.behavior_model, config, dtype, device, attention, engine_config if zero3 else None)
     head = model.model.get_output_embeddings().weight
     vocab_size = getattr(head, "ds_shape", head.shape)[0]
     if vocab_size < len(tokenizer):

@@ -132,12 +132,16 @@ def test_dry_run_runs_every_part_at_toy_sizes(tmp_path):
     report = json.loads(written.read_text())
     parts = {part["name"]: part for part in report["parts"]}
     assert {name: part["status"] for name, part in parts.items()} == {
-        "cuda-tests": "ok", "lm-head": "ok", "train-bench-sdpa": "ok", "train-bench-flex": "skipped", "trl-dpo": "ok",
-        "train-steps": "ok"}
+        "cuda-tests": "ok", "lm-head": "ok", "train-bench-sdpa": "ok", "train-bench-varlen": "ok",
+        "train-bench-flex": "skipped", "trl-dpo": "ok", "train-steps": "ok"}
     tests = parts["cuda-tests"]["result"]
-    assert "tests/test_attention_cuda.py" in tests["files"] and tests["counts"]["tests collected"] > 10
+    assert {"tests/test_attention_cuda.py", "tests/test_varlen_attention.py"} <= set(tests["files"])
+    assert tests["counts"]["tests collected"] > 10
     assert [row["method"] for row in parts["lm-head"]["result"]["shapes"][0]["results"]] == ["eager"]
-    assert [row["layout"] for row in parts["train-bench-sdpa"]["result"]["results"]] == ["padded", "packed", "shared"]
+    for attention in ("sdpa", "varlen"):
+        rows = parts[f"train-bench-{attention}"]["result"]["results"]
+        assert [(row["attention"], row["layout"]) for row in rows] == [(attention, "padded"), (attention, "packed"),
+                                                                      (attention, "shared")]
     dpo = parts["trl-dpo"]["result"]
     assert [row["trainer"] for row in dpo["results"]] == ["trl", "spot_kernels"]
     assert dpo["results"][0]["loss"] == pytest.approx(dpo["results"][1]["loss"], rel=1e-5)

@@ -177,3 +177,33 @@ def test_cuda_varlen_attn_equals_the_reference(dtype):
 def test_cuda_self_check_passes():
     passed, detail = varlen_attention.self_check(torch.device("cuda"))
     assert passed, detail
+
+
+def test_auto_chooses_varlen_only_where_its_self_check_passed(monkeypatch):
+    """``--attention auto``: SDPA on a CPU; on CUDA varlen when this torch has ``varlen_attn`` and the
+    self-check on the device passes, else SDPA with the reason (the CUDA side is stood in for here:
+    the check itself runs in the CUDA tests)."""
+    from spot_fast import attention
+
+    cuda = torch.device("cuda")
+    assert attention.choose_attention("auto", torch.device("cpu"))[0] == "sdpa"
+    assert attention.choose_attention("flex", cuda) == ("flex", "chosen with --attention")
+    monkeypatch.setattr(attention, "self_check", lambda device: (True, "worst relative error 1e-3"))
+    assert attention.choose_attention("auto", cuda) == ("varlen", "auto: varlen, its self-check passed (worst relative error 1e-3)")
+    monkeypatch.setattr(attention, "self_check", lambda device: (False, "worst relative error 0.5"))
+    assert attention.choose_attention("auto", cuda) == (
+        "sdpa", "auto: sdpa, because varlen failed its self-check (worst relative error 0.5)")
+    monkeypatch.setattr(attention, "torch_varlen_attn", lambda: None)
+    assert attention.choose_attention("auto", cuda)[1].startswith("auto: sdpa, because this torch")
+    assert attention.ATTENTION_BACKENDS["varlen"].unavailable(True).startswith(
+        "--attention varlen needs torch.nn.attention.varlen.varlen_attn")
+    assert attention.ATTENTION_BACKENDS["varlen"].unavailable(False) is None  # the CPU stand-in
+
+
+def test_a_model_varlen_cannot_serve_is_refused_when_loaded():
+    from spot_fast.attention import ATTENTION_BACKENDS
+    model = model_pair("llama")
+    assert ATTENTION_BACKENDS["varlen"].refused_by_model(model) is None
+    model.config.attention_dropout = 0.1
+    assert ATTENTION_BACKENDS["varlen"].refused_by_model(model) == (
+        "varlen attention serves plain causal attention only; the model has attention_dropout 0.1")

@@ -213,7 +213,7 @@ def test_weight_decay_falls_on_the_parameters_one_process_decays(rank_report, st
     from zero_ranks import weight_decay_by_name
 
     config = parse_config(["--output-dir", str(tmp_path / "unused")])
-    policy = load_policy(BUILTIN_MODEL, config, torch.float32, torch.device("cpu"))
+    policy = load_policy(BUILTIN_MODEL, config, torch.float32, torch.device("cpu"), "sdpa")
     one = weight_decay_by_name(policy, adamw(policy, config, config.learning_rate))
     decayed = lambda groups: sum(elements for decay, elements in groups.values() if decay > 0)  # noqa: E731
     assert decayed(one) > 0

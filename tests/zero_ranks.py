@@ -41,7 +41,7 @@ def partitioned_construction(model_dir, out_dir):
     engine_config = deepspeed_config(config, False, torch.device("cpu"), hidden_size(BUILTIN_MODEL))
     found = {}
     for name in (BUILTIN_MODEL, str(model_dir)):
-        policy = load_policy(name, config, torch.float32, torch.device("cpu"), engine_config)
+        policy = load_policy(name, config, torch.float32, torch.device("cpu"), "sdpa", engine_config)
         found[name] = shards(policy)
     saved = load_file(model_dir / "model.safetensors")
     loaded = dict(policy.model.named_parameters())
