@@ -149,10 +149,12 @@ def refused_by_model(config):
     return ", ".join(reasons) or None
 
 
-def self_check(device, dtype=torch.bfloat16):
-    """Whether torch's ``varlen_attn`` on ``device`` equals dense-mask SDPA on a small batch of pair
-    trees (GQA, a one-token suffix, an empty shared prefix, packed), forward and backward, within the
-    rounding of ``dtype``: ``(passed, what was compared)``. Well under a second on a GPU."""
+def self_check(device, dtype=torch.bfloat16, kernel=None):
+    """Whether ``kernel`` (default: torch's ``varlen_attn`` on CUDA) on ``device`` equals dense-mask
+    SDPA on a small batch of pair trees (GQA, a one-token suffix, an empty shared prefix, packed),
+    forward and backward, within a few roundings of ``dtype`` relative to each tensor's largest value:
+    ``(passed, what was compared)``. A kernel that aligns the causal mask top-left, or gathers the
+    wrong keys, is off by O(1). Well under a second on a GPU."""
     from .attention import dense_mask
     from .batching import collate
     from .data import Pair
@@ -170,13 +172,13 @@ def self_check(device, dtype=torch.bfloat16):
                               batch.max_segment_queries, batch.max_segment_keys)
     upstream = torch.randn(tokens, heads, head_dim, generator=generator).to(device, dtype)
     results = []
-    for attend in (lambda: causal_varlen_attention(q, k, v, segments),
+    for attend in (lambda: causal_varlen_attention(q, k, v, segments, kernel=kernel),
                    lambda: F.scaled_dot_product_attention(
                        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
                        attn_mask=dense_mask(batch).to(device), enable_gqa=True)[0].transpose(0, 1)):
         out = attend()
         grads = torch.autograd.grad((out * upstream).sum(), (q, k, v))
-        results.append((out, *grads))
+        results.append((out.detach(), *grads))
     worst = max(float(((a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1e-6)))
                 for a, b in zip(*results))
     tolerance = 4 * torch.finfo(dtype).eps

@@ -179,6 +179,26 @@ def test_cuda_self_check_passes():
     assert passed, detail
 
 
+def top_left_causal(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, enable_gqa=False, is_causal=True):
+    """A varlen kernel that aligns the causal mask top-left (query i sees keys 0..i), as SDPA's
+    ``is_causal`` does: wrong for a suffix, whose keys start with its trunk."""
+    outputs = []
+    for q0, q1, k0, k1 in zip(cu_seq_q.tolist(), cu_seq_q[1:].tolist(), cu_seq_k.tolist(), cu_seq_k[1:].tolist()):
+        out = F.scaled_dot_product_attention(query[q0:q1].transpose(0, 1), key[k0:k1].transpose(0, 1),
+                                             value[k0:k1].transpose(0, 1), is_causal=True, scale=scale, enable_gqa=enable_gqa)
+        outputs.append(out.transpose(0, 1))
+    return torch.cat(outputs)
+
+
+def test_the_self_check_passes_the_contract_and_fails_a_top_left_kernel():
+    """The start-up self-check, run here with the reference as the kernel (bf16 on the CPU), passes it
+    and fails a kernel whose causal mask is aligned top-left."""
+    passed, detail = varlen_attention.self_check(torch.device("cpu"), kernel=reference_varlen_attn)
+    assert passed, detail
+    passed, detail = varlen_attention.self_check(torch.device("cpu"), kernel=top_left_causal)
+    assert not passed, f"a top-left causal kernel passed the self-check: {detail}"
+
+
 def test_auto_chooses_varlen_only_where_its_self_check_passed(monkeypatch):
     """``--attention auto``: SDPA on a CPU; on CUDA varlen when this torch has ``varlen_attn`` and the
     self-check on the device passes, else SDPA with the reason (the CUDA side is stood in for here:
