@@ -15,7 +15,8 @@ padding token. One layer's attention over them:
 so the work is the visible (query, key) entries and no [length, length] tensor exists. On CUDA the
 kernel is torch's ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention); its arguments follow the
 installed torch (``window_size=(-1, 0)`` for causal where it has it, else ``is_causal=True``;
-``enable_gqa`` where it has it, else key/value heads are repeated). It has no CPU kernel: on the CPU
+``enable_gqa`` where it has it, else key/value heads are repeated; ``scale`` where it has it, else the
+queries are scaled so that its fixed 1/sqrt(head_dim) gives the model's scaling). It has no CPU kernel: on the CPU
 ``reference_varlen_attn``, the same contract as per-segment SDPA, stands in, so the indices, the
 gather, the model integration and the gradients are tested everywhere.
 
@@ -98,7 +99,11 @@ def causal_varlen_attention(query, key, value, segments, scale=None, kernel=None
     if kernel is None:
         kernel = torch_varlen_attn() if query.is_cuda else reference_varlen_attn
     key, value = key.index_select(0, segments.key_index), value.index_select(0, segments.key_index)
-    options = {"scale": scale}
+    options = {}
+    if _accepts(kernel, "scale"):
+        options["scale"] = scale
+    elif scale is not None:  # a torch whose varlen_attn has no scale: its own is 1/sqrt(head_dim)
+        query = query * (scale * query.shape[-1] ** 0.5)
     options.update({"window_size": (-1, 0)} if _accepts(kernel, "window_size") else {"is_causal": True})
     if query.shape[1] != key.shape[1]:
         if _accepts(kernel, "enable_gqa"):

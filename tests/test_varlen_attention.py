@@ -190,6 +190,24 @@ def top_left_causal(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scal
     return torch.cat(outputs)
 
 
+def oldest_signature(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False):
+    """torch 2.9's ``varlen_attn``: ``is_causal``, no ``scale``, no ``enable_gqa`` (the reference underneath)."""
+    return reference_varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k,
+                                 window_size=(-1, 0) if is_causal else (-1, -1))
+
+
+def test_a_kernel_with_the_oldest_signature_gives_the_same_attention():
+    """Called through ``causal_varlen_attention``, a kernel without ``window_size``, ``scale`` or
+    ``enable_gqa`` (torch 2.9's) computes what the newest signature does: causal, GQA by repeated
+    key/value heads, the model's scaling folded into the queries."""
+    batch = collate(awkward_pairs(), pack=True, pad_id=0, share_prefix=True)
+    generator = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(batch.input_ids.numel(), h, 8, generator=generator, dtype=torch.float64) for h in (6, 2, 2))
+    expected = causal_varlen_attention(q, k, v, segments_of(batch), scale=0.3)
+    got = causal_varlen_attention(q, k, v, segments_of(batch), scale=0.3, kernel=oldest_signature)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_the_self_check_passes_the_contract_and_fails_a_top_left_kernel():
     """The start-up self-check, run here with the reference as the kernel (bf16 on the CPU), passes it
     and fails a kernel whose causal mask is aligned top-left."""
