@@ -48,8 +48,14 @@ PEAR_DEFAULTS = PearConfig()
 class TrainConfig:
     model: str = field(default=BUILTIN_MODEL, metadata={"help": "local path or hub id; default: the built-in tiny model"})
     data: str = field(default=str(ASSETS / "pairs.jsonl"), metadata={
-        "help": "training pairs (JSONL)", "default_help": "the bundled demo pairs, with the built-in model only"})
-    eval_data: str = field(default="", metadata={"help": "held-out pairs (JSONL), evaluated at the end"})
+        "help": "training pairs: a JSONL, parquet, arrow or JSON file, a datasets save_to_disk folder, a folder of "
+                "data files, or a hub dataset id owner/name (datasets.load_dataset); SPoT's or TRL's fields",
+        "default_help": "the bundled demo pairs, with the built-in model only"})
+    data_split: str = field(default="train", metadata={"help": "the split of --data, where it has splits (a hub dataset, a folder)"})
+    data_config: str = field(default="", metadata={"help": "the configuration (subset) of a hub dataset, for --data and --eval-data"})
+    eval_data: str = field(default="", metadata={"help": "held-out pairs, in any form --data takes; evaluated every --eval-every steps and at the end"})
+    eval_data_split: str = field(default="test", metadata={"help": "the split of --eval-data, where it has splits"})
+    eval_every: int = field(default=0, metadata={"help": "optimizer steps between evaluations on --eval-data (0: only at the end)"})
     output_dir: str = field(default="outputs/spot", metadata={"help": "checkpoints, metrics, plots"})
     cache_dir: str = field(default="", metadata={"help": "cached reference / behaviour / retain log-probs; empty: OUTPUT_DIR/../.logprob_cache"})
     loss: str = field(default="spot_bco", metadata={"help": "objective", "choices": OBJECTIVES})
@@ -150,6 +156,7 @@ RANGES = {
     "grad_clip": (lambda v: v >= 0, ">= 0 (0: no clipping)"),
     "pear_block_size": (lambda v: v >= 1, ">= 1"),
     "retain_every": (lambda v: v >= 1, ">= 1"),
+    "eval_every": (lambda v: v >= 0, ">= 0 (0: only at the end)"),
     "seed": SEED_RANGE,
     "save_every": (lambda v: v >= 0, ">= 0 (0: only at the end)"),
     "keep_last": (lambda v: v >= 0, ">= 0 (0: keep all)"),
@@ -165,7 +172,7 @@ RANGES = {
 # measured, and how long the run goes on (a new max_steps also stretches or shortens the cosine).
 # Every other option changes what the run computes, and a resume that changes it is refused.
 RESUME_SAFE = ("output_dir", "cache_dir", "resume", "overwrite", "log_every", "save_every", "keep_last", "max_steps",
-               "retain_data", "retain_every", "eval_data", "gradient_checkpointing", "report_to", "lora_save_merged", "sync_debug",
+               "retain_data", "retain_every", "eval_data", "eval_data_split", "eval_every", "gradient_checkpointing", "report_to", "lora_save_merged", "sync_debug",
                "save_optimizer_in_final")
 
 
@@ -231,6 +238,8 @@ def validate(values, sources):
                           f"model only")
     checked.setdefault("learning_rate", default_learning_rate(model))
     config = TrainConfig(**checked)
+    if config.eval_every and not config.eval_data:
+        raise ConfigError("--eval-every needs --eval-data: the held-out pairs to evaluate")
     if config.lora_save_merged and not config.lora_r:
         raise ConfigError("--lora-save-merged needs LoRA adapters (--lora-r)")
     if config.load_in_4bit:

@@ -1,6 +1,7 @@
-"""Preference pairs: read JSONL, render with the chat template, tokenize, truncate, batch.
+"""Preference pairs: read rows (``data_sources``: JSONL, parquet, arrow, JSON, a ``save_to_disk`` folder,
+a hub dataset), render with the chat template, tokenize, truncate, batch.
 
-Accepted fields per line (docs/design.md section 5):
+Accepted fields per row (docs/design.md section 5):
 - prompt: ``question`` or ``prompt`` (a string, or a list of chat messages: ``role`` system, user or
   assistant, or tool where the chat template renders tool messages, and a string ``content``),
 - chosen y+: ``gemini_corrected_answer``, ``chosen``, ``response`` or ``completion`` (a string, or
@@ -10,6 +11,10 @@ Accepted fields per line (docs/design.md section 5):
 - ``behavior_logps`` (optional, read for PEAR only: ``with_behavior``): one log-prob per chosen
   completion token as this tokenizer splits it (in the chosen token layout), end token included; on
   every line or on none.
+TRL's preference format is read as it is (``prompt``, ``chosen``, ``rejected``; plain strings or
+conversational), including its implicit prompt (no ``prompt``: ``implicit_prompt`` takes the common
+prefix of the answers, as ``trl.data_utils.maybe_extract_prompt`` does). Every source goes through
+the same row checks and rendering, so the same rows give the same pairs whatever file holds them.
 
 Two token layouts (``TokenLayout.render``):
 - ``spot-fast`` (default): the prompt is rendered with the tokenizer's chat template and a generation
@@ -26,17 +31,16 @@ Two token layouts (``TokenLayout.render``):
   (``keep_start``) or last (``keep_end``) ``max_length`` tokens (``fit_to_length`` says where one
   shared prompt cannot follow TRL exactly). Answers read from the SPoT field names
   (``SPOT_ANSWER_FIELDS``) lose a leading ``"\n\n"`` first, as the release's script strips them.
-A malformed line raises ``DataError`` naming the file and line. A UTF-8 byte-order mark at the start
+A malformed row raises ``DataError`` naming the file (or dataset) and the line (or row index). A UTF-8 byte-order mark at the start
 of the file (as some editors write) is skipped. Batching is in ``batching.py``.
 """
-import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from .paths import file_problem
+from . import data_sources
+from .data_sources import DataError
 
 PROMPT_FIELDS = ("question", "prompt")
 CHOSEN_FIELDS = ("gemini_corrected_answer", "chosen", "response", "completion")
@@ -46,10 +50,6 @@ BEHAVIOR_FIELD = "behavior_logps"
 CHAT_ROLES = ("system", "user", "assistant")
 RENDER_MODES = ("spot-fast", "trl020")
 TRUNCATION_MODES = ("keep_end", "keep_start")
-
-
-class DataError(ValueError):
-    """Bad training data; the message names the file and line."""
 
 
 @dataclass
@@ -227,70 +227,81 @@ def tokenize_pair(tokenizer, prompt_messages, answers, render, where):
     return prompt_ids, [completion_ids(tokenizer, a) for a in answers]
 
 
-def load_pairs(path, tokenizer, max_length, with_rejected=True, with_behavior=False, layout=TokenLayout()):
-    """Tokenized pairs of a JSONL file, in token layout ``layout``, and the counts of what was skipped
-    or truncated.
+def implicit_prompt(record, where):
+    """``record`` with TRL's implicit prompt made explicit (``trl.data_utils.maybe_extract_prompt``):
+    where ``chosen`` and ``rejected`` hold the whole text or conversation and no prompt is given (or a
+    string prompt beside conversational answers that share leading messages, which TRL replaces by
+    them), the prompt is their longest common prefix (of characters, or of whole messages) and each
+    answer keeps the rest. Rows in the SPoT release's fields (``question``) are taken as they are."""
+    if "question" in record or not all(k in record for k in ("chosen", "rejected")):
+        return record
+    chosen, rejected = record["chosen"], record["rejected"]
+    same_kind = ((isinstance(chosen, str) and isinstance(rejected, str))
+                 or all(isinstance(v, list) and v and isinstance(v[0], dict) for v in (chosen, rejected)))
+    if not same_kind or not all(chosen_or_rejected for chosen_or_rejected in (chosen, rejected)):
+        return record  # left to the field checks, which name what is wrong
+    from trl.data_utils import maybe_extract_prompt
+    extracted = maybe_extract_prompt({k: record[k] for k in ("prompt", "chosen", "rejected") if k in record})
+    if "prompt" in record and (extracted.get("prompt") is record["prompt"] or not extracted["prompt"]):
+        return record  # TRL kept the prompt, or the answers share nothing that could replace it
+    if not extracted["prompt"] or (isinstance(extracted["prompt"], str) and not extracted["prompt"].strip()):
+        raise DataError(f"{where}: no prompt: there is no 'prompt' field and 'chosen' and 'rejected' share no "
+                        f"leading {'messages' if isinstance(chosen, list) else 'text'} to take as the prompt "
+                        f"(TRL's implicit prompt)")
+    return {**record, **extracted}
+
+
+def load_pairs(path, tokenizer, max_length, with_rejected=True, with_behavior=False, layout=TokenLayout(),
+               split="train", config=""):
+    """Tokenized pairs of a data source (``data_sources``: a JSONL, parquet, arrow or JSON file, a
+    ``save_to_disk`` folder, a folder of data files or a hub dataset id, whose ``split`` and
+    ``config`` are taken), in token layout ``layout``, and the counts of what was skipped or truncated.
 
     With ``with_rejected=False`` the rejected answer is neither required nor read (``rejected_ids`` None);
     with ``with_behavior=True`` the ``behavior_logps`` field is read and checked where present.
     """
-    path = Path(path)
-    problem = file_problem(path)
-    if problem:
-        raise DataError(f"{path}: {problem}")
+    source_kind = data_sources.kind(path)  # DataError for a path that is not there
     if tokenizer.eos_token_id is None:
         raise DataError("the tokenizer has no eos token; completions need an end token")
+    name = data_sources.describe(path, split, config) if source_kind != "jsonl" else str(path)
     pairs, stats = [], DataStats()
     first_line_behavior = None  # (line, has the behaviour field): every line must agree with it
     roles = chat_roles(tokenizer)
-    with open(path, "rb") as f:
-        for line_number, raw in enumerate(f, start=1):
-            where = f"{path}:{line_number}"
-            try:
-                line = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
-            except UnicodeDecodeError as error:
-                raise DataError(f"{where}: not UTF-8 text (byte 0x{raw[error.start]:02x} at column {error.start + 1}); "
-                                f"re-encode the file as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{where}: invalid JSON: {error.msg} at column {error.colno}") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            prompt_field, prompt = _field(record, PROMPT_FIELDS, where)
-            prompt_messages = _as_messages(prompt, prompt_field, where, roles)
-            answers = []
-            for fields in (CHOSEN_FIELDS, REJECTED_FIELDS) if with_rejected else (CHOSEN_FIELDS,):
-                answer_field, answer = _field(record, fields, where)
-                answer = _completion_text(answer, answer_field, where, roles)
-                if layout.render == "trl020" and answer_field in SPOT_ANSWER_FIELDS:
-                    answer = answer.removeprefix("\n\n")
-                answers.append(answer)
-            prompt_ids, answer_ids = tokenize_pair(tokenizer, prompt_messages, answers, layout.render, where)
-            behavior = None
-            if with_behavior and BEHAVIOR_FIELD in record:
-                behavior = _behavior_logps(record, len(answer_ids[0]), where)
-            if first_line_behavior is None:
-                first_line_behavior = (line_number, behavior is not None)
-            elif first_line_behavior[1] != (behavior is not None):
-                raise DataError(f"{where}: field {BEHAVIOR_FIELD!r} is {'present' if behavior is not None else 'missing'} "
-                                f"here but {'present' if first_line_behavior[1] else 'missing'} on line "
-                                f"{first_line_behavior[0]}; give it on every line or on none")
-            fit = fit_to_length(len(prompt_ids), [len(ids) for ids in answer_ids], max_length, layout)
-            if fit is None:
-                stats.skipped_long_prompt += 1
-                continue
-            kept = [ids[cut] for ids, cut in zip(answer_ids, fit.completions)]
-            stats.truncated_completions += sum(len(cut) < len(ids) for cut, ids in zip(kept, answer_ids))
-            stats.truncated_prompts += int(fit.prompt.start > 0)
-            stats.prompt_cut_for_longer += int(fit.cut_for_longer)
-            if behavior is not None:
-                behavior = behavior[fit.completions[0]]
-            pairs.append(Pair(prompt_ids[fit.prompt], kept[0], kept[1] if with_rejected else None, line_number, behavior))
+    for where, line_number, record in data_sources.rows(path, split, config):
+        record = implicit_prompt(record, where)
+        prompt_field, prompt = _field(record, PROMPT_FIELDS, where)
+        prompt_messages = _as_messages(prompt, prompt_field, where, roles)
+        answers = []
+        for fields in (CHOSEN_FIELDS, REJECTED_FIELDS) if with_rejected else (CHOSEN_FIELDS,):
+            answer_field, answer = _field(record, fields, where)
+            answer = _completion_text(answer, answer_field, where, roles)
+            if layout.render == "trl020" and answer_field in SPOT_ANSWER_FIELDS:
+                answer = answer.removeprefix("\n\n")
+            answers.append(answer)
+        prompt_ids, answer_ids = tokenize_pair(tokenizer, prompt_messages, answers, layout.render, where)
+        behavior = None
+        if with_behavior and BEHAVIOR_FIELD in record:
+            behavior = _behavior_logps(record, len(answer_ids[0]), where)
+        if first_line_behavior is None:
+            first_line_behavior = (line_number, behavior is not None)
+        elif first_line_behavior[1] != (behavior is not None):
+            raise DataError(f"{where}: field {BEHAVIOR_FIELD!r} is {'present' if behavior is not None else 'missing'} "
+                            f"here but {'present' if first_line_behavior[1] else 'missing'} on "
+                            f"{'line' if source_kind == 'jsonl' else 'row'} {first_line_behavior[0]}; give it on "
+                            f"every {'line' if source_kind == 'jsonl' else 'row'} or on none")
+        fit = fit_to_length(len(prompt_ids), [len(ids) for ids in answer_ids], max_length, layout)
+        if fit is None:
+            stats.skipped_long_prompt += 1
+            continue
+        kept = [ids[cut] for ids, cut in zip(answer_ids, fit.completions)]
+        stats.truncated_completions += sum(len(cut) < len(ids) for cut, ids in zip(kept, answer_ids))
+        stats.truncated_prompts += int(fit.prompt.start > 0)
+        stats.prompt_cut_for_longer += int(fit.cut_for_longer)
+        if behavior is not None:
+            behavior = behavior[fit.completions[0]]
+        pairs.append(Pair(prompt_ids[fit.prompt], kept[0], kept[1] if with_rejected else None, line_number, behavior))
     stats.pairs = len(pairs)
     if not pairs:
         reason = f" ({stats.skipped_long_prompt} prompts longer than max_length {max_length})" if stats.skipped_long_prompt else ""
-        raise DataError(f"{path}: no usable pairs{reason}")
+        raise DataError(f"{name}: no usable pairs{reason}")
     return pairs, stats

@@ -98,8 +98,10 @@ def read_data(config, tokenizer):
     """Training, evaluation and retain pairs (the last two None when not asked for); prints what was read."""
     layout = config.token_layout()
     pairs, stats = load_pairs(config.data, tokenizer, config.max_length, config.needs_rejected,
-                              with_behavior=config.loss == "pear", layout=layout)
-    eval_pairs = load_pairs(config.eval_data, tokenizer, config.max_length, config.needs_rejected, layout=layout)[0] if config.eval_data else None
+                              with_behavior=config.loss == "pear", layout=layout, split=config.data_split,
+                              config=config.data_config)
+    eval_pairs = load_pairs(config.eval_data, tokenizer, config.max_length, config.needs_rejected, layout=layout,
+                            split=config.eval_data_split, config=config.data_config)[0] if config.eval_data else None
     retain_pairs = load_pairs(config.retain_data, tokenizer, config.max_length, with_rejected=False, layout=layout)[0] if config.retain_data else None
     if config.loss == "pear" and pairs[0].behavior_logps is not None and config.behavior_model:
         raise DataError(f"{config.data} has behavior_logps and --behavior-model is {config.behavior_model}: give one of the two")

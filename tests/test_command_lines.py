@@ -67,7 +67,7 @@ def test_a_directory_given_for_a_file_is_named_as_such(tmp_path, capsys):
     assert eval_main(["--model", BUILTIN_MODEL, "--benchmarks", str(folder), "--output-dir", str(tmp_path / "e")]) == 2
     assert f"{folder}: is a directory, not a file" in one_line_error(capsys, "spot-fast-eval: error: ")
     assert exit_message(lambda: parse_config(["--config", str(folder)])) == f"error: --config {folder}: is a directory, not a file"
-    with pytest.raises(DataError, match=f"{folder}: is a directory, not a file"):
+    with pytest.raises(DataError, match=f"{folder}: is a directory with no dataset in it"):  # --data takes dataset folders
         load_pairs(folder, load_tokenizer(BUILTIN_MODEL), 64)
     with pytest.raises(DataError, match="absent.jsonl: no such file"):
         load_pairs(tmp_path / "absent.jsonl", load_tokenizer(BUILTIN_MODEL), 64)

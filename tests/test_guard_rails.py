@@ -125,7 +125,7 @@ def test_a_resume_may_change_the_safe_settings(tmp_path):
 
 # README.md ("Checkpoints"): what a resume may change, besides --resume and --overwrite themselves
 DOCUMENTED_RESUME_SAFE = {"output_dir", "cache_dir", "log_every", "save_every", "keep_last", "retain_data",
-                          "retain_every", "eval_data", "gradient_checkpointing", "report_to", "lora_save_merged",
+                          "retain_every", "eval_data", "eval_data_split", "eval_every", "gradient_checkpointing", "report_to", "lora_save_merged",
                           "max_steps", "resume", "overwrite", "sync_debug", "save_optimizer_in_final"}
 # what an option needs besides itself to be valid; the checkpoint has it too, so only the option differs
 NEEDS = {"load_in_4bit": {"lora_r": 4}, "max_prompt_length": {"render": "trl020"}}
