@@ -41,7 +41,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import claims_task as task  # noqa: E402
 
-from spot_fast.rectify.jsonl import write_atomic, write_jsonl_atomic  # noqa: E402
+from spot_fast.crash_safe import replaced_dir, write_file  # noqa: E402
+from spot_fast.rectify.jsonl import write_jsonl_atomic  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 METHODS = (  # label, objective, which pairs (minimal edits or direct rewrites)
@@ -187,10 +188,9 @@ def save_initial_model(scale, path):
     tokenizer = task.char_tokenizer()
     model = Qwen3ForCausalLM(task.model_config(tokenizer, scale.hidden, scale.layers))
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    tmp = path.with_name(path.name + ".tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, path)
+    with replaced_dir(path) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -550,7 +550,7 @@ def main(argv=None):
             return function(*args)
         finally:  # an interrupted stage counts too: its finished work is kept
             stage_seconds[stage] = stage_seconds.get(stage, 0.0) + time.time() - start
-            write_atomic(timing, json.dumps(stage_seconds))
+            write_file(timing, json.dumps(stage_seconds))
 
     model = timed("start model", start_model, scale, work)
     pairs = timed("rectification", rectify, scale, work, model)
@@ -561,8 +561,8 @@ def main(argv=None):
     summary.update({"seconds": seconds, "stage_seconds": stage_seconds, "device": device()})
     out = work if args.smoke else args.results
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "spot_claims.json", json.dumps(summary, indent=2) + "\n")
-    write_atomic(out / "spot_claims.md", markdown(summary))
+    write_file(out / "spot_claims.json", json.dumps(summary, indent=2) + "\n")
+    write_file(out / "spot_claims.md", markdown(summary))
     plot(summary, work, out / "spot_claims.png")
     print(markdown(summary))
     print(f"written: {out / 'spot_claims.json'}, .md, .png")

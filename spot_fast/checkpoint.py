@@ -10,13 +10,12 @@ asked (``--save-optimizer-in-final``): the optimizer state is about 12 bytes per
 (~100 GB at 8B), and ``final`` is meant as a model directory. A directory without it cannot be resumed
 from.
 
-Atomic: everything is written into ``.tmp-NAME``, fsynced, and renamed to ``NAME`` only when
-complete, so a crash leaves either the previous checkpoint or the new one, never a partial one under
-a name that ``checkpoints`` lists. Pruning renames a checkpoint to ``.deleting-NAME`` before deleting
+Atomic: every rank writes into ``.tmp-NAME``, and rank 0 installs it as ``NAME`` when it is complete
+(``crash_safe.install_dir``: fsynced, renamed, the folder fsynced), so a crash leaves either the
+previous checkpoint or the new one, never a partial one under a name that ``checkpoints`` lists. Pruning renames a checkpoint to ``.deleting-NAME`` before deleting
 it, for the same reason.
 """
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .crash_safe import install_dir, remove_dir
 from .engine import barrier
 from .lora import adapters_gathered, has_adapters
 
@@ -74,22 +74,6 @@ class TrainingState:
         set_rng_state(state["rng"])
 
 
-def _fsync_tree(path):
-    for file in Path(path).rglob("*"):
-        if file.is_file():
-            with open(file, "rb") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(path)
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def model_weights(engine):
     """The Hugging Face model's state dict for ``save_pretrained``: None (its own) unless ZeRO-3
     partitions it; then the full weights gathered from every rank (every rank must call this; rank 0
@@ -125,16 +109,7 @@ def save_checkpoint(engine, tokenizer, output_dir, name, state, config, rank, en
         readable = {key: value for key, value in state_dict.items() if key != "rng"}
         world = dist.get_world_size() if dist.is_initialized() else 1
         (tmp / STATE_FILE).write_text(json.dumps({**readable, "world_size": world, "config": vars(config)}, indent=2))
-        _fsync_tree(tmp)
-        if final.exists():
-            old = output_dir / f".old-{name}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
-        _fsync_dir(output_dir)
+        install_dir(tmp, final)
     barrier()
     return final
 
@@ -174,8 +149,7 @@ def latest_state(output_dir):
 def prune_checkpoints(output_dir, keep_last):
     """Deletes all but the newest ``keep_last`` step checkpoints (0 keeps them all), and any
     deletion a crash interrupted."""
-    doomed = checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []
-    for path in doomed:
-        os.replace(path, path.with_name(f".deleting-{path.name}"))  # never a half-deleted checkpoint under its name
     for path in Path(output_dir).glob(".deleting-checkpoint-*"):
         shutil.rmtree(path)
+    for path in checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []:
+        remove_dir(path)

@@ -16,7 +16,6 @@ exists, reads it and sends the values to the other ranks, or, after all ranks ha
 """
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .crash_safe import replaced_file
 from .scoring import Scorer, rank_and_world
 
 
@@ -81,13 +81,8 @@ class LogprobCache:
         return values
 
     def save(self, values):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
+        with replaced_file(self.path, "wb") as f:
             torch.save({"key": self.key, "logps": values.cpu(), "checksum": values_digest(values)}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
 
 
 def cached(cache, rows, compute, label):

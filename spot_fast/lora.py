@@ -18,15 +18,13 @@ that is not yet partitioned when it starts (``_convert_to_zero_parameters``: ran
 broadcast, then split). Whatever reads weights outside a forward gathers them: ``adapters_gathered``
 the adapters alone, ``merged_state_dict`` one adapted layer or one parameter at a time.
 """
-import os
-import shutil
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from .config import ConfigError
+from .crash_safe import replaced_dir
 
 
 def add_lora(model, r, alpha, targets, seed):
@@ -136,13 +134,8 @@ def save_merged(model, tokenizer, path):
     weights = merged_state_dict(model)
     if not _is_main():
         return
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
     plain = type(model)(model.config)
     plain.load_state_dict(weights)
-    plain.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    with replaced_dir(path) as tmp:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)

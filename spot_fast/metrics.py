@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .crash_safe import write_file
 from .preflight import report_to_choice
 
 
@@ -139,9 +140,7 @@ class MetricsLog:
     def _truncate_after(self, step):
         lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
         kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_file(self.path, "".join(kept))
 
     def log(self, step, values):
         if not self.enabled:

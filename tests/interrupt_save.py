@@ -12,7 +12,7 @@ import sys
 
 import transformers
 
-import spot_fast.checkpoint as checkpoint
+import spot_fast.crash_safe as crash_safe
 from spot_fast.train import main
 
 
@@ -25,13 +25,13 @@ def interrupt(how):
 def install(name, point, how):
     names = (name, f".tmp-{name}")  # the directory being written, wherever the save writes it
     if point == "fsync":
-        original = checkpoint._fsync_tree
+        original = crash_safe.fsync_tree
 
         def fsync_tree(path):
             if os.path.basename(path) in names:
                 interrupt(how)
             original(path)
-        checkpoint._fsync_tree = fsync_tree
+        crash_safe.fsync_tree = fsync_tree
     elif point == "save_pretrained":
         original = transformers.PreTrainedModel.save_pretrained
 

@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
-from spot_fast.rectify.jsonl import write_atomic  # noqa: E402
+from spot_fast.crash_safe import write_file  # noqa: E402
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -108,5 +108,5 @@ def write_reports(output_dir, results):
     if any(m["step"] is not None for m in results["models"]):
         outputs[STEPS_PNG] = steps_png(results)
     for name, data in outputs.items():
-        write_atomic(output_dir / name, data)
+        write_file(output_dir / name, data)
     return [output_dir / name for name in outputs]

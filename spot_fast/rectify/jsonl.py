@@ -11,9 +11,9 @@ Writing, two kinds:
   ``fsync`` before ``append`` returns; ids are unique; on open, a trailing partial line (a crash in the
   middle of a write) is cut off, every other line is parsed, and the ids already present are known, so
   a rerun skips them. An exclusive ``flock`` keeps a second process from appending to the same file.
-- ``write_jsonl_atomic`` / ``write_atomic``: whole-file outputs of short stages, written to a
-  temporary file in the same folder and renamed over the target: readers see the old file or the new
-  one, never a mix.
+- ``write_jsonl_atomic``: whole-file outputs of short stages, through ``crash_safe.write_file``
+  (a temporary file fsynced and renamed over the target): readers see the old file or the new one,
+  never a mix.
 
 Every file is created with mode ``NEW_FILE_MODE`` less the process umask, as ``open(path, "w")``
 creates ordinary files (``tempfile.mkstemp`` would make them 0o600, private to their owner).
@@ -22,15 +22,13 @@ import fcntl
 import json
 import logging
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from spot_fast.crash_safe import NEW_FILE_MODE, write_file
 from spot_fast.paths import file_problem
 
 log = logging.getLogger(__name__)
-
-NEW_FILE_MODE = 0o666
 
 
 class InputError(ValueError):
@@ -185,22 +183,5 @@ class AppendLog:
         self.close()
 
 
-def write_atomic(path, data):
-    """Replace ``path`` with ``data`` (str or bytes) through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, NEW_FILE_MODE)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_jsonl_atomic(path, records):
-    write_atomic(path, b"".join(_encode(r) for r in records))
+    write_file(path, b"".join(_encode(r) for r in records))

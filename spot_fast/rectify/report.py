@@ -22,7 +22,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from spot_fast.batching import common_prefix_length  # noqa: E402
 from spot_fast.rectify import correct, elicit, layout, verify  # noqa: E402
-from spot_fast.rectify.jsonl import read_jsonl, write_atomic  # noqa: E402
+from spot_fast.crash_safe import write_file  # noqa: E402
+from spot_fast.rectify.jsonl import read_jsonl  # noqa: E402
 from spot_fast.rectify.lcs import diff_spans  # noqa: E402
 
 
@@ -48,7 +49,7 @@ def _save_png(figure, path):
     png = io.BytesIO()
     figure.savefig(png, format="png", dpi=100)
     plt.close(figure)
-    write_atomic(path, png.getvalue())
+    write_file(path, png.getvalue())
 
 
 def histogram_figure(verified):
@@ -140,7 +141,7 @@ def write_report(workdir, verified, pairs, tokenizer, examples=3):
     answer_tokens = sum(rejected + chosen for _, rejected, chosen in prefixes)
     prefix_stats = {"mean": mean(fractions), "median": median(fractions),
                     "answer_tokens_saved": sum(shared for shared, _, _ in prefixes) / max(1, answer_tokens)} if prefixes else {}
-    write_atomic(workdir / layout.REPORT_JSON,
+    write_file(workdir / layout.REPORT_JSON,
                  json.dumps({"counts": counts, "kept_change_ratio": ratio_stats, "kept_common_prefix": prefix_stats},
                             indent=2) + "\n")
 
@@ -162,4 +163,4 @@ def write_report(workdir, verified, pairs, tokenizer, examples=3):
         diff = marked_diff(tokenizer, pair["original_answer"], pair["gemini_corrected_answer"])
         lines += [f"### {pair['id']} (R = {pair['change_ratio']:.3f}, answer {pair['answer']})", "",
                   pair["question"], "", "````text", diff, "````", ""]
-    write_atomic(workdir / layout.REPORT, "\n".join(lines))
+    write_file(workdir / layout.REPORT, "\n".join(lines))

@@ -11,7 +11,7 @@ recorded settings is refused too, since nothing says what drew them.
 import json
 from pathlib import Path
 
-from spot_fast.rectify.jsonl import write_atomic
+from spot_fast.crash_safe import write_file
 
 
 def holds_samples(log_path):
@@ -29,7 +29,7 @@ def claim(settings_path, settings, log_path, directory_option):
     suggests another ``directory_option`` (the command's option naming the output directory)."""
     settings_path, log_path = Path(settings_path), Path(log_path)
     if not holds_samples(log_path):
-        write_atomic(settings_path, json.dumps(settings, indent=2) + "\n")
+        write_file(settings_path, json.dumps(settings, indent=2) + "\n")
         return
     if not settings_path.is_file():
         raise ValueError(f"{log_path} holds samples but {settings_path} does not record what drew them; "
