@@ -9,12 +9,15 @@ A benchmark is a JSONL file, named by its stem (``aime24.jsonl`` is "aime24"). E
 - ``kind``: ``"math"`` (a final answer compared with ``answers.equivalent``) or ``"choice"``; by default
   ``"choice"`` when ``choices`` is given, else ``"math"``.
 
+A line with ``instruction_id_list`` is an IFEval problem instead (``google/IFEval``'s fields, read and
+graded by ``evaluate.ifeval``); a benchmark file is either all IFEval or has none.
+
 Repetition ``k`` of a problem is one request (``sample_request``). A math prompt is the question and
 ``MATH_INSTRUCTION``; its target is the ground truth. A multiple-choice prompt lists the choices as
 ``A) ...`` in an order shuffled by a generator seeded with (seed, benchmark, problem id, k), so each
 repetition sees its own order and a rerun sees the same one; its target is the letter at which the
 right choice landed, and a response is right when the letter in its last box (``choice_letter``) is
-that letter.
+that letter. An IFEval prompt is the problem's ``prompt`` as it is; its target is its instruction ids.
 """
 import random
 import re
@@ -22,11 +25,13 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
+from spot_fast.evaluate import ifeval
 from spot_fast.rectify.answers import grade, last_boxed, normalize
 from spot_fast.rectify.elicit import problem_fields, read_problems
 
 MATH = "math"
 CHOICE = "choice"
+IFEVAL = ifeval.IFEVAL
 KINDS = (MATH, CHOICE)
 LETTERS = string.ascii_uppercase
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -39,9 +44,17 @@ class Benchmark:
     path: Path
     problems: list
 
+    @property
+    def kind(self):
+        """``ifeval`` for an IFEval benchmark, else ``answer`` (math and multiple choice)."""
+        return IFEVAL if self.problems and self.problems[0]["kind"] == IFEVAL else "answer"
+
 
 def _benchmark_fields(line):
-    """One problem: ``elicit``'s fields plus ``kind`` and ``choices`` (None for a math problem)."""
+    """One problem: ``elicit``'s fields plus ``kind`` and ``choices`` (None for a math problem), or an
+    IFEval problem (``ifeval.problem_fields``)."""
+    if "instruction_id_list" in line.record:
+        return ifeval.problem_fields(line)
     problem = problem_fields(line)
     choices = line.record.get("choices")
     kind = line.record.get("kind", MATH if choices is None else CHOICE)
@@ -66,7 +79,17 @@ def read_benchmark(path, limit=None):
     """The ``Benchmark`` in the JSONL file ``path`` (its first ``limit`` problems when given); every line
     is checked, and ``InputError`` names the line of a bad one."""
     path = Path(path)
-    return Benchmark(path.stem, path, read_problems(path, _benchmark_fields)[:limit])
+    first = []
+
+    def fields(line):
+        problem = _benchmark_fields(line)
+        first.append((problem["kind"] == IFEVAL, line.number))
+        if first[-1][0] != first[0][0]:
+            raise line.error(f"{'an' if first[-1][0] else 'not an'} IFEval problem, but line {first[0][1]} "
+                             f"{'is not' if first[-1][0] else 'is'}: a benchmark is all IFEval or has none")
+        return problem
+
+    return Benchmark(path.stem, path, read_problems(path, fields)[:limit])
 
 
 def read_benchmarks(paths, limit=None):
@@ -92,6 +115,8 @@ def sample_request(benchmark, problem, repetition, seed):
     """The request for repetition ``repetition`` of ``problem``: its id, prompt and target answer."""
     request = {"id": f"{benchmark}/{problem['id']}#{repetition}", "benchmark": benchmark,
                "problem_id": problem["id"], "sample": repetition, "kind": problem["kind"]}
+    if problem["kind"] == IFEVAL:
+        return {**request, "prompt": problem["prompt"], "target": problem["instruction_id_list"], "problem": problem}
     if problem["kind"] == MATH:
         return {**request, "prompt": f"{problem['question']}\n\n{MATH_INSTRUCTION}", "target": problem["answer"]}
     order = shuffled_choices(problem["choices"], seed, benchmark, problem["id"], repetition)

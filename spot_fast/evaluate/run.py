@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spot_fast.checkpoint import STATE_FILE, checkpoints
-from spot_fast.evaluate.benchmarks import grade_response, sample_request
+from spot_fast.evaluate import ifeval
+from spot_fast.evaluate.benchmarks import IFEVAL, grade_response, sample_request
 from spot_fast.evaluate.metrics import summarize
 from spot_fast.rectify.generation import sample_missing
 from spot_fast.rectify.jsonl import AppendLog
@@ -92,13 +93,18 @@ def evaluate_model(model, benchmarks, samples, output_dir, load_generator, setti
                 for benchmark in benchmarks for problem in benchmark.problems for k in range(samples[benchmark.name])]
 
     def record(request, generation):
-        predicted, correct = grade_response(request["kind"], generation.text, request["target"])
+        grades = {}
+        if request["kind"] == IFEVAL:
+            strict, loose = ifeval.grade(request["problem"], generation.text)
+            predicted, correct, grades = None, all(strict), {"strict": strict, "loose": loose}
+        else:
+            predicted, correct = grade_response(request["kind"], generation.text, request["target"])
         return {key: request[key] for key in ("id", "benchmark", "problem_id", "sample", "target")} | {
-            "response": generation.text, "predicted": predicted, "correct": correct,
+            "response": generation.text, "predicted": predicted, "correct": correct, **grades,
             "tokens": generation.tokens, "truncated": generation.truncated}
 
     with AppendLog(samples_path) as log:
         sample_missing(log, requests, load_generator, record, batch_size, desc=f"eval {model.label}")
         graded = [log.records[request["id"]] for request in requests]
-    return {benchmark.name: summarize([r for r in graded if r["benchmark"] == benchmark.name],
-                                      samples[benchmark.name]) for benchmark in benchmarks}
+    return {benchmark.name: (ifeval.summarize if benchmark.kind == IFEVAL else summarize)(
+        [r for r in graded if r["benchmark"] == benchmark.name], samples[benchmark.name]) for benchmark in benchmarks}
