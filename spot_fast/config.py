@@ -28,19 +28,18 @@ from pathlib import Path
 
 import yaml
 
-from spot_kernels import BACKENDS, LOSS_KINDS, PEAR_LEVELS, PearConfig
+from spot_kernels import BACKENDS, PEAR_LEVELS, PearConfig
 
 from .cli import SEED_RANGE, ArgumentParser
 from .attention import ATTENTION_BACKENDS
 from .data import RENDER_MODES, TRUNCATION_MODES, TokenLayout
 from .models import ASSETS, BUILTIN_MODEL
-from .objective import Objective
+from .objective import OBJECTIVES, Objective
 from .paths import file_problem
 from .preflight import RequirementError, check_environment
 
 RECIPE_LEARNING_RATE = 1e-6
 DEMO_LEARNING_RATE = 2e-3
-OBJECTIVES = (*LOSS_KINDS, "pear")
 PEAR_DEFAULTS = PearConfig()
 
 
@@ -58,7 +57,7 @@ class TrainConfig:
     eval_every: int = field(default=0, metadata={"help": "optimizer steps between evaluations on --eval-data (0: only at the end)"})
     output_dir: str = field(default="outputs/spot", metadata={"help": "checkpoints, metrics, plots"})
     cache_dir: str = field(default="", metadata={"help": "cached reference / behaviour / retain log-probs; empty: OUTPUT_DIR/../.logprob_cache"})
-    loss: str = field(default="spot_bco", metadata={"help": "objective", "choices": OBJECTIVES})
+    loss: str = field(default="spot_bco", metadata={"help": "objective", "choices": tuple(OBJECTIVES)})
     beta: float = 0.1
     delta_mode: str = field(default="cumulative", metadata={"choices": ("cumulative", "ema"), "help": "spot_bco reward shift"})
     delta_decay: float = field(default=0.99, metadata={"help": "ema decay of the reward shift"})
@@ -127,6 +126,10 @@ class TrainConfig:
     @property
     def needs_reference(self):
         return Objective(self.loss).needs_reference
+
+    @property
+    def needs_behavior(self):
+        return Objective(self.loss).needs_behavior
 
     def pear(self):
         return PearConfig(self.pear_level, self.pear_clip_low, self.pear_clip_high, self.pear_weight_min,

@@ -98,12 +98,12 @@ def read_data(config, tokenizer):
     """Training, evaluation and retain pairs (the last two None when not asked for); prints what was read."""
     layout = config.token_layout()
     pairs, stats = load_pairs(config.data, tokenizer, config.max_length, config.needs_rejected,
-                              with_behavior=config.loss == "pear", layout=layout, split=config.data_split,
+                              with_behavior=config.needs_behavior, layout=layout, split=config.data_split,
                               config=config.data_config)
     eval_pairs = load_pairs(config.eval_data, tokenizer, config.max_length, config.needs_rejected, layout=layout,
                             split=config.eval_data_split, config=config.data_config)[0] if config.eval_data else None
     retain_pairs = load_pairs(config.retain_data, tokenizer, config.max_length, with_rejected=False, layout=layout)[0] if config.retain_data else None
-    if config.loss == "pear" and pairs[0].behavior_logps is not None and config.behavior_model:
+    if config.needs_behavior and pairs[0].behavior_logps is not None and config.behavior_model:
         raise DataError(f"{config.data} has behavior_logps and --behavior-model is {config.behavior_model}: give one of the two")
     return pairs, stats, eval_pairs, retain_pairs
 
@@ -147,7 +147,7 @@ def set_up(config):
         print("\n".join(startup_lines(config)))
     tokenizer = load_tokenizer(config.model)
     pairs, stats, eval_pairs, retain_pairs = read_data(config, tokenizer)
-    if config.loss == "pear" and config.behavior_model:
+    if config.needs_behavior and config.behavior_model:
         check_behavior_model(config, tokenizer)
     order = ExampleOrder(len(pairs), config.per_device_batch, config.grad_accum, world, config.epochs, config.seed,
                          config.max_steps)
@@ -203,7 +203,7 @@ def set_up(config):
             reference = scored.get("reference", config.data, start, pairs, False, starting_policy)  # on the host
             if eval_pairs is not None:
                 eval_reference = scored.get("reference", config.eval_data, start, eval_pairs, False, starting_policy)
-        if config.loss == "pear" and pairs[0].behavior_logps is None:
+        if config.needs_behavior and pairs[0].behavior_logps is None:
             model, load = ((model_identity(config.behavior_model),
                             lambda: load_behavior_model(config, tokenizer, dtype, device, attention, engine_config))
                            if config.behavior_model else (start, starting_policy))
@@ -216,7 +216,7 @@ def set_up(config):
             retain = RetainSet(retain_pairs, retain_reference, scorer)
 
     reward_shift = RewardShift(config.delta_mode, config.delta_decay, all_reduce=dist.all_reduce if world > 1 else None)
-    objective = Objective(config.loss, config.beta, reward_shift, config.pear() if config.loss == "pear" else None)
+    objective = Objective(config.loss, config.beta, reward_shift, config.pear() if config.needs_behavior else None)
     state = TrainingState(order, reward_shift)
     if resume_from is not None:
         load_checkpoint(engine, resume_from, state)

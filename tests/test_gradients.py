@@ -13,13 +13,13 @@ from spot_fast.batching import collate
 from spot_fast.data import load_pairs
 from spot_fast.logprob_head import batch_logps, install_logprob_head
 from spot_fast.models import ASSETS, BUILTIN_MODEL, load_model, load_tokenizer
-from spot_fast.objective import PAIRED_OBJECTIVES, Objective, micro_batch_loss
-from spot_kernels import PearConfig, RewardShift, pear_loss
+from spot_fast.config import parse_config
+from spot_fast.objective import OBJECTIVES, Objective, micro_batch_loss
+from spot_kernels import LOSS_KINDS, PearConfig, RewardShift, pear_loss
 
 from hf_logps import float64_norms, perturbed
 
 BETA = 0.5  # large enough that the sigmoid terms are far from their linear regime
-OBJECTIVES = ("sft", "reward_sft", "dpo", "spot_bce", "spot_bco", "pear")
 BODY_PARAMETERS = ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
                    "model.layers.1.mlp.down_proj.weight", "model.norm.weight")
 
@@ -60,7 +60,7 @@ def direct_loss(objective, model, pairs, reference):
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_gradient_equals_the_gradient_from_materialized_logits(objective, pack):
     tokenizer = load_tokenizer(BUILTIN_MODEL)
-    with_rejected = objective in PAIRED_OBJECTIVES
+    with_rejected = OBJECTIVES[objective].needs_rejected
     pairs = load_pairs(ASSETS / "pairs.jsonl", tokenizer, 8192, with_rejected=with_rejected)[0][5:8]
     start = float64_norms(load_model(BUILTIN_MODEL, dtype=torch.float64))
     with torch.no_grad():
@@ -87,3 +87,13 @@ def test_gradient_equals_the_gradient_from_materialized_logits(objective, pack):
         assert scale > 1e-6, name  # the comparison means something
         torch.testing.assert_close(ours[name].grad, theirs[name].grad, rtol=1e-9, atol=1e-12 * scale,
                                    msg=lambda report: f"gradient of {name}: {report}")
+
+
+def test_every_objective_is_declared_once_and_offered():
+    """The objectives table is the one declaration: every loss of ``spot_kernels.losses`` has an entry,
+    ``--loss`` offers exactly the table's objectives, and a name outside it is refused with the options."""
+    assert set(LOSS_KINDS) <= set(OBJECTIVES), f"losses without an objectives entry: {set(LOSS_KINDS) - set(OBJECTIVES)}"
+    for name in OBJECTIVES:
+        assert parse_config(["--loss", name]).loss == name
+    with pytest.raises(ValueError, match="unknown objective 'hinge'"):
+        Objective("hinge")
