@@ -51,10 +51,12 @@ def set_rng_state(state):
 class TrainingState:
     """What must survive a resume besides the engine's state: the optimizer steps taken, the data
     position they imply (epoch and step within it, checked against this run's example order on
-    load), the reward shift (spot_bco's delta) and the RNG states."""
+    load), the reward shift (spot_bco's delta) and the RNG states. ``evaluation`` is the last held-out
+    evaluation (``{"step": ..., "eval/...": ...}``, or None), recorded so that a checkpoint can be
+    chosen by it (``trainer_state.json``)."""
 
     def __init__(self, order, reward_shift):
-        self.order, self.reward_shift, self.step = order, reward_shift, 0
+        self.order, self.reward_shift, self.step, self.evaluation = order, reward_shift, 0, None
 
     def data_position(self, step):
         epoch, step_in_epoch = divmod(step, self.order.steps_per_epoch)
@@ -62,7 +64,7 @@ class TrainingState:
 
     def state_dict(self):
         return {"step": self.step, "data_position": self.data_position(self.step),
-                "reward_shift": self.reward_shift.state_dict(), "rng": rng_state()}
+                "reward_shift": self.reward_shift.state_dict(), "rng": rng_state(), "evaluation": self.evaluation}
 
     def load_state_dict(self, state):
         if state["data_position"] != self.data_position(state["step"]):
@@ -71,6 +73,7 @@ class TrainingState:
                              f"the data or the batch settings changed")
         self.step = state["step"]
         self.reward_shift.load_state_dict(state["reward_shift"])
+        self.evaluation = state.get("evaluation")
         set_rng_state(state["rng"])
 
 

@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import importlib.util
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -292,6 +293,25 @@ def build_parser():
             kwargs["choices"] = f.metadata["choices"]
         parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
     return parser
+
+
+CONFIG_FILE = "config.yaml"  # the run's effective configuration, in its output directory
+
+
+def write_config(config, output_dir):
+    """OUTPUT_DIR/config.yaml: every option of ``config`` as the run uses it (defaults and the
+    model-dependent learning rate resolved, as ``validate`` resolves them), loadable with ``--config``
+    to run the same again. Written atomically (temporary file, fsync, rename). Returns its path."""
+    path = Path(output_dir) / CONFIG_FILE
+    text = ("# the effective configuration of this run: python spot_fast/train.py --config " + str(path) + "\n"
+            + yaml.safe_dump(dataclasses.asdict(config), sort_keys=False, allow_unicode=True))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
 
 
 def parse_config(argv=None):

@@ -161,12 +161,15 @@ class MetricsLog:
 
 
 PEAR_LOSS_TITLE = "PEAR loss: importance-weighted NLL (rises as the weights grow)"
-PANELS = (
-    ("loss", (("loss", "loss"),)),
-    ("NLL per token of the training answers (y+)", (("chosen/nll", "NLL"),)),
-    ("implicit rewards", (("rewards/chosen", "chosen (y+)"), ("rewards/rejected", "rejected (y-)"), ("delta", "delta"))),
-    ("reward margin: chosen - rejected", (("rewards/margin", "margin"),)),
-    ("reward accuracy: fraction with chosen > rejected", (("rewards/accuracy", "accuracy"),)),
+PANELS = (  # eval/ series (--eval-data) are drawn beside the training series they are the held-out side of
+    ("loss", (("loss", "loss"), ("eval/loss", "held-out loss"))),
+    ("NLL per token of the training answers (y+)", (("chosen/nll", "NLL"), ("eval/nll", "held-out NLL"))),
+    ("implicit rewards", (("rewards/chosen", "chosen (y+)"), ("rewards/rejected", "rejected (y-)"), ("delta", "delta"),
+                          ("eval/rewards/chosen", "held-out chosen"), ("eval/rewards/rejected", "held-out rejected"))),
+    ("reward margin: chosen - rejected", (("rewards/margin", "margin"), ("eval/rewards/margin", "held-out margin"))),
+    ("reward accuracy: fraction with chosen > rejected", (("rewards/accuracy", "accuracy"),
+                                                           ("eval/rewards/accuracy", "held-out accuracy"))),
+    ("held-out KL(ref || policy) per chosen token", (("eval/kl", "k1"), ("eval/kl_k3", "k3"))),
     ("PEAR weights", (("pear/weight_mean", "mean weight"), ("pear/weight_at_min", "fraction at w_min"),
                       ("pear/weight_at_max", "fraction at w_max"))),
     ("forgetting: KL(ref || policy) per retain token", (("retain/kl", "k1 (= NLL change)"), ("retain/kl_k3", "k3"))),

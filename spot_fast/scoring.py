@@ -28,6 +28,13 @@ def rank_and_world():
     return 0, 1
 
 
+def joined(parts):
+    """``parts`` (tensors, or tuples of tensors) concatenated (element by element)."""
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(column) for column in zip(*parts))
+    return torch.cat(parts)
+
+
 @dataclass(frozen=True)
 class Scorer:
     batch_size: int   # pairs per forward
@@ -36,11 +43,21 @@ class Scorer:
     device: torch.device
     share_prefix: bool = False
 
-    @torch.no_grad()
     def score(self, model, pairs, per_token=False, desc=None):
         """fp32 CPU log-probs of ``pairs`` under ``model`` (a ``LogprobModel``, or the engine's
         module: called as a whole, so ZeRO-3 gathers its parameters; see the module docstring); every
         rank must call this together. ``desc`` names the progress bar (shown on rank 0)."""
+        return self._score(model, pairs, lambda logps, batch: self._values(logps, batch, per_token), desc)
+
+    def score_sums_and_tokens(self, model, pairs, desc=None):
+        """``(sums, chosen tokens)``: ``score``'s two results (sequence sums, and the per-token log-probs
+        of the chosen answers) from one forward per batch."""
+        return self._score(model, pairs, lambda logps, batch: (self._values(logps, batch, False),
+                                                                self._values(logps, batch, True)), desc)
+
+    @torch.no_grad()
+    def _score(self, model, pairs, values_of, desc):
+        """``values_of(logps, batch)`` (a tensor, or a tuple of tensors) of every batch, joined in pair order."""
         rank, world = rank_and_world()
         batches = [pairs[start:start + self.batch_size] for start in range(0, len(pairs), self.batch_size)]
         per_rank = math.ceil(len(batches) / world)
@@ -52,17 +69,17 @@ class Scorer:
             for index in tqdm(range(per_rank), desc=desc, unit="batch", leave=False, disable=desc is None or rank != 0):
                 pairs_now = mine[index] if index < len(mine) else batches[0]  # a repeat keeps the forwards in step
                 batch = collate(pairs_now, self.pack, self.pad_id, self.share_prefix).to(self.device)
-                values = self._values(model(batch), batch, per_token)
+                values = values_of(model(batch), batch)
                 if index < len(mine):
                     parts.append(values)
         finally:
             model.train(was_training)
-        local = torch.cat(parts) if parts else None
+        local = joined(parts) if parts else None
         if world == 1:
             return local
         gathered = [None] * world
         dist.all_gather_object(gathered, local)
-        return torch.cat([part for part in gathered if part is not None])
+        return joined([part for part in gathered if part is not None])
 
     @staticmethod
     def _values(logps, batch, per_token):

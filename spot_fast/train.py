@@ -13,11 +13,12 @@ the CPU if there is no GPU. Read it top to bottom:
   where ``--resume`` finds a finished run with nothing left to train (before any of the above).
 - ``train``: the loop, one ``optimizer_step`` per step: per micro-batch log-probs -> rewards ->
   (delta) -> loss, or PEAR weights -> loss; backward; the engine steps at the accumulation boundary.
-  Metrics every ``log_every`` steps, retain-set forgetting signals every ``retain_every``, atomic
-  checkpoints every ``save_every``. ``--sync-debug warn`` (CUDA) counts every host synchronisation in
+  Metrics every ``log_every`` steps, retain-set forgetting signals every ``retain_every``, held-out
+  evaluation (``held_out.py``) every ``eval_every`` and after the last step, atomic checkpoints every
+  ``save_every`` (each with the last evaluation in its training state). ``--sync-debug warn`` (CUDA) counts every host synchronisation in
   the loop by call site into OUTPUT_DIR/host_syncs.json (``host_syncs.py``).
 - ``finish``: the final model (OUTPUT_DIR/final: a Hugging Face model directory, without the optimizer
-  state unless ``--save-optimizer-in-final``), evaluation on ``eval_data``, plot.
+  state unless ``--save-optimizer-in-final``), plot.
 - ``main``: a bad option, data file, model or cache ends the run with one line, printed once under
   torchrun where the ranks fail alike (``report_error``); Ctrl-C or SIGTERM ends it with one line from
   rank 0 saying the step reached, the last checkpoint and the command that resumes from it, with exit
@@ -40,12 +41,13 @@ from spot_fast import run_dir
 from spot_fast.attention import ATTENTION_BACKENDS, choose_attention
 from spot_fast.checkpoint import (FINAL, TrainingState, checkpoints, has_engine_state, load_checkpoint, prune_checkpoints,
                                   save_checkpoint, saved_step)
-from spot_fast.config import ConfigError, TrainConfig, parse_config
+from spot_fast.config import ConfigError, TrainConfig, parse_config, write_config
 from spot_fast.batching import collate, pair_tokens, to_device
 from spot_fast.data import DataError, load_pairs
 from spot_fast.engine import build_engine, deepspeed_config, grad_accum_note, start_distributed, stop_distributed
 from spot_fast.example_order import ExampleOrder
 from spot_fast.forgetting.retain import RetainSet
+from spot_fast.held_out import HeldOutSet
 from spot_fast.host_syncs import HostSyncs
 from spot_fast.logprob_cache import CacheError, ScoredOnce
 from spot_fast.logprob_head import LogprobModel, install_logprob_head
@@ -53,10 +55,10 @@ from spot_fast.lora import adapters_disabled, add_lora, parameter_count, save_me
 from spot_fast.metrics import MetricsLog, MetricsWindow, plot_metrics
 from spot_fast.models import ModelError, check_model_name, hidden_size, load_model, load_tokenizer, model_identity
 from spot_fast.noise import silence_known_noise
-from spot_fast.objective import Objective, micro_batch_loss, reward_metrics
+from spot_fast.objective import Objective, micro_batch_loss
 from spot_fast.preflight import cuda_available, liger_choice, startup_lines
 from spot_fast.scoring import Scorer
-from spot_kernels import RewardShift, implicit_reward, resolve_backend
+from spot_kernels import RewardShift, resolve_backend
 
 OTHER_RANKS_WAIT_S = 10  # how long a rank other than 0 waits for rank 0 to report the same error
 PROGRESS_METRICS = (("loss", "loss"), ("margin", "rewards/margin"), ("w", "pear/weight_mean"),
@@ -86,8 +88,7 @@ class Run:
     output_dir: Path
     retain: object = None    # RetainSet
     pair_tokens: object = None  # example index -> tokens it forwards (token-budget micro-batches)
-    eval_pairs: list = None
-    eval_reference: object = None
+    held_out: object = None  # HeldOutSet: --eval-data
 
     @property
     def is_main(self):
@@ -165,6 +166,7 @@ def set_up(config):
         if resume_from is None and config.overwrite:
             run_dir.delete_previous_results(config.output_dir)
         Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+        write_config(config, config.output_dir)  # --config OUTPUT_DIR/config.yaml runs the same again
     torch.manual_seed(config.seed)
     bf16 = on_when_auto(config.bf16, device)
     dtype = torch.bfloat16 if bf16 else torch.float32
@@ -197,7 +199,7 @@ def set_up(config):
                         resolve_backend(config.kernel_backend, device, dtype))
     starting_policy = lambda: engine.module  # noqa: E731  (no step taken yet: the starting weights)
     start = model_identity(config.model, config.load_in_4bit)  # the starting policy (a 4-bit base is another model)
-    reference = eval_reference = retain = None
+    reference = eval_reference = retain = held_out = None
     with adapters_disabled(policy.model):  # LoRA: every reference is the base model's, adapters off
         if config.needs_reference:
             reference = scored.get("reference", config.data, start, pairs, False, starting_policy)  # on the host
@@ -214,6 +216,9 @@ def set_up(config):
             retain_reference = scored.get("retain-reference", config.retain_data, start, retain_pairs, True,
                                           starting_policy)
             retain = RetainSet(retain_pairs, retain_reference, scorer)
+        if eval_pairs is not None:
+            eval_tokens = scored.get("reference-tokens", config.eval_data, start, eval_pairs, True, starting_policy)
+            held_out = HeldOutSet(eval_pairs, eval_tokens, eval_reference, scorer)
 
     reward_shift = RewardShift(config.delta_mode, config.delta_decay, all_reduce=dist.all_reduce if world > 1 else None)
     objective = Objective(config.loss, config.beta, reward_shift, config.pear() if config.needs_behavior else None)
@@ -228,7 +233,7 @@ def set_up(config):
     return Run(config=config, rank=rank, world=world, device=device, tokenizer=tokenizer, pairs=pairs, order=order,
                objective=objective, reference=reference, engine=engine, state=state, scorer=scorer, log=log,
                output_dir=Path(config.output_dir), retain=retain, pair_tokens=forwarded.__getitem__,
-               eval_pairs=eval_pairs, eval_reference=eval_reference)
+               held_out=held_out)
 
 
 def load_behavior_model(config, tokenizer, dtype, device, attention, engine_config):
@@ -286,10 +291,30 @@ def measure_retain(run, window):
     return row
 
 
+def measure_held_out(run, window):
+    """``evaluate`` now, recorded in the training state (checkpoints written after it carry it, so an
+    early checkpoint can be chosen by its held-out metrics), and not counted as training time."""
+    began = time.perf_counter()
+    results = evaluate(run)
+    run.state.evaluation = {"step": run.state.step, **results}
+    window.exclude(time.perf_counter() - began)
+    return results
+
+
+def evaluation_due(run, done):
+    """Whether the held-out pairs are evaluated after step ``done``: every ``eval_every`` steps and after the last."""
+    return run.held_out is not None and (done == run.order.total_steps or
+                                         (run.config.eval_every and done % run.config.eval_every == 0))
+
+
 def train(run):
     config, order = run.config, run.order
-    if run.retain is not None and run.state.step == 0:
-        run.log.log(0, run.retain.measure(run.engine.module))  # the starting point: KL 0 up to float noise
+    if run.state.step == 0:  # the starting points: KL 0 up to float noise, rewards 0
+        start = run.retain.measure(run.engine.module) if run.retain is not None else {}
+        if config.eval_every:
+            start.update(evaluate(run))
+        if start:
+            run.log.log(0, start)
     window, first_step = MetricsWindow(), run.state.step
     host_syncs = HostSyncs(run.device) if config.sync_debug == "warn" else None
     with tqdm(range(run.state.step, order.total_steps), desc="train", unit="step", disable=not run.is_main,
@@ -305,6 +330,8 @@ def train(run):
                 row.update({"lr": learning_rate, "epoch": step / order.steps_per_epoch})
             if run.retain is not None and (done % config.retain_every == 0 or done == order.total_steps):
                 row.update(measure_retain(run, window))
+            if evaluation_due(run, done):
+                row.update(measure_held_out(run, window))
             if row:
                 run.log.log(done, row)
                 progress.set_postfix({name: f"{row[key]:.4g}" for name, key in PROGRESS_METRICS if key in row})
@@ -318,27 +345,20 @@ def train(run):
 
 
 def evaluate(run):
-    """Held-out NLL per chosen token and, where the objective has a reference, implicit rewards (no grad)."""
-    logps = run.scorer.score(run.engine.module, run.eval_pairs, desc="evaluation" if run.is_main else None)
-    results = {"eval/nll": -logps[:, 0].sum() / sum(len(p.chosen_ids) for p in run.eval_pairs)}
-    if run.eval_reference is not None:
-        beta, reference = run.config.beta, run.eval_reference
-        chosen = implicit_reward(logps[:, 0], reference[:, 0], beta)
-        rejected = implicit_reward(logps[:, 1], reference[:, 1], beta) if run.config.needs_rejected else None
-        results.update(reward_metrics(chosen, rejected, prefix="eval/"))
-    return {name: float(value) for name, value in results.items()}
+    """The held-out metrics now (``held_out.HeldOutSet``: loss, rewards, margin, accuracy, NLL, KL to the
+    reference; no grad)."""
+    return run.held_out.measure(run.engine.module, run.objective, desc="evaluation" if run.is_main else None)
 
 
 def finish(run):
+    """The final model (with the last evaluation, taken in the loop after the last step, in its
+    training state), the merged copy, the plot."""
+    if run.held_out is not None and run.is_main:
+        print("evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in run.state.evaluation.items() if k != "step"))
     final = save_checkpoint(run.engine, run.tokenizer, run.output_dir, FINAL, run.state, run.config, run.rank,
                             engine_state=run.config.save_optimizer_in_final)
     if run.config.lora_save_merged:
         save_merged(run.engine.module.model, run.tokenizer, run.output_dir / "final-merged")
-    if run.eval_pairs is not None:
-        results = evaluate(run)
-        run.log.log(run.state.step, results)
-        if run.is_main:
-            print("evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
     run.log.close()
     if run.is_main:
         plot_metrics(run.log.path, run.output_dir / "training.png")

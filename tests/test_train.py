@@ -177,6 +177,16 @@ def test_evaluation_at_the_end_equals_the_models_own_logits(runs):
     assert row["eval/rewards/chosen"] == pytest.approx(float(rewards[:, 0].mean()), abs=1e-4)
     assert row["eval/rewards/margin"] == pytest.approx(float((rewards[:, 0] - rewards[:, 1]).mean()), abs=1e-4)
     assert abs(row["eval/rewards/margin"]) > 1e-3  # it trained, so the rewards moved
+    # KL(pi_ref || pi_theta) per chosen token, k1 and k3 (forgetting.retain's estimators), and the objective's loss
+    # with the run's final reward shift
+    log_r = torch.cat([hf_token_logps(final, p.prompt_ids, p.chosen_ids) - hf_token_logps(start, p.prompt_ids, p.chosen_ids)
+                       for p in pairs])
+    assert row["eval/kl"] == pytest.approx(float(-log_r.mean()), rel=1e-3, abs=1e-6)
+    assert row["eval/kl_k3"] == pytest.approx(float((log_r.exp() - 1 - log_r).mean()), rel=1e-3)
+    assert row["eval/kl_k3"] > 1e-4
+    delta = json.loads((root / "a" / "final" / "trainer_state.json").read_text())["reward_shift"]["mean"]
+    loss = -(torch.nn.functional.logsigmoid(rewards[:, 0] - delta) + torch.nn.functional.logsigmoid(-(rewards[:, 1] - delta)))
+    assert row["eval/loss"] == pytest.approx(float(loss.mean()), rel=1e-4)
 
 
 def test_resume_continues_exactly(runs):

@@ -24,7 +24,7 @@ PEAR = ("loss", "chosen/nll", "pear/weight_mean", "pear/weight_at_min", "pear/we
     (PEAR, [PEAR_LOSS_TITLE, "NLL per token of the training answers (y+)", "PEAR weights", "learning rate"]),
 ], ids=["spot_bco", "pear"])
 def test_panels_are_the_logged_groups_none_empty_with_integer_step_ticks(keys, titles):
-    figure = metrics_figure(rows(keys, steps=3) + [{"step": 3, "eval/nll": 2.0}])  # 3 steps: ticks 1, 1.25, ... by default
+    figure = metrics_figure(rows(keys, steps=3))  # 3 steps: ticks 1, 1.25, ... by default
     figure.canvas.draw()
     assert [axis.get_title() for axis in figure.axes] == titles  # unused grid cells are removed
     for axis in figure.axes:
@@ -37,6 +37,26 @@ def test_panels_are_the_logged_groups_none_empty_with_integer_step_ticks(keys, t
     loss = by_title[titles[0]]
     assert len(loss.lines) == 2 and list(loss.lines[1].get_ydata()) == pytest.approx(smoothed(loss.lines[0].get_ydata()))
     assert [t.get_text() for t in loss.get_legend().get_texts()] == ["per step", "smoothed"]
+
+
+def test_held_out_series_are_drawn_beside_the_training_series():
+    """--eval-data --eval-every 2: eval/ rows at steps 0, 2 and 4 in the panels of their training
+    counterparts, and the held-out KL in a panel of its own."""
+    evaluated = {"eval/loss": 0.7, "eval/nll": 2.0, "eval/rewards/chosen": 0.1, "eval/rewards/rejected": -0.1,
+                 "eval/rewards/margin": 0.2, "eval/rewards/accuracy": 0.5, "eval/kl": 0.01, "eval/kl_k3": 0.02}
+    logged = rows(SPOT, steps=4)
+    for row in logged:
+        if row["step"] % 2 == 0:
+            row.update(evaluated)
+    figure = metrics_figure([{"step": 0, **evaluated}] + logged)
+    by_title = {axis.get_title(): axis for axis in figure.axes}
+    for title, label in (("loss", "held-out loss"), ("NLL per token of the training answers (y+)", "held-out NLL"),
+                         ("implicit rewards", "held-out rejected"), ("reward margin: chosen - rejected", "held-out margin"),
+                         ("reward accuracy: fraction with chosen > rejected", "held-out accuracy"),
+                         ("held-out KL(ref || policy) per chosen token", "k3")):
+        [line] = [line for line in by_title[title].lines if line.get_label() == label]
+        assert list(line.get_xdata()) == [0, 2, 4], title
+    assert [t.get_text() for t in by_title["loss"].get_legend().get_texts()] == ["loss", "held-out loss"]
 
 
 def test_smoothing_starts_at_the_first_value_keeps_a_constant_and_damps_noise():
