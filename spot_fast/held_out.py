@@ -37,7 +37,7 @@ class HeldOutSet:
         sums, tokens = self.scorer.score_sums_and_tokens(model, self.pairs, desc=desc)
         signals = forgetting_metrics(forgetting_sums(tokens, self.reference_tokens))
         results = {"eval/nll": signals["retain/nll"], "eval/kl": signals["retain/kl"], "eval/kl_k3": signals["retain/kl_k3"]}
-        if objective.loss == "sft":
+        if not objective.needs_reference and not objective.needs_behavior:  # sft: the chosen answers' NLL
             results["eval/loss"] = preference_loss("sft", sums[:, 0], chosen_lengths=self.chosen_lengths).mean()
         elif objective.needs_reference:
             reference, beta = self.reference_sums, objective.beta
@@ -46,7 +46,7 @@ class HeldOutSet:
             chosen_rewards = implicit_reward(sums[:, 0], reference[:, 0], beta)
             rejected_rewards = implicit_reward(rejected, ref_rejected, beta) if objective.needs_rejected else None
             results.update(reward_metrics(chosen_rewards, rejected_rewards, prefix="eval/"))
-            delta = float(objective.reward_shift.value) if objective.loss == "spot_bco" else 0.0
+            delta = float(objective.reward_shift.value) if objective.has_state else 0.0
             results["eval/loss"] = preference_loss(objective.loss, sums[:, 0], rejected, reference[:, 0], ref_rejected,
                                                    beta=beta, delta=delta).mean()
         return {name: float(value) for name, value in results.items()}
