@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import importlib.util
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from spot_kernels import BACKENDS, PEAR_LEVELS, PearConfig
 
 from .cli import SEED_RANGE, ArgumentParser
 from .attention import ATTENTION_BACKENDS
+from .crash_safe import write_file
 from .data import RENDER_MODES, TRUNCATION_MODES, TokenLayout
 from .models import ASSETS, BUILTIN_MODEL
 from .objective import OBJECTIVES, Objective
@@ -301,16 +301,11 @@ CONFIG_FILE = "config.yaml"  # the run's effective configuration, in its output 
 def write_config(config, output_dir):
     """OUTPUT_DIR/config.yaml: every option of ``config`` as the run uses it (defaults and the
     model-dependent learning rate resolved, as ``validate`` resolves them), loadable with ``--config``
-    to run the same again. Written atomically (temporary file, fsync, rename). Returns its path."""
+    to run the same again. Written crash-safe (``crash_safe.write_file``). Returns its path."""
     path = Path(output_dir) / CONFIG_FILE
     text = ("# the effective configuration of this run: python spot_fast/train.py --config " + str(path) + "\n"
             + yaml.safe_dump(dataclasses.asdict(config), sort_keys=False, allow_unicode=True))
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_file(path, text)
     return path
 
 
