@@ -8,6 +8,12 @@ nearest option named for a misspelled one (``did you mean --max-steps?``) instea
 Every parser refuses unknown arguments itself, a subcommand's parser included, so the suggestion
 comes from the options of the subcommand that was given.
 
+``--help`` is grouped (``add_argument_group``) and ends with examples (``epilog``, printed as written);
+every option's help ends with its default: ``HelpFormatter`` appends argparse's default unless the help
+already says it (``default`` in the text: an option whose real default is resolved later, or comes from
+the environment, says so in words). ``options_without_help`` lists the options of a parser and its
+subcommands that have no help text besides their default (the tests refuse any).
+
 ``number`` parses an int or float option and refuses, at parse time, a value that is not finite
 (``inf``, ``nan``) or not in its range.
 
@@ -17,14 +23,43 @@ import torch.
 import argparse
 import difflib
 import math
+import re
 import sys
 
 SEED_RANGE = (lambda v: 0 <= v < 2**32, "in [0, 2**32 - 1]")  # numpy's (vLLM seeds numpy with it)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Description and epilog as written (the examples keep their lines); each option's help followed by
+    ``(default: X)`` unless it has no default (None, a flag's False) or its help already names one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS)) or not action.option_strings:
+            return text
+        default = action.default
+        if isinstance(default, (list, tuple)):
+            default = " ".join(str(v) for v in default) or "none"
+        return f"{text} (default: {str(default).replace('%', '%%')})".lstrip()
+
+
+def options_without_help(parser):
+    """``["PROG --option", ...]``: the options of ``parser`` and of its subcommands without a help text."""
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                missing += options_without_help(sub)
+        elif (action.option_strings and not isinstance(action, argparse._HelpAction)
+              and not re.sub(r"\(default: [^)]*\)", "", action.help or "").strip()):  # a default alone says nothing
+            missing.append(f"{parser.prog} {action.option_strings[-1]}")
+    return missing
+
+
 class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def parse_known_args(self, args=None, namespace=None):

@@ -40,7 +40,10 @@ from .paths import file_problem
 from .preflight import RequirementError, check_environment
 
 RECIPE_LEARNING_RATE = 1e-6
-DEMO_LEARNING_RATE = 2e-3
+DEMO_LEARNING_RATE = 1e-2
+# the built-in model: a global batch of 4 pairs for 6 epochs, so that the loss visibly falls in the demo
+DEMO_GRAD_ACCUM = 1
+DEMO_EPOCHS = 6
 PEAR_DEFAULTS = PearConfig()
 
 
@@ -59,23 +62,23 @@ class TrainConfig:
     output_dir: str = field(default="outputs/spot", metadata={"help": "checkpoints, metrics, plots"})
     cache_dir: str = field(default="", metadata={"help": "cached reference / behaviour / retain log-probs; empty: OUTPUT_DIR/../.logprob_cache"})
     loss: str = field(default="spot_bco", metadata={"help": "objective", "choices": tuple(OBJECTIVES)})
-    beta: float = 0.1
+    beta: float = field(default=0.1, metadata={"help": "reward scale: r = beta * (log pi(y|x) - log pi_ref(y|x))"})
     delta_mode: str = field(default="cumulative", metadata={"choices": ("cumulative", "ema"), "help": "spot_bco reward shift"})
     delta_decay: float = field(default=0.99, metadata={"help": "ema decay of the reward shift"})
     learning_rate: float = field(default=RECIPE_LEARNING_RATE, metadata={
-        "help": "peak learning rate", "default_help": "1e-6, or 2e-3 for the built-in model"})
-    warmup_ratio: float = 0.05
-    epochs: int = 2
-    per_device_batch: int = 4
-    grad_accum: int = 8
-    max_length: int = 8192
+        "help": "peak learning rate", "default_help": "1e-6, or 1e-2 for the built-in model"})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "share of the steps spent warming the learning rate up (ceil(ratio x steps)), then cosine to 0"})
+    epochs: int = field(default=2, metadata={"help": "passes over the training pairs", "default_help": f"2, or {DEMO_EPOCHS} for the built-in model"})
+    per_device_batch: int = field(default=4, metadata={"help": "pairs per micro-batch on each process (global batch: per_device_batch x grad_accum x processes)"})
+    grad_accum: int = field(default=8, metadata={"help": "micro-batches whose gradients are summed into one optimizer step", "default_help": f"8 (global batch 32 on one process), or {DEMO_GRAD_ACCUM} for the built-in model"})
+    max_length: int = field(default=8192, metadata={"help": "tokens of prompt + answer at most; answers are truncated, a pair whose prompt alone is longer is skipped"})
     render: str = field(default="spot-fast", metadata={"choices": RENDER_MODES, "help": "token layout: spot-fast, or trl020 (the SPoT release's: TRL 0.20 DPOTrainer's)"})
     max_prompt_length: int = field(default=0, metadata={"help": "--render trl020: prompts keep their last N tokens (0: max_length // 2, the SPoT release's setting)"})
     truncation_mode: str = field(default="keep_end", metadata={"choices": TRUNCATION_MODES, "help": "--render trl020: a sequence longer than max_length keeps its last (keep_end) or first (keep_start) tokens"})
-    weight_decay: float = 0.01
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    grad_clip: float = 1.0
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm to this (0: no clipping)"})
     bf16: str = field(default="auto", metadata={"choices": ("auto", "on", "off"), "help": "auto: on with CUDA"})
     gradient_checkpointing: str = field(default="auto", metadata={"choices": ("auto", "on", "off"), "help": "auto: on with CUDA"})
     liger: str = field(default="auto", metadata={"choices": ("auto", "on", "off"), "help": "Liger kernels for the model body; auto: on with CUDA where liger-kernel is installed and supports the model"})
@@ -93,19 +96,19 @@ class TrainConfig:
     behavior_model: str = field(default="", metadata={"help": "PEAR behaviour policy (default: the starting policy), unless the data has behavior_logps"})
     retain_data: str = field(default="", metadata={"help": "prompt + response JSONL; logs retain NLL and KL to the start (forgetting)"})
     retain_every: int = field(default=10, metadata={"help": "optimizer steps between retain-set measurements"})
-    kernel_backend: str = field(default="auto", metadata={"choices": BACKENDS})
+    kernel_backend: str = field(default="auto", metadata={"choices": BACKENDS, "help": "fused LM-head log-prob kernel: triton (CUDA), chunked (PyTorch, any device), eager (materializes the logits; reference only); auto: triton on CUDA, else chunked"})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank: train low-rank adapters (PEFT) on a frozen model; 0: train every weight"})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scale numerator: adapters add (alpha / r) * B A x"})
     lora_targets: str = field(default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
                               metadata={"help": "comma-separated names of the linear layers that get adapters"})
     lora_save_merged: bool = field(default=False, metadata={"help": "also save the final model with its adapters merged (OUTPUT_DIR/final-merged)"})
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: the base model's linear layers in 4-bit NF4 (bitsandbytes), the LM head unquantized; needs --lora-r"})
-    zero_stage: int = field(default=2, metadata={"choices": (0, 1, 2, 3)})
+    zero_stage: int = field(default=2, metadata={"choices": (0, 1, 2, 3), "help": "DeepSpeed ZeRO stage: 0 none, 1 optimizer state, 2 and gradients, 3 and weights partitioned over the processes"})
     offload: str = field(default="none", metadata={"choices": ("none", "optimizer", "params"),
                                                    "help": "keep in CPU memory: the optimizer state (ZeRO >= 1), or that and the weights (ZeRO-3)"})
-    seed: int = 42
+    seed: int = field(default=42, metadata={"help": "seeds the data order, dropout and LoRA initialisation"})
     save_every: int = field(default=0, metadata={"help": "optimizer steps between checkpoints (0: only at the end)"})
-    keep_last: int = 2
+    keep_last: int = field(default=2, metadata={"help": "checkpoint-<step> folders kept (0: all)"})
     save_optimizer_in_final: bool = field(default=False, metadata={
         "help": "also keep the optimizer state (DeepSpeed's engine state: ~12 bytes per trained parameter, ~100 GB "
                 "at 8B) in OUTPUT_DIR/final, so that a larger --max-steps can train on from it; otherwise it is "
@@ -113,7 +116,7 @@ class TrainConfig:
     resume: str = field(default="", metadata={"help": "checkpoint directory, or 'latest' in OUTPUT_DIR: the saved state "
                                                       "with the most steps (a finished run's final/ included)"})
     overwrite: bool = field(default=False, metadata={"help": "start afresh in an OUTPUT_DIR that holds another run's results, deleting them"})
-    log_every: int = 1
+    log_every: int = field(default=1, metadata={"help": "optimizer steps between rows of metrics.jsonl (and TensorBoard / W&B)"})
     report_to: str = field(default="auto", metadata={"choices": ("auto", "none", "tensorboard", "wandb"),
                                                      "help": "where metrics go besides metrics.jsonl; auto: TensorBoard if installed"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0: all epochs)"})
@@ -186,8 +189,8 @@ def changed_on_resume(saved, config):
     now = dataclasses.asdict(config)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     saved = {name: saved.get(name, defaults[name]) for name in now}
-    if saved["learning_rate"] == 0.0:  # written when 0.0 stood for the model's default rate
-        saved["learning_rate"] = default_learning_rate(saved["model"])
+    if saved["learning_rate"] == 0.0:  # written when 0.0 stood for the model's default rate (2e-3 for the built-in)
+        saved["learning_rate"] = 2e-3 if saved["model"] == BUILTIN_MODEL else RECIPE_LEARNING_RATE
     return [(name, saved[name], now[name]) for name in now if name not in RESUME_SAFE and saved[name] != now[name]]
 
 
@@ -241,6 +244,9 @@ def validate(values, sources):
         raise ConfigError(f"--model {model} needs --data: the bundled demo pairs are the default for the built-in "
                           f"model only")
     checked.setdefault("learning_rate", default_learning_rate(model))
+    if model == BUILTIN_MODEL:  # the demo: small steps, several epochs (the recipe's are for real models)
+        checked.setdefault("grad_accum", DEMO_GRAD_ACCUM)
+        checked.setdefault("epochs", DEMO_EPOCHS)
     config = TrainConfig(**checked)
     if config.eval_every and not config.eval_data:
         raise ConfigError("--eval-every needs --eval-data: the held-out pairs to evaluate")
@@ -278,12 +284,42 @@ def check_four_bit(config):
         raise ConfigError("--load-in-4bit needs bitsandbytes, which is not installed (pip install bitsandbytes)")
 
 
+# --help's sections, in order; an option of TrainConfig listed in none lands in "other options"
+HELP_GROUPS = {
+    "data and model": ("model", "data", "data_split", "data_config", "eval_data", "eval_data_split", "max_length",
+                       "render", "max_prompt_length", "truncation_mode", "output_dir", "cache_dir"),
+    "objective": ("loss", "beta", "delta_mode", "delta_decay"),
+    "optimisation": ("learning_rate", "warmup_ratio", "epochs", "max_steps", "per_device_batch", "grad_accum",
+                     "weight_decay", "adam_beta1", "adam_beta2", "grad_clip", "seed"),
+    "memory, speed and parallelism": ("zero_stage", "offload", "bf16", "gradient_checkpointing", "liger", "attention",
+                                      "kernel_backend", "pack", "share_prefix", "max_tokens_per_batch", "sync_debug"),
+    "PEAR": ("pear_level", "pear_clip_low", "pear_clip_high", "pear_weight_min", "pear_weight_max", "pear_gamma",
+             "pear_block_size", "behavior_model"),
+    "LoRA": ("lora_r", "lora_alpha", "lora_targets", "lora_save_merged", "load_in_4bit"),
+    "checkpoints and logging": ("save_every", "keep_last", "save_optimizer_in_final", "resume", "overwrite",
+                                "log_every", "eval_every", "report_to", "retain_data", "retain_every"),
+}
+EXAMPLES = """examples:
+  .venv/bin/python spot_fast/train.py --overwrite       # the demo: built-in tiny model, bundled pairs, CPU is fine
+  .venv/bin/python spot_fast/train.py --model Qwen/Qwen3-8B --data pairs.jsonl --output-dir runs/spot
+  .venv/bin/python -m torch.distributed.run --nproc_per_node=8 spot_fast/train.py --model Qwen/Qwen3-8B \\
+      --data pairs.jsonl --per-device-batch 1 --grad-accum 4        # 8 GPUs, global batch 32
+  .venv/bin/python spot_fast/train.py --config my_run.yaml --learning-rate 2e-6   # flags override the YAML
+  .venv/bin/python spot_fast/train.py --output-dir runs/spot --resume latest      # go on after an interrupt"""
+
+
 def build_parser():
-    parser = ArgumentParser(prog="spot_fast/train.py", description="Train a causal LM with SPoT and its baselines.")
+    """The trainer's parser: every option of ``TrainConfig`` in its ``HELP_GROUPS`` section, with its help
+    and default (``default_help`` where the default depends on other options). argparse's defaults are
+    None, so that a YAML value is overridden only by a flag that was given."""
+    parser = ArgumentParser(prog="spot_fast/train.py", description="Train a causal LM with SPoT and its baselines.",
+                            epilog=EXAMPLES)
     parser.add_argument("--config", help="YAML file of options (keys as below, with underscores); flags override it")
+    group_of = {name: title for title, names in HELP_GROUPS.items() for name in names}
+    groups = {title: parser.add_argument_group(title) for title in (*HELP_GROUPS, "other options")}
     for f in dataclasses.fields(TrainConfig):
         help_text = f.metadata.get("help", "")
-        default = f.metadata.get("default_help", repr(f.default))
+        default = f.metadata.get("default_help", "none" if f.default == "" else str(f.default))
         kwargs = {"help": f"{help_text} (default: {default})".lstrip(), "default": None}
         if isinstance(f.default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -291,7 +327,7 @@ def build_parser():
             kwargs["type"] = type(f.default)
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
-        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+        groups[group_of.get(f.name, "other options")].add_argument("--" + f.name.replace("_", "-"), **kwargs)
     return parser
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .noise import quiet_op_load
+
 
 def _free_port():
     with socket.socket() as s:
@@ -61,7 +63,8 @@ def start_distributed():
     else:
         device = torch.device("cpu")
         announce_communication_op_build(directory)
-    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+    with quiet_op_load():  # DeepSpeed loads (and once builds) its CPU communication op here
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), device
 
 

@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from spot_fast import run_dir
+from spot_fast import run_dir, summary
 from spot_fast.attention import ATTENTION_BACKENDS, choose_attention
 from spot_fast.checkpoint import (FINAL, TrainingState, checkpoints, has_engine_state, load_checkpoint, prune_checkpoints,
                                   save_checkpoint, saved_step)
@@ -56,7 +56,7 @@ from spot_fast.metrics import MetricsLog, MetricsWindow, plot_metrics
 from spot_fast.models import ModelError, check_model_name, hidden_size, load_model, load_tokenizer, model_identity
 from spot_fast.noise import silence_known_noise
 from spot_fast.objective import Objective, micro_batch_loss
-from spot_fast.preflight import cuda_available, liger_choice, startup_lines
+from spot_fast.preflight import cuda_available, liger_choice
 from spot_fast.scoring import Scorer
 from spot_kernels import RewardShift, resolve_backend
 
@@ -144,8 +144,7 @@ def set_up(config):
     rank 0; nothing is loaded or written)."""
     world, is_main = int(os.environ.get("WORLD_SIZE", "1")), os.environ.get("RANK", "0") == "0"
     resume_from = run_dir.prepare(config, world)
-    if is_main:
-        print("\n".join(startup_lines(config)))
+    summary.mark_start()
     tokenizer = load_tokenizer(config.model)
     pairs, stats, eval_pairs, retain_pairs = read_data(config, tokenizer)
     if config.needs_behavior and config.behavior_model:
@@ -170,19 +169,12 @@ def set_up(config):
     torch.manual_seed(config.seed)
     bf16 = on_when_auto(config.bf16, device)
     dtype = torch.bfloat16 if bf16 else torch.float32
-    if rank == 0:
-        prompts = (f"{stats.truncated_prompts} prompts truncated ({stats.prompt_cut_for_longer} cut for the longer "
-                   f"answer), " if config.render == "trl020" else "")
-        print(f"data: {stats.pairs} {'pairs' if config.needs_rejected else 'examples'}, {stats.skipped_long_prompt} "
-              f"skipped (prompt longer than max_length), {stats.truncated_completions} completions truncated, "
-              f"{prompts}{order.left_out_per_epoch} left out per epoch; {order.total_steps} optimizer steps on "
-              f"{world} process(es), {device.type}")
-        if grad_accum_note(config, bf16):
-            print(grad_accum_note(config, bf16))
-
     attention, why = choose_attention(config.attention, device)
-    if rank == 0:
-        print(f"attention: {attention} ({why})")
+    if rank == 0:  # one block: what the run is about to do (spot_fast/summary.py)
+        print("\n".join(summary.start_block(config, world=world, device=device, dtype=dtype, pairs=pairs, stats=stats,
+                                            order=order, attention=(attention, why),
+                                            kernel_backend=resolve_backend(config.kernel_backend, device, dtype),
+                                            notes=[grad_accum_note(config, bf16)])), flush=True)
     engine_config = deepspeed_config(config, bf16, device, hidden_size(config.model))
     policy = load_policy(config.model, config, dtype, device, attention, engine_config if config.zero_stage == 3 else None)
     if on_when_auto(config.gradient_checkpointing, device):
@@ -341,7 +333,7 @@ def train(run):
                     prune_checkpoints(run.output_dir, config.keep_last)
     if host_syncs is not None and run.is_main:
         host_syncs.write(run.output_dir / "host_syncs.json", order.total_steps - first_step)
-    finish(run)
+    finish(run, first_step)
 
 
 def evaluate(run):
@@ -350,7 +342,7 @@ def evaluate(run):
     return run.held_out.measure(run.engine.module, run.objective, desc="evaluation" if run.is_main else None)
 
 
-def finish(run):
+def finish(run, first_step=0):
     """The final model (with the last evaluation, taken in the loop after the last step, in its
     training state), the merged copy, the plot."""
     if run.held_out is not None and run.is_main:
@@ -362,7 +354,9 @@ def finish(run):
     run.log.close()
     if run.is_main:
         plot_metrics(run.log.path, run.output_dir / "training.png")
-        print(f"model saved to {final}; metrics in {run.log.path}; plot in {run.output_dir / 'training.png'}")
+        merged = run.output_dir / "final-merged"
+        print("\n".join(summary.end_block(run.output_dir, run.log.path, final, first_step, run.state.step,
+                                          [("merged model", merged), ("host syncs", run.output_dir / "host_syncs.json")])))
 
 
 class Terminated(KeyboardInterrupt):
@@ -401,7 +395,9 @@ def resume_command(argv, world, local_world):
             options.append(arg)
     script = os.path.relpath(__file__)
     script = __file__ if script.startswith("..") else script
-    launcher = ["python"] if world == 1 else ["torchrun", f"--nproc_per_node={local_world}"]
+    python = os.path.relpath(sys.executable)  # as the README writes it: .venv/bin/python
+    python = sys.executable if python.startswith("..") else python
+    launcher = [python] + ([] if world == 1 else ["-m", "torch.distributed.run", f"--nproc_per_node={local_world}"])
     nodes = "" if world == local_world else f"on each of the {world // local_world} nodes: "
     return nodes + shlex.join(launcher + [script] + options + ["--resume", "latest"])
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from spot_fast.batching import pair_tokens
 from spot_fast.checkpoint import checkpoints, has_engine_state, prune_checkpoints
-from spot_fast.config import TrainConfig
+from spot_fast.config import DEMO_LEARNING_RATE, TrainConfig
 from spot_fast.data import load_pairs
 from spot_fast.example_order import ExampleOrder
 from spot_fast.models import ASSETS, BUILTIN_MODEL, load_tokenizer
@@ -200,8 +200,10 @@ def test_a_signal_ends_the_run_with_one_line_that_says_how_to_resume(tmp_path):
         match = re.fullmatch(r"interrupted at step (\d+); last checkpoint (\S+); continue with: (.+)", message)
         assert match, message
         assert int(match[1]) >= checkpoint_step and match[2] == str(checkpoints(output_dir)[-1])
-        assert match[3] == shlex.join(["python", "spot_fast/train.py", *args, "--resume", "latest"])
+        python = os.path.relpath(sys.executable, REPO)  # the python the run was started with, as the README writes it
+        python = sys.executable if python.startswith("..") else python
+        assert match[3] == shlex.join([python, "spot_fast/train.py", *args, "--resume", "latest"])
         command = [sys.executable] + shlex.split(match[3])[1:]
     assert "resumed from" in output
     state = json.loads((checkpoints(output_dir)[-1] / "trainer_state.json").read_text())
-    assert state["config"]["learning_rate"] == 2e-3
+    assert state["config"]["learning_rate"] == DEMO_LEARNING_RATE

@@ -14,7 +14,7 @@ import pytest
 
 from spot_fast import run_dir
 from spot_fast import train as train_module
-from spot_fast.config import RESUME_SAFE, ConfigError, TrainConfig, parse_config, validate
+from spot_fast.config import DEMO_EPOCHS, DEMO_GRAD_ACCUM, DEMO_LEARNING_RATE, RESUME_SAFE, ConfigError, TrainConfig, parse_config, validate
 from spot_fast.data import DataError, load_pairs
 from spot_fast.models import BUILTIN_MODEL, ModelError, load_model, load_tokenizer
 from spot_fast.rectify.jsonl import InputError, read_jsonl
@@ -71,26 +71,31 @@ def test_yaml_numbers_are_typed_and_flags_win(tmp_path):
 def test_the_default_learning_rate_is_resolved_to_the_rate_used(tmp_path, capsys):
     """The default rate depends on the model; the config holds the rate the run uses (what a checkpoint
     stores and a resume compares), and --help says what the default is."""
-    assert parse_config([]).learning_rate == 2e-3
+    assert parse_config([]).learning_rate == DEMO_LEARNING_RATE == 1e-2
     assert parse_config(["--model", "/models/qwen3-8b", "--data", "pairs.jsonl"]).learning_rate == 1e-6
     assert parse_config(["--learning-rate", "5e-4"]).learning_rate == 5e-4
     with pytest.raises(SystemExit):
         parse_config(["--help"])
-    assert "(default: 1e-6, or 2e-3 for the built-in model)" in " ".join(capsys.readouterr().out.split())
-    fake_checkpoint(tmp_path, 2, learning_rate=parse_config([]).learning_rate)
-    assert run_dir.prepare(parse_config(["--output-dir", str(tmp_path), "--resume", "latest", "--learning-rate", "2e-3"]),
+    assert "(default: 1e-6, or 1e-2 for the built-in model)" in " ".join(capsys.readouterr().out.split())
+    fake_checkpoint(tmp_path, 2, **DEMO)
+    assert run_dir.prepare(parse_config(["--output-dir", str(tmp_path), "--resume", "latest", "--learning-rate", "1e-2"]),
                            world=1) == tmp_path / "checkpoint-2"
-    with pytest.raises(ConfigError, match="learning_rate: 0.002 in the checkpoint, 0.001 now"):
+    with pytest.raises(ConfigError, match="learning_rate: 0.01 in the checkpoint, 0.001 now"):
         run_dir.prepare(parse_config(["--output-dir", str(tmp_path), "--resume", "latest", "--learning-rate", "1e-3"]),
                         world=1)
 
 
 def test_a_checkpoint_that_stored_0_for_the_default_rate_stored_the_models_default(tmp_path):
-    fake_checkpoint(tmp_path, 2, learning_rate=0.0)
-    assert run_dir.prepare(parse_config(["--output-dir", str(tmp_path), "--resume", "latest"]), world=1)
+    fake_checkpoint(tmp_path, 2, **{**DEMO, "learning_rate": 0.0})  # the built-in model's default then: 2e-3
+    assert run_dir.prepare(parse_config(["--output-dir", str(tmp_path), "--resume", "latest", "--learning-rate", "2e-3"]),
+                           world=1)
     with pytest.raises(ConfigError, match="learning_rate: 0.002 in the checkpoint, 0.001 now"):
         run_dir.prepare(parse_config(["--output-dir", str(tmp_path), "--resume", "latest", "--learning-rate", "1e-3"]),
                         world=1)
+
+
+# what parse_config resolves for the built-in model where the options leave them out
+DEMO = {"learning_rate": DEMO_LEARNING_RATE, "grad_accum": DEMO_GRAD_ACCUM, "epochs": DEMO_EPOCHS}
 
 
 def fake_checkpoint(output_dir, step, world=1, **settings):

@@ -5,6 +5,7 @@ are shared by several tests through module fixtures to keep the suite fast on tw
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 from spot_fast import train as train_module
 from spot_fast.checkpoint import has_engine_state
 from spot_fast.config import TrainConfig
-from spot_fast.batching import collate
+from spot_fast.batching import collate, pair_tokens
 from spot_fast.data import DataError, completion_ids, load_pairs
 from spot_fast.models import ASSETS, BUILTIN_MODEL, load_model, load_tokenizer
 from spot_fast.logprob_head import batch_logps, install_logprob_head
@@ -158,6 +159,48 @@ def test_run_saves_a_loadable_model_metrics_and_plot(runs):
     assert [r["lr"] for r in rows] == pytest.approx(used, rel=1e-9) and used[0] == 0 and used[-1] > 0
     assert not list(root.glob("a/.tmp-*"))  # no partial checkpoint left
     assert "reference log-probs of pairs.jsonl computed" in a.stdout
+
+
+def block(output, title):
+    """The lines of the summary block that starts with ``title`` (its indented lines), as name -> text."""
+    lines = output.splitlines()
+    rows = lines[lines.index(title) + 1:]
+    rows = rows[:next((i for i, line in enumerate(rows) if not line.startswith("  ")), len(rows))]
+    return dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in rows)
+
+
+def test_the_run_says_what_it_will_do_and_what_it_did(runs):
+    """One start block (after the data is read; what auto chose and why) and one end block (time,
+    tokens/s, final metrics, every output); none of DeepSpeed's accelerator and op-build lines."""
+    root, a, _, _ = runs
+    output = a.stdout + a.stderr
+    start = block(a.stdout, "run:")
+    assert {"model", "devices", "data", "tokens", "batch", "steps", "attention", "LM head", "Liger", "metrics"} <= set(start)
+    assert start["model"].startswith(BUILTIN_MODEL) and start["devices"].startswith("1 process(es), cpu")
+    assert start["data"].startswith("240 pairs from ") and "left out per epoch" in start["data"]
+    tokens = re.fullmatch(r"([\d,]+) forwarded per epoch with pair trees, ([\d,]+) without: shared-prefix ratio ([\d.]+)%",
+                          start["tokens"])
+    pairs = load_pairs(ASSETS / "pairs.jsonl", load_tokenizer(BUILTIN_MODEL), 8192)[0]
+    with_trees, without = (sum(pair_tokens(p, share) for p in pairs) for share in (True, False))
+    assert tokens and int(tokens[1].replace(",", "")) == with_trees and int(tokens[2].replace(",", "")) == without
+    assert float(tokens[3]) == pytest.approx(100 * (1 - with_trees / without), abs=0.05) and with_trees < without
+    assert start["batch"].startswith("4 pairs per optimizer step = 4 per device x 1 accumulated x 1 process(es)")
+    assert start["steps"].startswith("4 optimizer steps")
+    assert start["attention"].startswith("sdpa (auto") and start["LM head"].startswith("chunked (auto")
+    assert a.stdout.index("run:") < a.stdout.index("reference log-probs of pairs.jsonl")  # before the work
+    end = block(a.stdout, "done:")
+    assert re.fullmatch(r"[\d.]+ s wall, [\d.]+ s in training steps 1-4", end["time"]), end["time"]
+    rows = [r for r in logged_steps(root / "a")]
+    forwarded = sum(r["tokens/forwarded"] for r in rows)
+    assert end["tokens/s"].endswith(f"({forwarded:,} tokens forwarded)")
+    assert end["final"].startswith(f"step 4: loss {rows[-1]['loss']:.4g}, rewards/margin") and "eval/nll" in end["final"]
+    assert end["model"] == f"model saved to {root / 'a' / 'final'}"
+    assert end["checkpoints"] == str(root / "a" / "checkpoint-2") and end["metrics"] == str(root / "a" / "metrics.jsonl")
+    assert end["plot"] == str(root / "a" / "training.png")
+    if (root / "a" / "config.yaml").exists():
+        assert end["config"] == str(root / "a" / "config.yaml")
+    for noise in ("Setting accelerator to CPU", "built successfully"):
+        assert noise not in output
 
 
 def test_evaluation_at_the_end_equals_the_models_own_logits(runs):

@@ -35,19 +35,30 @@ def samples_per_benchmark(values, names):
     return {name: overrides.get(name, default) for name in names}
 
 
+EXAMPLES = """examples:
+  # the rectification demo's trained model (README) on the bundled tiny benchmarks, CPU
+  .venv/bin/spot-fast-eval --model spot=outputs/spot-rect/final --samples 2 --max-new-tokens 64 --output-dir runs/eval-demo
+  # base against trained, several repetitions on a GPU
+  .venv/bin/spot-fast-eval --model base=Qwen/Qwen3-8B --model spot=runs/qwen3-8b-spot/final --backend vllm \\
+      --benchmarks data/math500.jsonl --samples 5
+  # every checkpoint of a training run: accuracy against the step
+  .venv/bin/spot-fast-eval --checkpoints runs/qwen3-8b-spot --benchmarks data/math500.jsonl --samples 5"""
+
+
 def parser():
     p = ArgumentParser(prog=PROG, description="Evaluate models on benchmarks: avg@k +- std, pass@k, "
-                                "response length, truncation; results.json, results.md and plots.")
-    p.add_argument("--model", action="append", default=[], metavar="[LABEL=]PATH",
-                   help="a model directory, hub id or builtin:tiny-qwen3; repeat to compare models")
-    p.add_argument("--checkpoints", metavar="RUN_DIR",
-                   help="evaluate every checkpoint-<step> and final of a training run; plot accuracy by step")
-    p.add_argument("--benchmarks", nargs="+", type=Path, default=BUNDLED_BENCHMARKS, metavar="FILE",
-                   help="benchmark JSONL files (default: the bundled tiny benchmarks)")
-    p.add_argument("--samples", nargs="+", default=["1"], metavar="K|NAME=K",
-                   help="repetitions per problem: K for all (default 1), NAME=K for one benchmark (e.g. 5 aime24=16)")
-    p.add_argument("--limit", type=positive_int, help="use only the first N problems of each benchmark")
-    p.add_argument("--output-dir", type=Path, default=Path("eval"), help="where results and samples go")
+                                "response length, truncation; results.json, results.md and plots.", epilog=EXAMPLES)
+    what = p.add_argument_group("models and benchmarks")
+    what.add_argument("--model", action="append", default=[], metavar="[LABEL=]PATH",
+                      help="a model directory, hub id or builtin:tiny-qwen3; repeat to compare models (default: none)")
+    what.add_argument("--checkpoints", metavar="RUN_DIR",
+                      help="evaluate every checkpoint-<step> and final of a training run; plot accuracy by step")
+    what.add_argument("--benchmarks", nargs="+", type=Path, default=BUNDLED_BENCHMARKS, metavar="FILE",
+                      help="benchmark JSONL files (default: the bundled tiny benchmarks)")
+    what.add_argument("--samples", nargs="+", default=["1"], metavar="K|NAME=K",
+                      help="repetitions per problem: K for all (default 1), NAME=K for one benchmark (e.g. 5 aime24=16)")
+    what.add_argument("--limit", type=positive_int, help="use only the first N problems of each benchmark (default: all)")
+    what.add_argument("--output-dir", type=Path, default=Path("eval"), help="where results and samples go")
     add_sampling_arguments(p, max_new_tokens=32768)
     return p
 

@@ -90,13 +90,21 @@ def run_build(args):
     return build(args.workdir, model_name(args.tokenizer, "--tokenizer"), examples=args.examples)
 
 
+EXAMPLES = """examples (the CPU demo: built-in tiny model, a demonstration Oracle):
+  .venv/bin/spot-fast-rectify elicit  --workdir runs/rect --problems spot_fast/assets/problems.jsonl --samples 2 --max-new-tokens 64
+  .venv/bin/spot-fast-rectify correct --workdir runs/rect --oracle-callable spot_fast.rectify.oracle:replace_final_answer
+  .venv/bin/spot-fast-rectify verify  --workdir runs/rect
+  .venv/bin/spot-fast-rectify build   --workdir runs/rect
+each stage has its own options: .venv/bin/spot-fast-rectify STAGE --help"""
+
+
 def parser():
     p = ArgumentParser(prog=PROG, description="SPoT data rectification: elicit errors, "
-                                "correct them with an Oracle, verify and filter, build training pairs.")
+                                "correct them with an Oracle, verify and filter, build training pairs.", epilog=EXAMPLES)
     stages = p.add_subparsers(dest="stage", required=True)
 
     def stage(name, run, help_text):
-        sp = stages.add_parser(name, help=help_text, description=help_text)
+        sp = stages.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES)
         sp.add_argument("--workdir", required=True, help="folder of the stage files")
         sp.set_defaults(run=run)
         return sp
@@ -105,22 +113,24 @@ def parser():
     e.add_argument("--problems", required=True, help="JSONL: question|prompt, answer|ground_truth, id")
     e.add_argument("--model", help="local path or hub id (default: the built-in tiny model)")
     e.add_argument("--samples", type=positive_int, default=1, help="answers per problem")
-    e.add_argument("--limit", type=positive_int, help="use only the first N problems")
+    e.add_argument("--limit", type=positive_int, help="use only the first N problems (default: all)")
     add_sampling_arguments(e, max_new_tokens=2048)
 
     c = stage("correct", run_correct, "have an Oracle rewrite each wrong answer with minimal edits")
     c.add_argument("--oracle-callable", metavar="MODULE:FUNCTION",
-                   help="a Python Oracle f(question, wrong_answer, ground_truth) -> str | None")
+                   help="a Python Oracle f(question, wrong_answer, ground_truth) -> str | None (default: none; "
+                        "else --base-url and --oracle-model)")
     c.add_argument("--base-url", default=os.environ.get("SPOT_ORACLE_BASE_URL"),
-                   help="OpenAI-compatible endpoint, e.g. https://host/v1 (env SPOT_ORACLE_BASE_URL)")
+                   help="OpenAI-compatible endpoint, e.g. https://host/v1 (default: $SPOT_ORACLE_BASE_URL)")
     c.add_argument("--oracle-model", default=os.environ.get("SPOT_ORACLE_MODEL"),
-                   help="model name sent to the endpoint (env SPOT_ORACLE_MODEL)")
+                   help="model name sent to the endpoint (default: $SPOT_ORACLE_MODEL)")
     c.add_argument("--api-key", default=os.environ.get("SPOT_ORACLE_API_KEY"),
-                   help="bearer token (prefer env SPOT_ORACLE_API_KEY)")
+                   help="bearer token (default: $SPOT_ORACLE_API_KEY, which keeps it out of the command line)")
     c.add_argument("--concurrency", type=positive_int, default=8, help="Oracle calls in flight at most")
     c.add_argument("--timeout", type=number(float, lambda v: v > 0, "> 0"), default=600.0,
                    help="seconds per attempt (socket timeout)")
-    c.add_argument("--max-retries", type=number(int, lambda v: v >= 0, ">= 0"), default=6)
+    c.add_argument("--max-retries", type=number(int, lambda v: v >= 0, ">= 0"), default=6,
+                   help="retries of a failed Oracle call (HTTP 429 and 5xx, timeouts), with exponential backoff")
     c.add_argument("--backoff", type=number(float, lambda v: v >= 0, ">= 0"), default=1.0,
                    help="base seconds of the exponential backoff")
     c.add_argument("--max-connection-failures", type=positive_int, default=32,
@@ -130,7 +140,7 @@ def parser():
                    help="replies without a marked correction (one per run) before an answer is final "
                         "without a correction")
     c.add_argument("--thinking-budget", type=number(int, lambda v: v >= -1, ">= -1 (-1: dynamic)"),
-                   help="Gemini thinking budget (sent as extra_body.google.thinking_config.thinking_budget)")
+                   help="Gemini thinking budget (sent as extra_body.google.thinking_config.thinking_budget; default: not sent)")
     c.add_argument("--extra-body", default="{}",
                    help="JSON object merged into every request body (temperature, max_tokens, ...)")
 

@@ -27,14 +27,19 @@ positive_int = number(int, lambda v: v >= 1, ">= 1")
 
 def add_sampling_arguments(parser, max_new_tokens):
     """The model and sampling options of a command that samples (read back by ``sampling_settings``
-    and ``generation.generator_loader``)."""
-    parser.add_argument("--backend", choices=list(BACKEND_NAMES), default="hf")
+    and ``generation.generator_loader``), in their own section of ``--help``."""
+    parser = parser.add_argument_group("model and sampling")
+    parser.add_argument("--backend", choices=list(BACKEND_NAMES), default="hf",
+                        help="hf: transformers' generate; vllm: vLLM (GPU, installed separately)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="answers per generate call")
-    parser.add_argument("--temperature", type=number(float, lambda v: v > 0, "> 0"), default=Sampling.temperature)
-    parser.add_argument("--top-p", type=number(float, lambda v: 0 < v <= 1, "in (0, 1]"), default=Sampling.top_p)
+    parser.add_argument("--temperature", type=number(float, lambda v: v > 0, "> 0"), default=Sampling.temperature,
+                        help="sampling temperature")
+    parser.add_argument("--top-p", type=number(float, lambda v: 0 < v <= 1, "in (0, 1]"), default=Sampling.top_p,
+                        help="nucleus sampling: keep the most likely tokens up to this probability mass")
     parser.add_argument("--top-k", type=number(int, lambda v: v >= 0, ">= 0"), default=Sampling.top_k,
                         help="0: no top-k cut")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens,
+                        help="tokens generated per answer at most; a longer answer is cut and counted as truncated")
     parser.add_argument("--seed", type=number(int, *SEED_RANGE), default=Sampling.seed,
                         help="with the id of a sample (its problem and repetition), seeds that sample alone")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
