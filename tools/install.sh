@@ -33,9 +33,15 @@ if torch_version=$(version_of torch); then
 else
     echo "install: no torch found; installing torch ${TORCH_INDEX_URL:+from $TORCH_INDEX_URL}"
     grep -v '^#' requirements/cpu-torch.txt > "$constraints"
+    echo "install: torch is large (hundreds of MB to GBs with the CUDA libraries); pip is quiet while it downloads"
     "${pip[@]}" -c "$constraints" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch
 fi
+echo "install: [1/4] triton, setuptools, wheel"
 "${pip[@]}" -c "$constraints" triton setuptools wheel
+echo "install: [2/4] the pinned requirements (requirements/base.txt: transformers, TensorBoard, ...; a few minutes on a fresh machine)"
 "${pip[@]}" -c "$constraints" -r requirements/base.txt
+echo "install: [3/4] DeepSpeed 0.19.8, built against this torch (a minute or two)"
 "${pip[@]}" -c "$constraints" --no-build-isolation deepspeed==0.19.8
+echo "install: [4/4] spot-fast itself (editable)"
 "${pip[@]}" -c "$constraints" --no-build-isolation --no-deps -e .
+echo "install: done; $venv is ready (the first training run on a CPU also builds DeepSpeed's communication op once, a minute or more)"
