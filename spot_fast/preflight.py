@@ -2,8 +2,8 @@
 
 ``check_environment`` runs inside ``config.parse_config``: before the data is read, the process group
 started or transformers imported. Each failure is one ``RequirementError`` line that names the
-option and the fix (the install command); an ``auto`` option resolves to what is there, and
-``startup_lines`` says what it chose and why. Packages are looked up with ``importlib.util.find_spec``
+option and the fix (the install command); an ``auto`` option resolves to what is there (the run's
+start summary, ``summary.py``, says what it chose and why). Packages are looked up with ``importlib.util.find_spec``
 (nothing is imported), except Liger where it would run: its import says which architectures it
 has kernels for.
 
@@ -176,13 +176,3 @@ def check_environment(config):
         check_hub_reachable("--behavior-model", config.behavior_model)
     liger_choice(config.liger, config.model, cuda_available())
 
-
-def startup_lines(config):
-    """What the ``auto`` options chose, one line each, for the start of a run."""
-    applied, why = liger_choice(config.liger, config.model, cuda_available())
-    report = report_to_choice(config.report_to)
-    lines = [f"Liger kernels: {'on' if applied else 'off'} ({why})"]
-    if config.report_to == "auto":
-        lines.append(f"metrics: metrics.jsonl{' and TensorBoard' if report == 'tensorboard' else ''} "
-                     f"(--report-to auto: tensorboard is {'' if report == 'tensorboard' else 'not '}installed)")
-    return lines
