@@ -31,6 +31,7 @@ import yaml
 from spot_kernels import BACKENDS, PEAR_LEVELS, PearConfig
 
 from .cli import SEED_RANGE, ArgumentParser
+from .activation_checkpointing import MODES as CHECKPOINTING_MODES
 from .attention import ATTENTION_BACKENDS
 from .crash_safe import write_file
 from .data import RENDER_MODES, TRUNCATION_MODES, TokenLayout
@@ -80,7 +81,7 @@ class TrainConfig:
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm to this (0: no clipping)"})
     bf16: str = field(default="auto", metadata={"choices": ("auto", "on", "off"), "help": "auto: on with CUDA"})
-    gradient_checkpointing: str = field(default="auto", metadata={"choices": ("auto", "on", "off"), "help": "auto: on with CUDA"})
+    gradient_checkpointing: str = field(default="auto", metadata={"choices": CHECKPOINTING_MODES, "help": "what each layer's backward recomputes: on: its whole forward (least memory); selective: the cheap ops only, matmul and attention outputs kept; selective-half: also every second matmul; off: nothing (most memory); auto: on with CUDA"})
     liger: str = field(default="auto", metadata={"choices": ("auto", "on", "off"), "help": "Liger kernels for the model body; auto: on with CUDA where liger-kernel is installed and supports the model"})
     pack: str = field(default="on", metadata={"choices": ("on", "off"), "help": "pack sequences without padding"})
     share_prefix: str = field(default="on", metadata={"choices": ("on", "off"), "help": "forward each pair as a tree: prompt and common answer prefix once"})

@@ -38,6 +38,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from spot_fast import run_dir, summary
+from spot_fast import activation_checkpointing
 from spot_fast.attention import ATTENTION_BACKENDS, choose_attention
 from spot_fast.checkpoint import (FINAL, TrainingState, checkpoints, has_engine_state, load_checkpoint, prune_checkpoints,
                                   save_checkpoint, saved_step)
@@ -177,8 +178,8 @@ def set_up(config):
                                             notes=[grad_accum_note(config, bf16)])), flush=True)
     engine_config = deepspeed_config(config, bf16, device, hidden_size(config.model))
     policy = load_policy(config.model, config, dtype, device, attention, engine_config if config.zero_stage == 3 else None)
-    if on_when_auto(config.gradient_checkpointing, device):
-        policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    activation_checkpointing.enable(policy.model, activation_checkpointing.resolve(config.gradient_checkpointing,
+                                                                                   device.type == "cuda"))
     policy.train()
     engine = build_engine(policy, config, engine_config, config.learning_rate, order.total_steps)
     if rank == 0 and config.lora_r:

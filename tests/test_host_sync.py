@@ -1,10 +1,11 @@
 """No host synchronisation inside a training step, one batched read per logged step.
 
 Real runs of the trainer (built-in model, bundled pairs, DeepSpeed; spot_bco on packed pair trees,
-dpo on padded sequences, PEAR, spot_bco with varlen attention) each take one ``optimizer_step`` of two micro-batches under
-``HostReads`` (tests/host_reads.py), which records by call site every call that would make the host
-wait for the accelerator (tests/step_host_reads.py; one subprocess for the three runs, ~25 s). On a
-GPU each such call stalls the queue of kernels; here it fails the test, naming the site. DeepSpeed's
+dpo on padded sequences, PEAR, spot_bco with varlen attention, with selective and with full
+recompute) each take one ``optimizer_step`` of two micro-batches under ``HostReads``
+(tests/host_reads.py), which records by call site every call that would make the host wait for the
+accelerator (tests/step_host_reads.py; one subprocess for the runs, ~40 s). On a GPU each such call
+stalls the queue of kernels; here it fails the test, naming the site. DeepSpeed's
 and transformers' own reads are theirs, printed but not counted; the trainer's and the kernels' must
 be none. The logged row's metrics and the gradient norm come to the host in one read. Batches and
 reference rows bound for CUDA are copied from pinned memory (a copy from pageable memory blocks the
@@ -30,7 +31,9 @@ COMMON = "--max-steps 1 --per-device-batch 2 --grad-accum 2 --learning-rate 1e-3
 RUNS = {"spot_bco": f"{COMMON} --loss spot_bco",
         "dpo": f"{COMMON} --loss dpo --pack off --share-prefix off",
         "pear": f"{COMMON} --loss pear --pear-level block --pear-block-size 4",
-        "varlen": f"{COMMON} --loss spot_bco --attention varlen"}
+        "varlen": f"{COMMON} --loss spot_bco --attention varlen",
+        "selective": f"{COMMON} --loss spot_bco --gradient-checkpointing selective",
+        "full recompute": f"{COMMON} --loss spot_bco --gradient-checkpointing on"}
 # On the CPU varlen attention runs its reference, which reads each segment's bounds on the host; the CUDA
 # kernel it stands in for takes them on the device (spot_fast/varlen_attention.py)
 CPU_STAND_INS = ("(reference_varlen_attn)",)
@@ -64,6 +67,13 @@ def test_a_logged_row_is_one_read(reads, objective):
     result = reads[RUNS[objective]]
     assert sum(result["row"].values()) == 1, f"the logged row reads the device more than once: {result['row']}"
     assert {"loss", "grad_norm", "chosen/nll"} <= set(result["row_names"])
+
+
+def test_the_checkpointing_mode_reaches_the_model(reads):
+    """train.py applies --gradient-checkpointing: a step of the same micro-batches runs the linear
+    layers' matmuls of no recompute (auto on the CPU) under selective, and more under on."""
+    matmuls = {name: reads[RUNS[name]]["matmuls"] for name in ("spot_bco", "selective", "full recompute")}
+    assert matmuls["selective"] == matmuls["spot_bco"] < matmuls["full recompute"], matmuls
 
 
 def a_synchronising_call():

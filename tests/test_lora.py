@@ -22,10 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN = [str(REPO / "spot_fast" / "train.py"), "--max-steps", "4", "--grad-accum", "1", "--learning-rate", "2e-2",
          "--epochs", "1", "--eval-data", str(ASSETS / "eval_pairs.jsonl"), "--lora-save-merged",
          "--lora-r", "4", "--lora-alpha", "8", "--lora-targets", "q_proj,v_proj,down_proj"]
-LAUNCHES = {  # the same 4 steps of 4 pairs: one process, or 2 pairs on each of 2 ZeRO-3 processes
+LAUNCHES = {  # the same 4 steps of 4 pairs: one process, or 2 pairs on each of 2 ZeRO-3 processes, which
+    # recompute selectively (each mode with LoRA: tests/test_activation_checkpointing.py)
     "one": [sys.executable] + TRAIN + ["--per-device-batch", "4"],
     "zero3": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] + TRAIN
-             + ["--per-device-batch", "2", "--zero-stage", "3"],
+             + ["--per-device-batch", "2", "--zero-stage", "3", "--gradient-checkpointing", "selective"],
 }
 
 

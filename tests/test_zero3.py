@@ -38,6 +38,10 @@ SPLITS = {
     "pear": (["--per-device-batch", "4", "--grad-accum", "1", "--max-tokens-per-batch", "150"],
              ["--per-device-batch", "2", "--grad-accum", "1", "--max-tokens-per-batch", "150"]),
 }
+# each objective's ZeRO-3 run recomputes in another --gradient-checkpointing mode (the one-process and
+# ZeRO-2 runs recompute nothing, auto on the CPU; spot_bco's resume from its ZeRO-3 checkpoint neither):
+# ZeRO-3 gathers a layer's weights inside the checkpointed region, again in the recompute
+CHECKPOINTING = {"spot_bco": "selective", "dpo": "on", "pear": "selective-half"}
 STEP_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margin", "grad_norm")
 # token means, pooled over micro-batches and ranks by tokens: the same however a step's pairs are split
 TOKEN_METRICS = ("chosen/nll", "chosen/entropy")
@@ -77,7 +81,8 @@ def three_ways(request, tmp_path_factory):
     each), in the micro-batches of ``SPLITS``. spot_bco measures a retain set (scoring with uneven
     shares: 7 batches on 2 ranks) and ZeRO-3 saves at step 2; dpo and pear evaluate held-out pairs at
     the end. pear's behaviour log-probs are the starting policy's, scored per token before the first
-    step. The ZeRO-3 run counts its engine's forwards (``count_forwards.py``)."""
+    step. The ZeRO-3 run counts its engine's forwards (``count_forwards.py``) and recomputes in the
+    mode ``CHECKPOINTING`` gives the objective."""
     loss = request.param
     root = tmp_path_factory.mktemp(loss)
     extra = ["--loss", loss]
@@ -98,7 +103,8 @@ def three_ways(request, tmp_path_factory):
     else:
         run(TORCHRUN + two + cache + ["--zero-stage", "2", "--output-dir", str(root / "zero2")])
     counted = [str(REPO / "tests" / "count_forwards.py"), str(root / "forwards")] + options
-    run(TORCHRUN + counted + cache + ["--zero-stage", "3", "--save-every", "2", "--output-dir", str(root / "zero3")])
+    run(TORCHRUN + counted + cache + ["--zero-stage", "3", "--save-every", "2", "--gradient-checkpointing", CHECKPOINTING[loss],
+                                      "--output-dir", str(root / "zero3")])
     return loss, root, TORCHRUN + two + cache
 
 
