@@ -7,10 +7,14 @@ and for spot-fast, on 8B model shapes, on any machine.
 **Counted.** The models are the real transformers classes (``Qwen3ForCausalLM``, ``LlamaForCausalLM``)
 built from Qwen3-8B's and Llama-3.1-8B's configurations on the meta device (no weights in memory), in
 train mode, SDPA attention. ``torch.utils.flop_counter.FlopCounterMode`` counts their forward, their
-backward, and the forward that gradient checkpointing re-runs in the backward (transformers'
-checkpointing, non-reentrant; it stops recomputing once the last saved tensor is back, so each layer's
-final projection is not recomputed: the difference of a checkpointed and a plain backward is what
-runs). What the counter sees:
+backward, and what activation checkpointing re-runs in the backward, per ``--gradient-checkpointing``
+mode, applied by the trainer's own ``spot_fast.activation_checkpointing.enable`` (the difference of a
+checkpointed and a plain forward + backward is what runs): ``on``, every layer's forward again
+(non-reentrant; it stops recomputing once the last saved tensor is back, so each layer's final
+projection is not recomputed); ``selective``, only the elementwise ops between the kept matmul and
+attention outputs, which the counter does not count (they are memory traffic, not FLOPs: counted, its
+recompute is zero); ``selective-half``, also every second matmul of a layer (k, o and up projections).
+The selective modes work on the meta device as on any other. What the counter sees:
 
 - **body matmuls**: ``aten.mm`` in the body (the linear layers);
 - **attention**: ``aten.bmm``: on the meta device SDPA runs its math path (two batched matmuls
@@ -31,18 +35,27 @@ attention FLOPs per pass; ``a`` and ``b`` are counted on one shape and the scrip
 reproduce the counter exactly on a second shape, so every micro-batch of a job is counted without
 running the counter once per micro-batch.
 
-**Formula (block-sparse attention).** FlexAttention skips a (query block, key block) pair of 128 x 128
-tokens whose entries are all masked; the FLOPs counter has no notion of its block mask (it counts a
-flex call as dense). ``nonempty_blocks`` counts the pairs holding a visible entry from the batch's
-per-token (document, branch) ids, with the attention rule of ``spot_fast/attention.py``; each costs
-what a dense 128 x 128 tile costs in the counter's convention.
+**Formula (block-sparse and varlen attention).** FlexAttention skips a (query block, key block) pair of
+128 x 128 tokens whose entries are all masked; the FLOPs counter has no notion of its block mask (it
+counts a flex call as dense). ``nonempty_blocks`` counts the pairs holding a visible entry from the
+batch's per-token (document, branch) ids, with the attention rule of ``spot_fast/attention.py``; each
+costs what a dense 128 x 128 tile costs in the counter's convention. Varlen attention
+(``spot_fast/varlen_attention.py``) attends each segment of a tree to exactly the keys it sees, so its
+work is ``visible_entries``, each at a dense entry's cost. FlashAttention computes whole tiles, so
+the masked part of the tiles on each segment's causal diagonal (roughly half a tile of keys per query)
+is work it does that is not counted here; torch's own varlen formula, the other way, counts every
+segment as a full rectangle of queries by keys, the masked half included.
 
 **Layouts of the same pairs** (``LAYOUTS``): the release's recipe (TRL 0.20's ``DPOTrainer``: the 2B
 chosen/rejected sequences padded to ``[2B, L]``, logits materialized at every position, prompt and
 padding included, full recompute, reference log-probs by one forward of every pair before training,
-in the ``trl020`` token layout); spot-fast's default (pair trees packed in one row, the fused head on
+in the ``trl020`` token layout); spot-fast with SDPA (pair trees packed in one row, the fused head on
 completion tokens only, SDPA with the dense tree mask, full recompute, reference scored once the same
-way); spot-fast with FlexAttention (the same, attention counted by blocks).
+way: the CPU's default); spot-fast with FlexAttention (the same, attention counted by blocks);
+spot-fast with varlen attention (attention counted by visible entries) under each checkpointing mode:
+``on`` is a GPU's default (``--attention auto`` picks varlen where its self-check passes,
+``--gradient-checkpointing auto`` is ``on``), ``selective`` is the configuration the project's targets
+are set for (``TARGET``: at most 0.6x the recipe's job FLOPs with 1 pair per micro-batch, 0.4x with 4).
 
 **Pairs** (``DISTRIBUTIONS``): the bundled pairs (the bundled tokenizer); the controlled experiment's
 rectified pairs (regenerated: ``benchmarks/results/spot_claims.json`` stores counts, not pairs, so the
@@ -65,7 +78,6 @@ import random
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -77,6 +89,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_kernels import device_name  # noqa: E402
+from spot_fast import activation_checkpointing  # noqa: E402
 from spot_fast.batching import TRUNK, collate  # noqa: E402
 from spot_fast.data import Pair, TokenLayout, load_pairs  # noqa: E402
 from spot_fast.models import ASSETS, BUILTIN_MODEL, load_tokenizer  # noqa: E402
@@ -131,10 +144,20 @@ def meta_model(config):
     return model.train()
 
 
+RECOMPUTE_MODES = ("on", "selective", "selective-half")  # --gradient-checkpointing modes that recompute
+
+
+def recompute_pass(mode):
+    """The pass name of ``mode``'s recompute in ``count_body``'s result and ``Rates``."""
+    return f"recompute {mode}"
+
+
 def count_body(model, rows, length):
     """Counted FLOPs of the body on a ``[rows, length]`` batch with a dense ``[L, L]`` mask:
-    {pass: {"matmul": aten.mm, "attention": aten.bmm}} for the forward, the backward and the recompute
-    of gradient checkpointing (checkpointed forward + backward minus the plain ones)."""
+    {pass: {"matmul": aten.mm, "attention": aten.bmm}} for the forward, the backward and, per mode of
+    ``RECOMPUTE_MODES`` (``recompute_pass(mode)``), the recompute of activation checkpointing in that
+    mode (``spot_fast.activation_checkpointing.enable``: checkpointed forward + backward minus the plain
+    ones)."""
     ids = torch.zeros(rows, length, dtype=torch.long, device="meta")
     positions = torch.arange(length, device="meta").expand(rows, length)
     mask = torch.ones(rows, 1, length, length, dtype=torch.bool, device="meta")
@@ -149,22 +172,23 @@ def count_body(model, rows, length):
             raise RuntimeError(f"the body ran ops this script does not classify: {sorted(unknown)}")
         return {"matmul": counts.get("mm", 0), "attention": counts.get("bmm", 0)}
 
-    warnings.filterwarnings("ignore", message=".*gradient_checkpointing_(en|dis)able.* is deprecated", category=FutureWarning)
-    model.gradient_checkpointing_disable()
+    activation_checkpointing.enable(model, "off")
     with counter() as mode:
         hidden = run()
     forward = split(counted(mode))
     with counter() as mode:
         hidden.backward(torch.ones_like(hidden))
     backward = split(counted(mode))
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    with counter() as mode:
-        hidden = run()
-        hidden.backward(torch.ones_like(hidden))
-    model.gradient_checkpointing_disable()
-    checkpointed = split(counted(mode))
-    recompute = {k: checkpointed[k] - forward[k] - backward[k] for k in forward}
-    return {"forward": forward, "backward": backward, "recompute": recompute}
+    passes = {"forward": forward, "backward": backward}
+    for checkpointing in RECOMPUTE_MODES:
+        activation_checkpointing.enable(model, checkpointing)
+        with counter() as mode:
+            hidden = run()
+            hidden.backward(torch.ones_like(hidden))
+        activation_checkpointing.enable(model, "off")
+        checkpointed = split(counted(mode))
+        passes[recompute_pass(checkpointing)] = {k: checkpointed[k] - forward[k] - backward[k] for k in forward}
+    return passes
 
 
 def count_head(model, tokens, fused):
@@ -188,7 +212,8 @@ def count_head(model, tokens, fused):
 @dataclass(frozen=True)
 class Rates:
     """Counted FLOPs per unit of shape: body matmuls per token and attention per score entry (row x
-    L^2), for each pass; heads per token, forward and backward."""
+    L^2), for each pass of ``count_body`` (forward, backward, the recompute of each checkpointing
+    mode); heads per token, forward and backward."""
     matmul: dict
     attention: dict
     materialized_head: dict
@@ -245,6 +270,14 @@ def last_projection_parameters(config):
     """Weights of each layer's last matmul (the MLP's down projection) of all layers: checkpointing's
     recompute stops before it (its output is saved by nothing its backward needs)."""
     return config.num_hidden_layers * config.hidden_size * config.intermediate_size
+
+
+def every_second_projection_parameters(config):
+    """Weights of each layer's 2nd, 4th and 6th matmul (k, o and up projections; the layer runs q, k,
+    v, o, gate, up, down) of all layers: what ``selective-half`` recomputes."""
+    h, heads, kv, d, m = (config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
+                          config.head_dim, config.intermediate_size)
+    return config.num_hidden_layers * (h * kv * d + heads * d * h + h * m)
 
 
 # ---- block-sparse attention ----------------------------------------------------------------------
@@ -376,11 +409,22 @@ def prefix_statistics(pairs):
 
 # ---- one job -------------------------------------------------------------------------------------
 
-LAYOUTS = {  # name: (render, pack, share prefix, fused head, block-sparse attention)
-    "recipe (TRL 0.20)": ("trl020", False, False, False, False),
-    "spot-fast (SDPA)": ("spot-fast", True, True, True, False),
-    "spot-fast (flex)": ("spot-fast", True, True, True, True),
+ENTRIES = {  # attention kind: the Shape field holding the score entries it computes
+    "dense": "dense_entries",      # SDPA: every entry of the [L, L] score matrix, masked or not
+    "blocks": "block_entries",     # FlexAttention: the 128 x 128 blocks holding a visible entry
+    "visible": "visible_entries",  # varlen: exactly the visible entries of each segment
 }
+LAYOUTS = {  # name: (render, pack, share prefix, fused head, attention, --gradient-checkpointing mode)
+    "recipe (TRL 0.20)": ("trl020", False, False, False, "dense", "on"),
+    "spot-fast (SDPA)": ("spot-fast", True, True, True, "dense", "on"),
+    "spot-fast (flex)": ("spot-fast", True, True, True, "blocks", "on"),
+    "spot-fast (varlen)": ("spot-fast", True, True, True, "visible", "on"),
+    "spot-fast (varlen, selective)": ("spot-fast", True, True, True, "visible", "selective"),
+    "spot-fast (varlen, selective-half)": ("spot-fast", True, True, True, "visible", "selective-half"),
+    "spot-fast (varlen, no recompute)": ("spot-fast", True, True, True, "visible", "off"),
+}
+GPU_DEFAULT = "spot-fast (varlen)"  # --attention auto and --gradient-checkpointing auto on a GPU (README)
+TARGET = ("spot-fast (varlen, selective)", {1: 0.6, 4: 0.4})  # at most these times the recipe's job FLOPs, by pairs per micro-batch
 PARTS = ("body matmuls", "attention", "LM head", "recompute")
 
 
@@ -412,25 +456,35 @@ def micro_batch_shapes(pairs, pack, share, pairs_per_micro_batch):
     return shapes
 
 
-def micro_batch_flops(shape, rates, fused, sparse):
+def layer_rates(rates, checkpointing):
+    """({pass: body matmul FLOPs per token}, {pass: attention FLOPs per score entry}) for the forward,
+    the backward and the recompute under ``checkpointing`` (a --gradient-checkpointing mode; off: none)."""
+    def passes(table):
+        recompute = 0 if checkpointing == "off" else table[recompute_pass(checkpointing)]
+        return {"forward": table["forward"], "backward": table["backward"], "recompute": recompute}
+    return passes(rates.matmul), passes(rates.attention)
+
+
+def micro_batch_flops(shape, rates, fused, attention_kind, checkpointing):
     """FLOPs of one micro-batch: ({part: training FLOPs}, the reference forward, {the work it does
     that the job does not need})."""
-    entries = shape.block_entries if sparse else shape.dense_entries
-    attention = {p: rate * entries for p, rate in rates.attention.items()}
+    entries = getattr(shape, ENTRIES[attention_kind])
+    matmul_rates, attention_rates = layer_rates(rates, checkpointing)
+    attention = {p: rate * entries for p, rate in attention_rates.items()}
     head_tokens, head = (shape.scored, rates.fused_head) if fused else (shape.slots, rates.materialized_head)
     parts = {
-        "body matmuls": (rates.matmul["forward"] + rates.matmul["backward"]) * shape.slots,
+        "body matmuls": (matmul_rates["forward"] + matmul_rates["backward"]) * shape.slots,
         "attention": attention["forward"] + attention["backward"],
         "LM head": (head["forward"] + head["backward"]) * head_tokens,
-        "recompute": rates.matmul["recompute"] * shape.slots + attention["recompute"],
+        "recompute": matmul_rates["recompute"] * shape.slots + attention["recompute"],
     }
-    reference = rates.matmul["forward"] * shape.slots + attention["forward"] + head["forward"] * head_tokens
+    reference = matmul_rates["forward"] * shape.slots + attention["forward"] + head["forward"] * head_tokens
     padding = shape.slots - shape.real
     waste = {
-        "padding": (sum(rates.matmul.values()) + (0 if fused else sum(head.values()))) * padding,
+        "padding": (sum(matmul_rates.values()) + (0 if fused else sum(head.values()))) * padding,
         "head on unscored positions": 0 if fused else sum(head.values()) * (shape.real - shape.scored),  # prompts
-        "attention on masked entries": sum(rates.attention.values()) * (entries - shape.visible_entries),
-        "mask build (elements)": 0 if sparse else shape.mask_elements,
+        "attention on masked entries": sum(attention_rates.values()) * (entries - shape.visible_entries),
+        "mask build (elements)": shape.mask_elements if attention_kind == "dense" else 0,
     }
     return parts, reference, waste
 
@@ -438,10 +492,10 @@ def micro_batch_flops(shape, rates, fused, sparse):
 def job_flops(shapes, rates, layout, job_pairs, epochs, pairs_per_micro_batch):
     """Mean FLOPs per pair over the micro-batches ``shapes``, and the job's: ``epochs`` passes over
     ``job_pairs`` pairs plus the reference forward of each (once), FLOPs per pair scaled linearly."""
-    _, _, _, fused, sparse = LAYOUTS[layout]
+    _, _, _, fused, attention_kind, checkpointing = LAYOUTS[layout]
     parts, waste, reference = dict.fromkeys(PARTS, 0), {}, 0
     for shape in shapes:
-        step_parts, step_reference, step_waste = micro_batch_flops(shape, rates, fused, sparse)
+        step_parts, step_reference, step_waste = micro_batch_flops(shape, rates, fused, attention_kind, checkpointing)
         for store, new in ((parts, step_parts), (waste, step_waste)):
             for key, value in new.items():
                 store[key] = store.get(key, 0) + value
@@ -463,8 +517,10 @@ def job_flops(shapes, rates, layout, job_pairs, epochs, pairs_per_micro_batch):
 def cross_check(config):
     """The counter against the formulas on one small shape of ``config``'s model: body matmuls 6 x
     tokens x linear weights, attention 12 rows L^2 heads head_dim layers (forward + backward), the
-    recompute of checkpointing 2 x tokens x the linear weights but the last projection of each layer
-    plus the attention's forward, the materialized head 6 N H V, the fused head (chunked backend) 8 N H V."""
+    recompute of full checkpointing (``on``) 2 x tokens x the linear weights but the last projection of
+    each layer plus the attention's forward, of ``selective`` nothing, of ``selective-half`` 2 x tokens
+    x the k, o and up projections' weights, the materialized head 6 N H V, the fused head (chunked
+    backend) 8 N H V."""
     model = meta_model(config)
     rows, length = 2, 96
     body = count_body(model, rows, length)
@@ -477,9 +533,12 @@ def cross_check(config):
                          "formula": 6 * tokens * linear_parameters(config)},
         "attention": {"counted": body["forward"]["attention"] + body["backward"]["attention"],
                       "formula": attention_formula(rows, length, config)},
-        "recompute": {"counted": sum(body["recompute"].values()),
+        "recompute": {"counted": sum(body[recompute_pass("on")].values()),
                       "formula": 2 * tokens * (linear_parameters(config) - last_projection_parameters(config))
                       + attention_formula(rows, length, config) // 3},
+        "recompute (selective)": {"counted": sum(body[recompute_pass("selective")].values()), "formula": 0},
+        "recompute (selective-half)": {"counted": sum(body[recompute_pass("selective-half")].values()),
+                                       "formula": 2 * tokens * every_second_projection_parameters(config)},
         "materialized head": {"counted": sum(materialized.values()), "formula": 6 * tokens * hv},
         "fused head": {"counted": sum(fused.values()), "formula": fused_head_formula(tokens, config)},
     }
@@ -505,7 +564,7 @@ def run(args):
     shapes = {}  # (distribution, render, pack, share) -> micro-batch shapes: the same for every model
     for name, pairs in distributions.items():
         print(f"laying out {name}", file=sys.stderr, flush=True)
-        for render, pack, share, _, _ in LAYOUTS.values():
+        for render, pack, share, *_ in LAYOUTS.values():
             if (name, render, pack, share) not in shapes:
                 shapes[name, render, pack, share] = micro_batch_shapes(pairs[render], pack, share, args.pairs_per_micro_batch)
     for model_name, config in model_configs(args.toy).items():
@@ -541,7 +600,10 @@ def markdown(report):
              f"(its math path there: every score entry, masked or not), the materialized head, and the fused head "
              f"through `spot_kernels`' chunked backend (the Triton kernel cannot run on the meta device; checked "
              f"against 8 N H V). By formula: block-sparse attention, {report['block']}x{report['block']} blocks "
-             f"holding a visible entry (the counter cannot see a block mask). "
+             f"holding a visible entry (the counter cannot see a block mask), and varlen attention, exactly the "
+             f"visible entries; both at a dense entry's counted cost. Recompute: counted per "
+             f"--gradient-checkpointing mode (on: every layer's forward again; selective: matmul and attention "
+             f"outputs kept; selective-half: every second matmul recomputed; no recompute: off). "
              f"{report['pairs_per_micro_batch']} pair(s) per micro-batch. Job: {report['job']['pairs']} pairs x "
              f"{report['job']['epochs']} epochs = {steps} optimizer steps of {report['job']['global_batch']} pairs, "
              f"plus one reference forward of every pair. Projected minutes: job FLOPs / (8 H800 x "
@@ -561,6 +623,16 @@ def markdown(report):
                     + f" | {job['job_reference'] / job['job_total']:.0%} | {amount(job['job_total'] / 1e15)} | "
                     f"{job['job_total'] / recipe:.2f} | {minutes(job['job_total'], report):.3g} |")
     lines += ["", "Shares: of a training step (body, attention, LM head, recompute), and of the whole job (reference).", ""]
+    target_layout, targets = TARGET
+    target = targets.get(report["pairs_per_micro_batch"])
+    for model_name, entry in report["models"].items():
+        jobs = entry["jobs"]["SPoT-like synthetic"]
+        recipe = jobs["recipe (TRL 0.20)"]["job_total"]
+        ratio = jobs[target_layout]["job_total"] / recipe
+        verdict = "" if target is None else f" (target: at most {target}: {'met' if ratio <= target else 'not met'})"
+        lines.append(f"- {model_name}, SPoT-like pairs: {target_layout} does {ratio:.3f}x the recipe's job FLOPs"
+                     f"{verdict}; a GPU's default ({GPU_DEFAULT}: --attention auto, --gradient-checkpointing auto) "
+                     f"{jobs[GPU_DEFAULT]['job_total'] / recipe:.3f}x.")
     for model_name, entry in report["models"].items():
         recipe = entry["jobs"]["SPoT-like synthetic"]["recipe (TRL 0.20)"]["job_total"]
         implied = ", ".join(f"{implied_utilisation(recipe, report, m):.0%} for {m} min ({v})" for v, m in PAPER_MINUTES.items())

@@ -1,5 +1,6 @@
-"""``benchmarks/bench_flops.py``: the FLOPs counter against the formulas on a small model, the
-block-sparse attention count against the dense mask, and the whole benchmark at toy size."""
+"""``benchmarks/bench_flops.py``: the FLOPs counter against the formulas on a small model (each
+checkpointing mode's recompute included), the block-sparse and varlen attention counts against the
+dense mask, and the whole benchmark at toy size."""
 import json
 import sys
 from pathlib import Path
@@ -22,11 +23,14 @@ def toy_config():
 
 
 def test_counter_agrees_with_the_formulas_on_a_small_shape(toy_config):
-    """Body matmuls, dense attention, checkpointing's recompute, the materialized head and the fused
-    head (its backward accumulates with in-place addmm_, which the counter misses unless told)."""
+    """Body matmuls, dense attention, full checkpointing's recompute (selective-half's: the k, o and up
+    projections; selective's: nothing the counter counts), the materialized head and the fused head
+    (its backward accumulates with in-place addmm_, which the counter misses unless told)."""
     check = bench_flops.cross_check(toy_config)
-    for part in ("body matmuls", "attention", "recompute", "materialized head", "fused head"):
+    for part in ("body matmuls", "attention", "recompute", "recompute (selective-half)", "materialized head", "fused head"):
         assert check[part]["counted"] == check[part]["formula"] > 0, part
+    assert check["recompute (selective)"]["counted"] == 0 == check["recompute (selective)"]["formula"]
+    assert check["recompute (selective-half)"]["counted"] < check["recompute"]["counted"]
 
 
 @pytest.mark.parametrize("pack, share", [(True, True), (False, False), (True, False)])
@@ -54,7 +58,8 @@ def test_toy_benchmark_accounts_for_every_pair(tmp_path):
     config = bench_flops.model_configs(toy=True)["toy-qwen3"]
     pairs = bench_flops.SpotLike(prompt_median=20, answer_median=150, max_length=1024).pairs(8)
     jobs = report["models"]["toy-qwen3"]["jobs"]["SPoT-like synthetic"]
-    recipe, sdpa, flex = (jobs[name] for name in bench_flops.LAYOUTS)
+    recipe, sdpa, flex, varlen = (jobs[name] for name in ("recipe (TRL 0.20)", "spot-fast (SDPA)", "spot-fast (flex)",
+                                                                "spot-fast (varlen)"))
     # trees forward each pair's prompt and common prefix once; the recipe pads its two sequences
     assert sdpa["tokens_per_pair"]["forwarded"] == sum(pair_tokens(p, True) for p in pairs) / len(pairs)
     assert recipe["tokens_per_pair"]["forwarded"] == sum(
@@ -69,4 +74,27 @@ def test_toy_benchmark_accounts_for_every_pair(tmp_path):
     assert recipe["waste_per_pair"]["padding"] > 0 == sdpa["waste_per_pair"]["padding"]
     for job in jobs.values():
         assert job["job_total"] == pytest.approx(job["per_pair_total"] * 4000 * 2 + job["reference_per_pair"] * 4000)
+
+    # varlen computes exactly the visible entries of each tree, at the dense entry's counted cost, and no mask
+    rates = report["models"]["toy-qwen3"]["rates"]
+    visible = sum(bench_flops.visible_entries(*(getattr(collate([p], pack=True, pad_id=0, share_prefix=True), ids)
+                                                for ids in ("doc_ids", "branch_ids")))[0] for p in pairs) / len(pairs)
+    per_entry = rates["attention"]
+    assert varlen["per_pair"]["attention"] == pytest.approx(visible * (per_entry["forward"] + per_entry["backward"]))
+    assert varlen["per_pair"]["attention"] < flex["per_pair"]["attention"] < sdpa["per_pair"]["attention"]
+    assert varlen["waste_per_pair"]["attention on masked entries"] == 0 == varlen["waste_per_pair"]["mask build (elements)"]
+    # the modes change the recompute alone: on's is the counted per-token and per-entry rates of full
+    # recompute; selective's is none the counter sees (elementwise ops only), selective-half's in between
+    modes = {mode: jobs[name] for name, mode in (("spot-fast (varlen)", "on"), ("spot-fast (varlen, selective)", "selective"),
+                                                ("spot-fast (varlen, selective-half)", "selective-half"),
+                                                ("spot-fast (varlen, no recompute)", "off"))}
+    for job in modes.values():
+        assert {k: v for k, v in job["per_pair"].items() if k != "recompute"} == {
+            k: v for k, v in varlen["per_pair"].items() if k != "recompute"}
+    forwarded = varlen["tokens_per_pair"]["forwarded"]
+    assert modes["on"]["per_pair"]["recompute"] == pytest.approx(
+        rates["matmul"]["recompute on"] * forwarded + per_entry["recompute on"] * visible)
+    assert modes["selective"]["per_pair"]["recompute"] == 0 == modes["off"]["per_pair"]["recompute"]
+    assert 0 < modes["selective-half"]["per_pair"]["recompute"] < modes["on"]["per_pair"]["recompute"]
+    assert modes["selective"]["job_total"] < modes["on"]["job_total"]
 
