@@ -102,7 +102,7 @@ def three_ways(request, tmp_path_factory):
                       [root / "cache-zero2", root / "node-1-cache"])
     else:
         run(TORCHRUN + two + cache + ["--zero-stage", "2", "--output-dir", str(root / "zero2")])
-    counted = [str(REPO / "tests" / "count_forwards.py"), str(root / "forwards")] + options
+    counted = [str(REPO / "tests" / "helpers" / "count_forwards.py"), str(root / "forwards")] + options
     run(TORCHRUN + counted + cache + ["--zero-stage", "3", "--save-every", "2", "--gradient-checkpointing", CHECKPOINTING[loss],
                                       "--output-dir", str(root / "zero3")])
     return loss, root, TORCHRUN + two + cache
@@ -144,7 +144,8 @@ def test_two_nodes_need_the_log_prob_cache_on_node_0_only(three_ways):
     loss, root, _ = three_ways
     if loss != "dpo":
         pytest.skip("the two-node launch is the dpo ZeRO-2 run")
-    assert [p.name.split("-")[0] for p in (root / "cache-zero2").glob("*.pt")] == ["reference", "reference"]  # train + eval
+    kinds = sorted(p.name.rsplit("-", 1)[0] for p in (root / "cache-zero2").glob("*.pt"))
+    assert kinds == ["reference", "reference", "reference-tokens"]  # train, eval sums, eval per-token (held-out KL)
     assert not (root / "node-1-cache").exists()
 
 
@@ -192,7 +193,7 @@ def rank_report(tmp_path_factory):
     model_dir = root / "model"
     load_model(BUILTIN_MODEL).save_pretrained(model_dir)
     load_tokenizer(BUILTIN_MODEL).save_pretrained(model_dir)
-    run(TORCHRUN + [str(REPO / "tests" / "zero_ranks.py"), str(model_dir), str(root)])
+    run(TORCHRUN + [str(REPO / "tests" / "helpers" / "zero_ranks.py"), str(model_dir), str(root)])
     return [json.loads((root / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
 
 
