@@ -26,7 +26,7 @@ from spot_fast.models import ASSETS, BUILTIN_MODEL, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(REPO / "spot_fast" / "train.py")]
-INTERRUPTED = [sys.executable, str(REPO / "tests" / "interrupt_save.py")]
+INTERRUPTED = [sys.executable, str(REPO / "tests" / "helpers" / "interrupt_save.py")]
 ARGS = ["--max-steps", "4", "--grad-accum", "2", "--per-device-batch", "2", "--log-every", "1", "--learning-rate", "1e-3",
         "--save-every", "1", "--keep-last", "2", "--loss", "dpo"]
 

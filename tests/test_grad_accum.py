@@ -1,5 +1,5 @@
 """Gradient accumulation in fp32 under bf16: the configuration DeepSpeed receives, and the sum of 8
-micro-batch gradients through the real engine (tests/grad_accum_engine.py, one process, ~40 s on 2 cores)."""
+micro-batch gradients through the real engine (tests/helpers/grad_accum_engine.py, one process, ~40 s on 2 cores)."""
 import json
 import subprocess
 import sys
@@ -28,7 +28,7 @@ def test_the_engine_is_told_to_accumulate_in_fp32(stage):
 
 def test_eight_bf16_micro_batches_sum_as_one_fp32_sum(tmp_path):
     out = tmp_path / "errors.json"
-    result = subprocess.run([sys.executable, str(REPO / "tests" / "grad_accum_engine.py"), str(out)],
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "helpers" / "grad_accum_engine.py"), str(out)],
                             capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     errors = json.loads(out.read_text())

@@ -3,8 +3,8 @@
 Real runs of the trainer (built-in model, bundled pairs, DeepSpeed; spot_bco on packed pair trees,
 dpo on padded sequences, PEAR, spot_bco with varlen attention, with selective and with full
 recompute) each take one ``optimizer_step`` of two micro-batches under ``HostReads``
-(tests/host_reads.py), which records by call site every call that would make the host wait for the
-accelerator (tests/step_host_reads.py; one subprocess for the runs, ~40 s). On a GPU each such call
+(tests/helpers/host_reads.py), which records by call site every call that would make the host wait for the
+accelerator (tests/helpers/step_host_reads.py; one subprocess for the runs, ~40 s). On a GPU each such call
 stalls the queue of kernels; here it fails the test, naming the site. DeepSpeed's
 and transformers' own reads are theirs, printed but not counted; the trainer's and the kernels' must
 be none. The logged row's metrics and the gradient norm come to the host in one read. Batches and
@@ -42,8 +42,9 @@ CPU_STAND_INS = ("(reference_varlen_attn)",)
 @pytest.fixture(scope="module")
 def reads(tmp_path_factory):
     root = tmp_path_factory.mktemp("host-reads")
-    done = subprocess.run([sys.executable, str(REPO / "tests" / "step_host_reads.py"), str(root / "reads.json"),
-                           str(root), *RUNS.values()], capture_output=True, text=True, timeout=600)
+    script = REPO / "tests" / "helpers" / "step_host_reads.py"
+    done = subprocess.run([sys.executable, str(script), str(root / "reads.json"), str(root), *RUNS.values()],
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads((root / "reads.json").read_text())
 

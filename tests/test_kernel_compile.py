@@ -1,6 +1,6 @@
 """The triton backend compiles for sm_90 and sm_80 ahead of time, without a GPU (docs/design.md section 7).
 
-``tests/aot_compile.py`` runs the backend's real host code on meta tensors under a stand-in Triton
+``tests/helpers/aot_compile.py`` runs the backend's real host code on meta tensors under a stand-in Triton
 driver that reports ``GPUTarget("cuda", arch, 32)``, so every launch, autotuning included, compiles
 its kernel with its exact launch configuration (see that file). It runs in subprocesses, one per
 target and in parallel, with TRITON_INTERPRET unset (this suite sets it for every other test) and
@@ -27,7 +27,7 @@ import pytest
 
 from spot_kernels.triton_linear_logprobs import CONFIGS
 
-SCRIPT = Path(__file__).resolve().parent / "aot_compile.py"
+SCRIPT = Path(__file__).resolve().parent / "helpers" / "aot_compile.py"
 TARGETS = {90: "sm90", 80: "sm80"}
 LOW_PRECISION = ("*bf16", "*fp16")
 

@@ -45,7 +45,7 @@ def test_append_log_refuses_a_second_writer(tmp_path):
             AppendLog(tmp_path / "log.jsonl")
 
 
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)])}
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS / "helpers"), str(REPO)])}
 
 
 def correct_command(workdir):

@@ -1,6 +1,6 @@
 """What a run needs from its machine is checked with its options, before any work and before the
 heavy imports: each missing package, a W&B run without a key, an unreachable hub, in one line each
-(packages made missing as Python sees absent ones: tests/missing_packages.py); what ``auto`` chose;
+(packages made missing as Python sees absent ones: tests/helpers/missing_packages.py); what ``auto`` chose;
 metrics.jsonl created with its first row; the refusal of a used output directory; where DeepSpeed's
 CPU op is built. Costs ~15 s on 2 cores (two subprocesses that import torch)."""
 import json
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def missing_package_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("missing") / "results.json"
-    result = subprocess.run([sys.executable, str(REPO / "tests" / "missing_packages.py"), str(out)],
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "helpers" / "missing_packages.py"), str(out)],
                             capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(out.read_text())

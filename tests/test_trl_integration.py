@@ -227,7 +227,7 @@ def test_dpo_under_zero3_trains_as_trl_does(tmp_path):
     included (about 25 s): the run logs what TRL's own head logs at every step."""
     out = tmp_path / "logs.json"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(REPO / "tests" / "trl_zero3_ranks.py"), str(out)]
+               str(REPO / "tests" / "helpers" / "trl_zero3_ranks.py"), str(out)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     logs = json.loads(out.read_text())

@@ -1,5 +1,5 @@
 """Completion log-probs from a model's own materialized logits: the independent path the fused head
-is checked against (importable from tests: pytest puts this folder on ``sys.path``)."""
+is checked against (importable from tests: tests/conftest.py puts this folder on ``sys.path``)."""
 import torch
 
 

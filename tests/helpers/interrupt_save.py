@@ -1,6 +1,6 @@
 """Runs ``spot_fast/train.py`` with a checkpoint save interrupted on purpose (for test_checkpoint.py).
 
-    python tests/interrupt_save.py NAME POINT HOW [train.py options]
+    python tests/helpers/interrupt_save.py NAME POINT HOW [train.py options]
 
 While checkpoint ``NAME`` is being written, at ``POINT`` (``save_pretrained``: the engine state is
 written, the model not yet; ``fsync``: every file is written, nothing renamed yet), the process

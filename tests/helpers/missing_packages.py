@@ -1,6 +1,6 @@
 """Runs the trainer's ``main`` with packages made missing, run by test_startup.py:
 
-    python tests/missing_packages.py OUT.json
+    python tests/helpers/missing_packages.py OUT.json
 
 A package is made missing the way Python sees an absent one: ``sys.modules[name] = None`` makes
 ``import name`` raise ModuleNotFoundError and ``importlib.util.find_spec(name)`` return None. Each case

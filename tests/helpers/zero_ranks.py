@@ -1,6 +1,6 @@
 """Checks that need the ranks' own memory, run by test_zero3.py under torchrun (2 processes, gloo):
 
-    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/zero_ranks.py MODEL_DIR OUT_DIR
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/helpers/zero_ranks.py MODEL_DIR OUT_DIR
 
 1. Partitioned construction (ZeRO-3): the trainer's ``load_policy`` on the built-in model and on
    MODEL_DIR (``from_pretrained``) returns a model whose every parameter is, before any forward, an

@@ -1,6 +1,6 @@
 """Compile every LM-head kernel variant ahead of time for CUDA targets, without a GPU or a driver.
 
-    python tests/aot_compile.py REPORT.json 90 80      # TRITON_INTERPRET must be unset
+    python tests/helpers/aot_compile.py REPORT.json 90 80      # TRITON_INTERPRET must be unset
 
 A stand-in Triton driver reports ``GPUTarget("cuda", arch, 32)`` (device id = arch, so each target
 has its own kernel caches). The real host code of the ``triton`` backend then runs on meta tensors:

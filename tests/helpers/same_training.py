@@ -1,6 +1,6 @@
 """Checks that two training runs trained the same (1 vs 2 processes, ZeRO stages, LoRA): the same
 logged metrics at every step, and final weights equal up to float noise (importable from tests:
-pytest puts this folder on ``sys.path``)."""
+tests/conftest.py puts this folder on ``sys.path``)."""
 import json
 from pathlib import Path
 

@@ -1,6 +1,6 @@
 """Runs ``spot_fast/train.py`` counting the DeepSpeed engine's forwards in each optimizer step (for test_zero3.py).
 
-    python tests/count_forwards.py REPORT [train.py options]
+    python tests/helpers/count_forwards.py REPORT [train.py options]
 
 Each rank writes ``REPORT-rank<r>.json``: per optimizer step, the micro-batches it planned and how many
 times ``DeepSpeedEngine.forward`` ran during it. ZeRO-3's bookkeeping of the gradient accumulation

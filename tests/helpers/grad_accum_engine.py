@@ -1,6 +1,6 @@
 """Sums of micro-batch gradients through the real DeepSpeed engine in bf16, run by test_grad_accum.py:
 
-    python tests/grad_accum_engine.py OUT.json
+    python tests/helpers/grad_accum_engine.py OUT.json
 
 For ZeRO-1, 2 and 3 (one process, gloo, CPU), the built-in model in bf16 goes through an engine
 configured by the trainer's ``deepspeed_config`` (grad_accum 8, no clipping) with plain SGD at

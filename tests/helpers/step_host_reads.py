@@ -1,6 +1,6 @@
 """Host reads of one training step of real runs, by call site (run by tests/test_host_sync.py).
 
-    python tests/step_host_reads.py OUT.json OUTPUT_ROOT 'FLAGS' ['FLAGS' ...]
+    python tests/helpers/step_host_reads.py OUT.json OUTPUT_ROOT 'FLAGS' ['FLAGS' ...]
 
 For each set of train.py flags (one string each): sets up the run (built-in model, bundled pairs,
 DeepSpeed in this process), runs one ``optimizer_step`` under ``HostReads`` (counting the linear

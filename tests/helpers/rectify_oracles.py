@@ -1,5 +1,5 @@
-"""Programmatic Oracles for the rectification tests (importable as ``rectify_oracles``: pytest puts
-tests/ on sys.path, and the subprocess tests put it on PYTHONPATH)."""
+"""Programmatic Oracles for the rectification tests (importable as ``rectify_oracles``: tests/conftest.py
+puts tests/helpers/ on sys.path, and the subprocess tests put it on PYTHONPATH)."""
 import time
 
 from spot_fast.rectify.oracle import replace_final_answer
