@@ -13,7 +13,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["spot_kernels", "spot_fast", "spot_fast.rectify", "spot_fast.forgetting", "spot_fast.evaluate"],
+    packages=["spot_kernels", "spot_fast", "spot_fast.rectify", "spot_fast.sampling", "spot_fast.forgetting",
+              "spot_fast.evaluate"],
     package_data={"spot_fast": ["assets/*", "assets/**/*"]},
     install_requires=[
         "torch>=2.4",

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import claims_task as task  # noqa: E402
 
 from spot_fast.crash_safe import replaced_dir, write_file  # noqa: E402
-from spot_fast.rectify.jsonl import write_jsonl_atomic  # noqa: E402
+from spot_fast.jsonl import write_jsonl_atomic  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 METHODS = (  # label, objective, which pairs (minimal edits or direct rewrites)

@@ -14,12 +14,12 @@ import matplotlib.image
 import pytest
 
 from spot_fast.evaluate.__main__ import BUNDLED_BENCHMARKS, main
-from spot_fast.evaluate.benchmarks import read_benchmarks
-from spot_fast.evaluate.report import models_figure
+from spot_fast.evaluate.benchmark_files import read_benchmarks
+from spot_fast.evaluate.results import models_figure
 from spot_fast.evaluate.run import ModelSpec, checkpoint_models, evaluate_model, parse_model
 from spot_fast.models import BUILTIN_MODEL, load_model, load_tokenizer
-from spot_fast.rectify.generation import Generation, HFGenerator
-from spot_fast.rectify.sampling_options import Sampling
+from spot_fast.sampling.generation import Generation, HFGenerator
+from spot_fast.sampling.settings import Sampling
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -17,10 +17,10 @@ import pytest
 
 from spot_fast.evaluate import ifeval
 from spot_fast.evaluate.__main__ import main
-from spot_fast.evaluate.benchmarks import read_benchmark
-from spot_fast.evaluate.report import steps_figure
+from spot_fast.evaluate.benchmark_files import read_benchmark
+from spot_fast.evaluate.results import steps_figure
+from spot_fast.jsonl import InputError
 from spot_fast.models import BUILTIN_MODEL
-from spot_fast.rectify.jsonl import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "spot_fast" / "assets" / "ifeval" / "ifeval_demo.jsonl"

@@ -1,15 +1,15 @@
 """Evaluation metrics against hand-computed values, and benchmark prompts, targets and grading
-(spot_fast.evaluate.metrics, spot_fast.evaluate.benchmarks)."""
+(spot_fast.evaluate.scores, spot_fast.evaluate.benchmark_files)."""
 import json
 import math
 import re
 
 import pytest
 
-from spot_fast.evaluate.benchmarks import (
+from spot_fast.evaluate.benchmark_files import (
     choice_letter, grade_response, read_benchmark, read_benchmarks, sample_request)
-from spot_fast.evaluate.metrics import pass_at_k, pass_levels, summarize
-from spot_fast.rectify.jsonl import InputError
+from spot_fast.evaluate.scores import pass_at_k, pass_levels, summarize
+from spot_fast.jsonl import InputError
 
 # Three problems answered k = 4 times; grades[problem][repetition].
 GRADES = {"p1": [1, 1, 0, 1], "p2": [0, 0, 0, 0], "p3": [1, 0, 0, 0]}

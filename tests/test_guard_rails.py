@@ -16,8 +16,8 @@ from spot_fast import run_dir
 from spot_fast import train as train_module
 from spot_fast.config import DEMO_EPOCHS, DEMO_GRAD_ACCUM, DEMO_LEARNING_RATE, RESUME_SAFE, ConfigError, TrainConfig, parse_config, validate
 from spot_fast.data import DataError, load_pairs
+from spot_fast.jsonl import InputError, read_jsonl
 from spot_fast.models import BUILTIN_MODEL, ModelError, load_model, load_tokenizer
-from spot_fast.rectify.jsonl import InputError, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 

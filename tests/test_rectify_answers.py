@@ -1,12 +1,12 @@
-"""Final-answer extraction and equivalence (spot_fast.rectify.answers, spot_fast.rectify.symbolic), and
+"""Final-answer extraction and equivalence (spot_fast.sampling.answers, spot_fast.sampling.symbolic), and
 the corrected answer taken from an Oracle's reply (spot_fast.rectify.oracle.extract_marked)."""
 import threading
 import time
 
 import pytest
 
-from spot_fast.rectify.answers import equivalent, grade, last_boxed
 from spot_fast.rectify.oracle import extract_marked
+from spot_fast.sampling.answers import equivalent, grade, last_boxed
 
 EQUAL = [
     ("7", "7"),

@@ -9,12 +9,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from spot_fast.jsonl import read_jsonl, write_jsonl_atomic
 from spot_fast.rectify import layout
-from spot_fast.rectify.__main__ import main, make_oracle, parser
+from spot_fast.rectify.__main__ import main, oracle_from_options, parser
 from spot_fast.rectify.chat_client import ChatClient, OracleError, OracleUnreachable
 from spot_fast.rectify.correct import (ASKED, BEFORE, CORRECTED, FAILED, GAVE_UP, UNFINISHED, UNMARKED,
                                        WITH_CORRECTION, WITHOUT_CORRECTION, correct)
-from spot_fast.rectify.jsonl import read_jsonl, write_jsonl_atomic
 from spot_fast.rectify.oracle import BEGIN, END, ChatOracle, UnmarkedReply
 
 
@@ -116,7 +116,7 @@ def test_request_and_marker_stripping(serve):
     args = parser().parse_args([
         "correct", "--workdir", "unused", "--base-url", server.base_url, "--oracle-model", "gemini-x",
         "--api-key", "sk-test", "--thinking-budget", "512", "--extra-body", '{"temperature": 0}'])
-    oracle, _ = make_oracle(args)
+    oracle, _ = oracle_from_options(args)
     correction = oracle(question="What is 13 + 44?", wrong_answer="13 + 44 = 56.\nThe answer is \\boxed{56}.",
                         ground_truth="57")
     assert correction == "13 + 44 = 57.\nThe answer is \\boxed{57}."

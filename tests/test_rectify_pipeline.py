@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from spot_fast.data import load_pairs
+from spot_fast.jsonl import read_jsonl, write_jsonl_atomic
 from spot_fast.models import BUILTIN_MODEL, load_tokenizer
 from spot_fast.rectify import correct, layout, verify
 from spot_fast.rectify.__main__ import main
-from spot_fast.rectify.answers import last_boxed
-from spot_fast.rectify.jsonl import read_jsonl, write_jsonl_atomic
 from spot_fast.rectify.lcs import change_ratio
 from spot_fast.rectify.report import histogram_figure, marked_diff
+from spot_fast.sampling.answers import last_boxed
 
 PROBLEMS = Path(__file__).resolve().parents[1] / "spot_fast" / "assets" / "problems.jsonl"
 

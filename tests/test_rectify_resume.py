@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from spot_fast.jsonl import AppendLog, InputError, write_jsonl_atomic
 from spot_fast.rectify import layout
 from spot_fast.rectify.correct import correct, run_bounded
-from spot_fast.rectify.jsonl import AppendLog, InputError, write_jsonl_atomic
 from spot_fast.rectify.oracle import replace_final_answer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import torch
 from spot_fast.evaluate.__main__ import main as eval_main
 from spot_fast.rectify import layout
 from spot_fast.rectify.__main__ import main as rectify_main
-from spot_fast.rectify.generation import HFGenerator, RowNoise, sample_seed
+from spot_fast.sampling.generation import HFGenerator, RowNoise, sample_seed
 
 PROBLEMS = Path(__file__).resolve().parents[1] / "spot_fast" / "assets" / "problems.jsonl"
 TINY_MATH = Path(__file__).resolve().parents[1] / "spot_fast" / "assets" / "benchmarks" / "tiny_math.jsonl"

@@ -1,9 +1,9 @@
-"""Recording the settings a log of samples was drawn with (spot_fast.rectify.sample_settings)."""
+"""Recording the settings a log of samples was drawn with (spot_fast.sampling.settings)."""
 import json
 
 import pytest
 
-from spot_fast.rectify.sample_settings import claim
+from spot_fast.sampling.settings import claim
 
 
 @pytest.mark.parametrize("log", [None, b"", b"\n\n", b'{"id": "a", "respo'], ids=["absent", "empty", "blank", "cut"])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from spot_fast.cli import ArgumentParser
 from spot_fast.paths import check_output_dir
-from spot_fast.rectify.sampling_options import add_sampling_arguments, positive_int, recorded_settings
+from spot_fast.sampling.settings import add_sampling_arguments, positive_int, recorded_settings
 
 PROG = "spot-fast-eval"
 BUNDLED_BENCHMARKS = sorted((Path(__file__).resolve().parents[1] / "assets" / "benchmarks").glob("*.jsonl"))
@@ -64,12 +64,12 @@ def parser():
 
 
 def run(args):
-    from spot_fast.evaluate.benchmarks import read_benchmarks
-    from spot_fast.evaluate.report import write_reports
+    from spot_fast.evaluate.benchmark_files import read_benchmarks
+    from spot_fast.evaluate.results import write_reports
     from spot_fast.evaluate.run import check_unique_labels, checkpoint_models, evaluate_model, parse_model
     from spot_fast.models import BUILTIN_MODEL
     from spot_fast.preflight import check_hub_reachable
-    from spot_fast.rectify.generation import generator_loader
+    from spot_fast.sampling.generation import generator_loader
 
     models = [parse_model(text, BUILTIN_MODEL) for text in args.model]
     if args.checkpoints:
@@ -103,7 +103,7 @@ def main(argv=None):
     except (ValueError, RuntimeError, OSError) as e:  # bad input or options (InputError is a ValueError)
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    from spot_fast.evaluate.report import markdown
+    from spot_fast.evaluate.results import markdown
 
     print(markdown(results), end="")
     print("written: " + ", ".join(str(p) for p in written))

@@ -159,10 +159,10 @@ def _spread(runs):
 
 
 def summarize(records, samples):
-    """The metrics of an IFEval benchmark: ``metrics.summarize``'s (``correct`` = prompt-level strict)
+    """The metrics of an IFEval benchmark: ``scores.summarize``'s (``correct`` = prompt-level strict)
     with ``no_answer_rate`` the fraction of blank responses, and ``ifeval``: the four accuracies as
     ``{avg, std, runs}`` and ``instructions``: ``{id: {count, strict, loose}}`` over all samples."""
-    from spot_fast.evaluate.metrics import summarize as summarize_answers
+    from spot_fast.evaluate.scores import summarize as summarize_answers
 
     metrics = summarize_answers(records, samples)
     runs = {name: [] for name in ACCURACIES}

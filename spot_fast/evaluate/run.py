@@ -11,8 +11,8 @@ Files under the output directory, per model:
     samples/<label>.settings.json  the model and sampling settings those samples were drawn with
 
 Evaluating a model asks for every (benchmark, problem, repetition) and samples only those missing
-from its log (``generation.sample_missing``), so an interrupted run resumes where it stopped, and a
-rerun writes each sample once. Samples drawn with other settings are never mixed in (``sample_settings.claim``): a rerun whose
+from its log (``sampling.generation.sample_missing``), so an interrupted run resumes where it stopped, and a
+rerun writes each sample once. Samples drawn with other settings are never mixed in (``sampling.settings.claim``): a rerun whose
 settings differ from those of the samples already drawn is refused, naming what differs.
 """
 import json
@@ -22,11 +22,11 @@ from pathlib import Path
 
 from spot_fast.checkpoint import STATE_FILE, checkpoints
 from spot_fast.evaluate import ifeval
-from spot_fast.evaluate.benchmarks import IFEVAL, grade_response, sample_request
-from spot_fast.evaluate.metrics import summarize
-from spot_fast.rectify.generation import sample_missing
-from spot_fast.rectify.jsonl import AppendLog
-from spot_fast.rectify.sample_settings import claim
+from spot_fast.evaluate.benchmark_files import IFEVAL, grade_response, sample_request
+from spot_fast.evaluate.scores import summarize
+from spot_fast.jsonl import AppendLog
+from spot_fast.sampling.generation import sample_missing
+from spot_fast.sampling.settings import claim
 
 BUILTIN_LABEL = "builtin-tiny-qwen3"
 _LABEL = re.compile(r"[A-Za-z0-9._-]+")

@@ -16,7 +16,8 @@ from spot_fast.cli import ArgumentParser, number
 from spot_fast.paths import check_output_dir
 from spot_fast.rectify.chat_client import OracleUnreachable
 from spot_fast.rectify.correct import UNFINISHED, NotReady
-from spot_fast.rectify.sampling_options import add_sampling_arguments, positive_int, recorded_settings
+from spot_fast.rectify.oracle import PROVIDER_OPTIONS, make_oracle
+from spot_fast.sampling.settings import add_sampling_arguments, positive_int, recorded_settings
 
 PROG = "spot-fast-rectify"
 
@@ -35,20 +36,18 @@ def model_name(name, option):
 
 def run_elicit(args):
     from spot_fast.rectify.elicit import elicit
-    from spot_fast.rectify.generation import generator_loader
+    from spot_fast.sampling.generation import generator_loader
 
     model = model_name(args.model, "--model")
     return elicit(args.problems, args.workdir, generator_loader(args, model), {"model": model, **recorded_settings(args)},
                   samples=args.samples, batch_size=args.batch_size, limit=args.limit)
 
 
-def make_oracle(args):
-    """The Oracle chosen by the options, and the HTTP client behind it (None for a callable)."""
-    from spot_fast.rectify.chat_client import ChatClient
-    from spot_fast.rectify.oracle import ChatOracle, load_callable
-
+def oracle_from_options(args):
+    """The Oracle the options choose (``oracle.make_oracle``), and the HTTP client behind it (None for a
+    function)."""
     if args.oracle_callable:
-        return load_callable(args.oracle_callable), None
+        return make_oracle(args.oracle_callable)
     if not args.base_url or not args.oracle_model:
         raise ValueError("choose an Oracle: --oracle-callable module:function, or --base-url and "
                          "--oracle-model (or SPOT_ORACLE_BASE_URL and SPOT_ORACLE_MODEL)")
@@ -58,19 +57,16 @@ def make_oracle(args):
         raise ValueError(f"--extra-body is not JSON: {e}") from None
     if not isinstance(body, dict):
         raise ValueError("--extra-body must be a JSON object")
-    if args.thinking_budget is not None:
-        google = body.setdefault("extra_body", {}).setdefault("google", {})
-        google.setdefault("thinking_config", {})["thinking_budget"] = args.thinking_budget
-    client = ChatClient(args.base_url, args.oracle_model, api_key=args.api_key, timeout=args.timeout,
-                        max_retries=args.max_retries, backoff=args.backoff, extra_body=body,
-                        max_connection_failures=args.max_connection_failures)
-    return ChatOracle(client), client
+    return make_oracle(base_url=args.base_url, model=args.oracle_model, extra_body=body,
+                       provider_options={name: getattr(args, name) for name in PROVIDER_OPTIONS},
+                       api_key=args.api_key, timeout=args.timeout, max_retries=args.max_retries,
+                       backoff=args.backoff, max_connection_failures=args.max_connection_failures)
 
 
 def run_correct(args):
     from spot_fast.rectify.correct import correct
 
-    oracle, client = make_oracle(args)
+    oracle, client = oracle_from_options(args)
     summary = correct(args.workdir, oracle, concurrency=args.concurrency,
                       max_unmarked_replies=args.max_unmarked_replies)
     if client is not None:
@@ -139,8 +135,8 @@ def parser():
     c.add_argument("--max-unmarked-replies", type=positive_int, default=3,
                    help="replies without a marked correction (one per run) before an answer is final "
                         "without a correction")
-    c.add_argument("--thinking-budget", type=number(int, lambda v: v >= -1, ">= -1 (-1: dynamic)"),
-                   help="Gemini thinking budget (sent as extra_body.google.thinking_config.thinking_budget; default: not sent)")
+    for name, option in PROVIDER_OPTIONS.items():
+        c.add_argument("--" + name.replace("_", "-"), type=option.type, help=option.help)
     c.add_argument("--extra-body", default="{}",
                    help="JSON object merged into every request body (temperature, max_tokens, ...)")
 

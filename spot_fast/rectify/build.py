@@ -11,10 +11,10 @@ reasons) and no ``pairs.jsonl``, removing an earlier one.
 """
 from pathlib import Path
 
+from spot_fast.jsonl import read_unique, write_jsonl_atomic
 from spot_fast.models import load_tokenizer
 from spot_fast.rectify import layout
 from spot_fast.rectify.correct import NotReady, check_all_final
-from spot_fast.rectify.jsonl import read_unique, write_jsonl_atomic
 from spot_fast.rectify.report import write_report
 from spot_fast.rectify.verify import correction_fields
 

@@ -36,9 +36,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from spot_fast.jsonl import AppendLog, read_unique
 from spot_fast.rectify import layout
 from spot_fast.rectify.chat_client import OracleError
-from spot_fast.rectify.jsonl import AppendLog, read_unique
 from spot_fast.rectify.oracle import UnmarkedReply
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,9 @@
 r"""Oracles: what turns a wrong answer y- into a minimally edited correct answer y+.
 
-An Oracle is any callable ``oracle(question=..., wrong_answer=..., ground_truth=...)`` that returns the
-corrected answer text, or None when it has no correction to offer (final: not asked again), or raises
-``UnmarkedReply`` when it replied without a usable correction (asked again on a later run, up to a
-limit). It may be called from several threads at once. Two kinds:
+An Oracle is anything that fits ``Oracle``: a callable ``oracle(question=..., wrong_answer=...,
+ground_truth=...)`` that returns the corrected answer text, or None when it has no correction to offer
+(final: not asked again), or raises ``UnmarkedReply`` when it replied without a usable correction
+(asked again on a later run, up to a limit). It may be called from several threads at once. Two kinds:
 
 - ``ChatOracle``: a chat model behind an OpenAI-compatible endpoint, asked with ``CORRECTION_PROMPT``
   (the one statement of what a correction must be) to reply with the corrected answer between
@@ -12,15 +12,35 @@ limit). It may be called from several threads at once. Two kinds:
 - a Python function named ``module:function`` (``load_callable``), e.g. a rule-based fixer or a
   wrapper around another model; its return value is the correction as is.
 
+``make_oracle`` builds either from plain options. What a provider takes beyond the OpenAI-compatible
+API (Gemini's thinking budget) is a ``PROVIDER_OPTIONS`` entry: the request-body fragment that carries
+its value; ``spot-fast-rectify correct`` offers each entry as an option of its own. A new provider's
+option is one more entry there, not code in the factory.
+
 ``replace_final_answer`` is a rule-based Oracle for demonstrations and smoke tests: it rewrites the final
 boxed value, or appends a boxed final answer to an answer without one, so its pairs teach nothing
 about reasoning and are not training data.
 """
 import importlib
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from spot_fast.rectify.answers import last_boxed_span
+from spot_fast.cli import number
 from spot_fast.rectify.chat_client import ChatClient
+from spot_fast.sampling.answers import last_boxed_span
+
+
+
+class Oracle(Protocol):
+    """The interface of every Oracle (see the module docstring); ``correct.correct`` calls it for each
+    wrong answer, from up to ``concurrency`` threads at once."""
+
+    def __call__(self, question: str, wrong_answer: str, ground_truth: str) -> str | None:
+        """The corrected answer, or None when there is none to offer (final: not asked again); raises
+        ``UnmarkedReply`` for a reply without a usable correction (asked again on a later run)."""
+
 
 BEGIN = "<corrected_answer>"
 END = "</corrected_answer>"
@@ -132,6 +152,62 @@ def load_callable(spec):
     if not callable(function):
         raise ValueError(f"oracle {spec!r}: {module_name!r} has no function {attribute!r}")
     return function
+
+
+@dataclass(frozen=True)
+class ProviderOption:
+    """An option that some provider takes beyond the OpenAI-compatible API, sent in every request:
+    ``body(value)`` is the fragment of the request body that carries ``value``; ``type`` parses and
+    checks a value given as text, ``help`` says what it is."""
+
+    type: Callable[[str], Any]
+    help: str
+    body: Callable[[Any], dict]
+
+
+# name -> option; ``spot-fast-rectify correct`` offers each as --NAME (with dashes for underscores)
+PROVIDER_OPTIONS = {
+    "thinking_budget": ProviderOption(
+        type=number(int, lambda v: v >= -1, ">= -1 (-1: dynamic)"),
+        help="Gemini thinking budget (sent as extra_body.google.thinking_config.thinking_budget; default: not sent)",
+        body=lambda budget: {"extra_body": {"google": {"thinking_config": {"thinking_budget": budget}}}}),
+}
+
+
+def merged(body, fragment):
+    """``body`` with ``fragment`` merged in: objects in both merged key by key, any other value of
+    ``fragment`` replacing ``body``'s."""
+    out = dict(body)
+    for key, value in fragment.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merged(out[key], value) if both else value
+    return out
+
+
+def request_body(extra_body=None, provider_options=None):
+    """The fields merged into every chat request: ``extra_body``, then the fragment of each of
+    ``provider_options`` (name -> value; None: not sent) on top."""
+    body = dict(extra_body or {})
+    for name, value in (provider_options or {}).items():
+        if name not in PROVIDER_OPTIONS:
+            raise ValueError(f"no provider option {name!r} (have: {', '.join(PROVIDER_OPTIONS)})")
+        if value is not None:
+            body = merged(body, PROVIDER_OPTIONS[name].body(value))
+    return body
+
+
+def make_oracle(callable_spec=None, *, base_url=None, model=None, extra_body=None, provider_options=None,
+                **client_options) -> tuple[Oracle, ChatClient | None]:
+    """(the Oracle, the ``ChatClient`` behind it or None): the function ``callable_spec`` names
+    (``module:function``), else a ``ChatOracle`` asking ``model`` at ``base_url``, with
+    ``request_body(extra_body, provider_options)`` in every request. ``client_options`` go to the
+    ``ChatClient`` (``api_key``, ``timeout``, ``max_retries``, ``backoff``, ``max_connection_failures``)."""
+    if callable_spec:
+        return load_callable(callable_spec), None
+    if not base_url or not model:
+        raise ValueError("an Oracle needs a function (module:function), or a base URL and a model")
+    client = ChatClient(base_url, model, extra_body=request_body(extra_body, provider_options), **client_options)
+    return ChatOracle(client), client
 
 
 def replace_final_answer(question, wrong_answer, ground_truth):

@@ -21,9 +21,9 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from spot_fast.batching import common_prefix_length  # noqa: E402
-from spot_fast.rectify import correct, elicit, layout, verify  # noqa: E402
 from spot_fast.crash_safe import write_file  # noqa: E402
-from spot_fast.rectify.jsonl import read_jsonl  # noqa: E402
+from spot_fast.jsonl import read_jsonl  # noqa: E402
+from spot_fast.rectify import correct, elicit, layout, verify  # noqa: E402
 from spot_fast.rectify.lcs import diff_spans  # noqa: E402
 
 

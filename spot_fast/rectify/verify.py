@@ -4,7 +4,7 @@ For every record of ``corrections.jsonl`` the first failing check names its drop
 
 1. the Oracle offered a correction;
 2. the correction has a boxed final answer;
-3. that answer equals the ground truth (``answers.equivalent``);
+3. that answer equals the ground truth (``sampling.answers.equivalent``);
 4. the original answer is wrong (guards against a grading slip upstream: a pair of two right answers
    would teach the model to avoid a correct answer);
 5. the change ratio ``R = 1 - |LCS(y-, y+)| / |y+|`` over the trainer tokenizer's token ids (no
@@ -20,12 +20,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from spot_fast.jsonl import read_unique, write_jsonl_atomic
 from spot_fast.models import load_tokenizer
 from spot_fast.rectify import layout
-from spot_fast.rectify.answers import grade
 from spot_fast.rectify.correct import check_all_final, error_fields
-from spot_fast.rectify.jsonl import read_unique, write_jsonl_atomic
 from spot_fast.rectify.lcs import change_ratio
+from spot_fast.sampling.answers import grade
 
 NO_CORRECTION = "oracle offered no correction"
 NO_BOX = "correction has no boxed answer"

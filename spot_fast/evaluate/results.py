@@ -4,7 +4,7 @@ training checkpoint, ``accuracy_by_step.png`` (avg@k +- std against the training
 benchmark; models without a step drawn as dashed horizontal lines for reference).
 
 ``results`` is ``{"settings": {...}, "models": [{"label", "model", "step", "benchmarks": {name:
-metrics}}]}`` with the metrics of ``metrics.summarize`` (``ifeval.summarize`` for an IFEval benchmark,
+metrics}}]}`` with the metrics of ``scores.summarize`` (``ifeval.summarize`` for an IFEval benchmark,
 whose headline accuracy, in the first table and the plots, is prompt-level strict accuracy; a third
 table gives its four accuracies).
 """

@@ -8,7 +8,7 @@ question the same way: as the user turn of the tokenizer's chat template with th
 Qwen3 non-thinking mode by default (the template inserts an empty ``<think>`` block), or as the raw
 question with ``chat_template=False``.
 
-Sampling settings (``sampling_options.Sampling``) default to Qwen3's non-thinking recommendation: temperature 0.7,
+Sampling settings (``settings.Sampling``) default to Qwen3's non-thinking recommendation: temperature 0.7,
 top-p 0.8; top-k 0 means no top-k cut (both backends are told so explicitly, since Hugging Face
 would otherwise apply its default of 50).
 
@@ -25,7 +25,7 @@ which flips a draw only on a near-tie of two tokens); ``--batch-size 1`` removes
 
 ``sample_missing`` is the resumable sampling loop of every command that samples (``elicit``,
 ``spot-fast-eval``); ``generator_loader`` builds their generator from the options of
-``sampling_options.add_sampling_arguments``.
+``settings.add_sampling_arguments``.
 """
 import hashlib
 from dataclasses import dataclass
@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from spot_fast.models import BUILTIN_MODEL, load_model, load_tokenizer
-from spot_fast.rectify.sampling_options import sampling_settings
+from spot_fast.sampling.settings import sampling_settings
 
 
 def sample_seed(seed, sample_id):

@@ -1,4 +1,4 @@
-"""JSONL input and output for the rectification stages.
+"""JSONL input and output for the rectification stages and the evaluation.
 
 Reading: ``read_jsonl`` yields one ``Line`` per non-blank line (a UTF-8 byte-order mark at the start of
 the file, as some editors write, is skipped); anything malformed raises

@@ -1,12 +1,12 @@
 r"""Benchmarks: problems in the pipeline's JSONL format, the prompt of every repetition, and grading.
 
 A benchmark is a JSONL file, named by its stem (``aime24.jsonl`` is "aime24"). Each line holds what
-``elicit`` reads, ``question`` (or ``prompt``), ``answer`` (or ``ground_truth``) and an optional ``id``
+``sampling.problems`` reads, ``question`` (or ``prompt``), ``answer`` (or ``ground_truth``) and an optional ``id``
 (default ``line<N>``), and optionally:
 
 - ``choices``: a list of 2 to 26 distinct non-empty strings makes a multiple-choice problem (GPQA
   style); its ``answer`` is the text of the right choice, which must be one of them.
-- ``kind``: ``"math"`` (a final answer compared with ``answers.equivalent``) or ``"choice"``; by default
+- ``kind``: ``"math"`` (a final answer compared with ``sampling.answers.equivalent``) or ``"choice"``; by default
   ``"choice"`` when ``choices`` is given, else ``"math"``.
 
 A line with ``instruction_id_list`` is an IFEval problem instead (``google/IFEval``'s fields, read and
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spot_fast.evaluate import ifeval
-from spot_fast.rectify.answers import grade, last_boxed, normalize
-from spot_fast.rectify.elicit import problem_fields, read_problems
+from spot_fast.sampling.answers import grade, last_boxed, normalize
+from spot_fast.sampling.problems import problem_fields, read_problems
 
 MATH = "math"
 CHOICE = "choice"
@@ -51,7 +51,7 @@ class Benchmark:
 
 
 def _benchmark_fields(line):
-    """One problem: ``elicit``'s fields plus ``kind`` and ``choices`` (None for a math problem), or an
+    """One problem: ``sampling.problems``' fields plus ``kind`` and ``choices`` (None for a math problem), or an
     IFEval problem (``ifeval.problem_fields``)."""
     if "instruction_id_list" in line.record:
         return ifeval.problem_fields(line)

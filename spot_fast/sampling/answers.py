@@ -30,8 +30,8 @@ The comparison errs towards "not equal": a wrong "equal" would let a wrong corre
 import re
 from fractions import Fraction
 
-from spot_fast.rectify import symbolic
-from spot_fast.rectify.symbolic import brace_group
+from spot_fast.sampling import symbolic
+from spot_fast.sampling.symbolic import brace_group
 
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _BARE_ARGUMENT = re.compile(r"[^\s$]+")
