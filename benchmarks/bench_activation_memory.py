@@ -48,11 +48,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from bench_kernels import RESULTS_DIR, device_name, slug  # noqa: E402
-from spot_fast import activation_checkpointing  # noqa: E402
+from common import RESULTS_DIR, device_name, proc_status_bytes, reset_peak_resident, slug, write_report
+from spot_fast import activation_checkpointing
 
 MODES = ("off", "on", "selective", "selective-half")
 MIB = 2 ** 20
@@ -156,31 +153,25 @@ def cpu_inputs(tokens):
     return {"input_ids": torch.randint(0, 1000, (1, tokens), generator=generator)}
 
 
-def resident_kib():
-    """{"VmRSS": resident set now, "VmHWM": its peak since the last reset}, KiB (Linux)."""
-    with open("/proc/self/status") as status:
-        return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in status) if k in ("VmRSS", "VmHWM")}
-
-
 def rss_step(toy, tokens, mode):
     """In this process (a fresh one): the peak resident set over one step minus the resident set
     before its forward, KiB. The peak is reset right before the forward (``/proc/self/clear_refs``)."""
     body, inputs = cpu_model(toy), cpu_inputs(tokens)
     activation_checkpointing.enable(body, mode)
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # VmHWM := VmRSS
-    before = resident_kib()
+    reset_peak_resident()
+    before = proc_status_bytes("VmRSS") // 1024
     hidden = body(**inputs, use_cache=False).last_hidden_state
     hidden.backward(torch.ones_like(hidden))
-    peak = resident_kib()["VmHWM"]
-    return {"before_kib": before["VmRSS"], "peak_kib": peak, "step_kib": peak - before["VmRSS"]}
+    peak = proc_status_bytes("VmHWM") // 1024
+    return {"before_kib": before, "peak_kib": peak, "step_kib": peak - before}
 
 
 def rss_in_fresh_process(toy, tokens, mode):
-    code = (f"import json, sys; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); import bench_activation_memory as b; "
-            f"print(json.dumps(b.rss_step({toy!r}, {tokens!r}, {mode!r})))")
+    """``rss_step`` in a fresh Python, run in this folder (``-c`` imports from its working directory)."""
+    code = f"import json, bench_activation_memory as b; print(json.dumps(b.rss_step({toy!r}, {tokens!r}, {mode!r})))"
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=1800)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1800,
+                          cwd=Path(__file__).resolve().parent)
     if done.returncode:
         raise RuntimeError(f"the RSS measurement of {mode} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -320,10 +311,7 @@ def main(argv=None):
     print(table)
     out = args.out or (None if args.toy else RESULTS_DIR / f"activation-memory-{slug(report['device']['name'])}")
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-        out.with_suffix(".md").write_text(table)
-        print(f"results written to {out.with_suffix('.json')} and {out.with_suffix('.md')}", file=sys.stderr)
+        write_report(report, table, out)
     return report
 
 

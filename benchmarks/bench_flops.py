@@ -85,17 +85,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+from common import RESULTS_DIR, device_name, write_report
+from spot_fast import activation_checkpointing
+from spot_fast.batching import TRUNK, collate
+from spot_fast.data import Pair, TokenLayout, load_pairs
+from spot_fast.models import ASSETS, BUILTIN_MODEL, load_tokenizer
+from spot_kernels import linear_logprobs_unchecked
 
-from bench_kernels import device_name  # noqa: E402
-from spot_fast import activation_checkpointing  # noqa: E402
-from spot_fast.batching import TRUNK, collate  # noqa: E402
-from spot_fast.data import Pair, TokenLayout, load_pairs  # noqa: E402
-from spot_fast.models import ASSETS, BUILTIN_MODEL, load_tokenizer  # noqa: E402
-from spot_kernels import linear_logprobs_unchecked  # noqa: E402
-
-RESULTS = REPO / "benchmarks" / "results"
 BLOCK = 128                      # FlexAttention's default block size (queries and keys)
 H800_BF16_DENSE = 989.5e12       # FLOP/s, one H800 SXM (the H100 SXM's tensor-core peak)
 PAPER_MINUTES = {"v1": 28, "v2": 16}
@@ -696,12 +692,9 @@ def main(argv=None):
     report = run(args)
     table = markdown(report)
     print(table)
-    out = args.out or (None if args.toy else RESULTS / "flops")
+    out = args.out or (None if args.toy else RESULTS_DIR / "flops")
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-        out.with_suffix(".md").write_text(table)
-        print(f"results written to {out.with_suffix('.json')} and {out.with_suffix('.md')}", file=sys.stderr)
+        write_report(report, table, out)
     return report
 
 

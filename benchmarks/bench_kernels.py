@@ -39,25 +39,21 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
-import re
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 import spot_kernels
+from common import cell, device_name, median_ms, proc_status_bytes, reset_peak_resident, write_results
 
 METHODS = ("eager", "chunked", "triton", "liger-flce", "liger-dpo")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DPO_SEQ_LEN = 1024
 MATMUL_MAX_ROWS = 8192
 SEED = 0
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MIB = 1 << 20
 
 
@@ -115,25 +111,6 @@ def gradient_bytes(hidden, weight):
 
 # ---------------------------------------------------------------- time
 
-def median_ms(fn, repeats, device):
-    """Median wall time of ``fn()`` in ms over ``repeats`` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def matmul_flops_per_s(tokens, weight, repeats, device):
     """Measured rate of ``torch.matmul`` of [min(N, MATMUL_MAX_ROWS), H] x [H, V] in weight's dtype."""
     rows = min(tokens, MATMUL_MAX_ROWS)
@@ -146,20 +123,6 @@ def matmul_flops_per_s(tokens, weight, repeats, device):
 
 # ---------------------------------------------------------------- memory
 
-def _proc_status_bytes(field):
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not found in /proc/self/status")
-
-
-def _reset_peak_resident():
-    """Set this process's VmHWM back to its current VmRSS (Linux: write 5 to /proc/self/clear_refs)."""
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-
-
 def measure_cpu_workspace_here(method, tokens, hidden_size, vocab_size, dtype):
     """In this process: workspace of one run of ``method`` on CPU, from resident-set readings.
 
@@ -171,10 +134,10 @@ def measure_cpu_workspace_here(method, tokens, hidden_size, vocab_size, dtype):
     loss_fn = loss_function(method)
     forward_backward(loss_fn, *make_inputs(16, 16, 64, dtype, device))
     hidden, weight, targets = make_inputs(tokens, hidden_size, vocab_size, dtype, device)
-    _reset_peak_resident()
-    baseline = _proc_status_bytes("VmRSS")
+    reset_peak_resident()
+    baseline = proc_status_bytes("VmRSS")
     forward_backward(loss_fn, hidden, weight, targets)
-    peak = _proc_status_bytes("VmHWM")
+    peak = proc_status_bytes("VmHWM")
     grad_bytes = gradient_bytes(hidden, weight)
     return {"workspace_bytes": peak - baseline - grad_bytes, "peak_bytes": peak,
             "baseline_bytes": baseline, "gradient_bytes": grad_bytes}
@@ -204,36 +167,10 @@ def measure_cuda_workspace(loss_fn, hidden, weight, targets):
             "baseline_bytes": baseline, "gradient_bytes": grad_bytes}
 
 
-# ---------------------------------------------------------------- device and output
-
-def device_name(device):
-    """The GPU's name, or the CPU's model name from /proc/cpuinfo (platform.processor() as fallback)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def slug(text):
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
-def new_results_path(device):
-    """``results/<device slug>-<UTC time>.json``: beside the committed results, never over one."""
-    return RESULTS_DIR / f"{slug(device)}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-
+# ---------------------------------------------------------------- output
 
 def ratio(value, reference):
     return None if value is None or not reference else value / reference
-
-
-def cell(value, spec):
-    """``value`` formatted by ``spec``, or "-" where there is none."""
-    return "-" if value is None else format(value, spec)
 
 
 def print_table(report):
@@ -352,10 +289,8 @@ def main(argv=None):
         for tokens in args.tokens:
             report["shapes"].append(benchmark_shape(tokens, args, device, args.methods, progress))
     print_table(report)
-    out = args.out or new_results_path(name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    print()
+    write_results(report, "", args.out)
 
 
 if __name__ == "__main__":

@@ -34,24 +34,20 @@ Prints a table naming the device and writes JSON to a new file beside the commit
 (``results/train-<device>-<UTC time>.json``) or ``--out``.
 """
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_kernels import RESULTS_DIR, cell, device_name, median_ms, slug  # noqa: E402
-
-from spot_fast.attention import ATTENTION_BACKENDS  # noqa: E402
-from spot_fast.batching import collate  # noqa: E402
-from spot_fast.data import Pair  # noqa: E402
-from spot_fast.logprob_head import batch_logps, install_logprob_head  # noqa: E402
-from spot_fast.objective import Objective, micro_batch_loss  # noqa: E402
-from spot_fast.preflight import liger_support  # noqa: E402
-from spot_kernels import RewardShift  # noqa: E402
+from common import cell, device_name, median_ms, write_results
+from spot_fast.attention import ATTENTION_BACKENDS
+from spot_fast.batching import collate
+from spot_fast.data import Pair
+from spot_fast.logprob_head import batch_logps, install_logprob_head
+from spot_fast.objective import Objective, micro_batch_loss
+from spot_fast.preflight import liger_support
+from spot_kernels import RewardShift
 
 LAYOUTS = {"padded": (False, False), "packed": (True, False), "shared": (True, True)}
 VOCAB = 151936
@@ -226,10 +222,7 @@ def main(argv=None):
     args = parse_args(argv)
     report = run(args)
     print_table(report)
-    out = args.out or RESULTS_DIR / f"train-{slug(report['device']['name'])}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"results written to {out}")
+    write_results(report, "train-", args.out)
 
 
 if __name__ == "__main__":

@@ -33,10 +33,8 @@ import trl  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import Qwen3ForCausalLM  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_kernels import RESULTS_DIR, device_name, slug  # noqa: E402
 from bench_train import SEED, model_config  # noqa: E402
-
+from common import device_name, proc_status_bytes, reset_peak_resident, write_results  # noqa: E402
 from spot_fast.models import ASSETS, BUILTIN_MODEL, load_tokenizer  # noqa: E402
 from spot_kernels.trl_integration import SpotDPOTrainer  # noqa: E402
 
@@ -92,14 +90,6 @@ def wall_ms(trainer, inputs, device):
     return (time.perf_counter() - start) * 1e3, loss
 
 
-def _proc_status_bytes(field):
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def workspace_bytes(trainer, inputs, device):
     trainer.model.zero_grad(set_to_none=True)
     if device.type == "cuda":
@@ -109,11 +99,10 @@ def workspace_bytes(trainer, inputs, device):
         step(trainer, inputs)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - baseline
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # VmHWM := VmRSS
-    baseline = _proc_status_bytes("VmRSS")
+    reset_peak_resident()
+    baseline = proc_status_bytes("VmRSS")
     step(trainer, inputs)
-    return _proc_status_bytes("VmHWM") - baseline
+    return proc_status_bytes("VmHWM") - baseline
 
 
 def run(args):
@@ -170,10 +159,7 @@ def main(argv=None):
     args = parse_args(argv)
     report = run(args)
     print_table(report)
-    out = args.out or RESULTS_DIR / f"trl-dpo-{slug(report['device']['name'])}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_results(report, "trl-dpo-", args.out)
 
 
 if __name__ == "__main__":

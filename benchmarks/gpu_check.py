@@ -33,10 +33,10 @@ failed or ran out of time.
 Imports: every part runs this checkout's ``spot_fast`` and ``spot_kernels`` (the checkout is put
 first on PYTHONPATH). ``--wheels DIR`` first installs the wheels in DIR (``make gpu-wheels``) into a
 folder of this run (pip ``--no-index --no-deps --target``) and puts it on PYTHONPATH too: for a node
-whose image has torch and triton but not DeepSpeed, Liger or this project's pinned transformers.
+whose image has torch and triton but not DeepSpeed, Liger or this project's pinned transformers. Whether
+a part's packages are there is asked of a Python started with that PYTHONPATH, as the part will be.
 """
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -50,9 +50,10 @@ from pathlib import Path
 
 import torch
 
+from common import RESULTS_DIR, device_name, slug, utc_stamp
+
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "spot_fast" / "assets"
-RESULTS_DIR = REPO / "benchmarks" / "results"
 BUDGET_S = 450            # the parts' limits never add up to more (the whole stays under 8 minutes)
 TAIL = 3000               # characters of each part's output kept in the JSON
 MIN_PART_S = 5            # a part is not started with less time left
@@ -168,16 +169,35 @@ PARTS = (
 
 # ---------------------------------------------------------------- running them
 
-def missing_modules(names):
-    missing = []
-    for name in names:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except ImportError:
-            found = False
-        if not found:
-            missing.append(name)
-    return missing
+FIND_MODULES = """import importlib.util, json, sys
+def found(name):
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:
+        return False
+print(json.dumps([name for name in sys.argv[1:] if not found(name)]))"""
+
+VERSIONS = """import importlib.metadata as metadata, json, sys
+def version(name):
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+print(json.dumps({name: version(name) for name in sys.argv[1:]}))"""
+
+
+def ask_python(code, args, env):
+    """What ``code`` prints last as JSON, run with ``args`` by a Python started here with environment
+    ``env`` (a part's): what the parts can import is judged where they import it."""
+    done = subprocess.run(python("-c", code, *args), cwd=REPO, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"python -c failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def missing_modules(names, env=None):
+    """Those of the modules ``names`` that a part run with environment ``env`` cannot find."""
+    return ask_python(FIND_MODULES, names, env) if names else []
 
 
 def run_part(part, work, env, dry_run, limit_s):
@@ -185,7 +205,7 @@ def run_part(part, work, env, dry_run, limit_s):
     entry = {"name": part.name, "limit_s": limit_s}
     if dry_run and part.cuda_only:
         return entry | {"status": "skipped", "reason": part.cuda_only}
-    missing = missing_modules(part.needs)
+    missing = missing_modules(part.needs, env)
     if missing:
         return entry | {"status": "skipped", "reason": f"needs {', '.join(missing)}: not importable "
                                                         f"(make install, or make gpu-wheels and --wheels)"}
@@ -233,24 +253,17 @@ def install_wheels(wheels, site):
 
 def import_paths(work, wheels):
     """The folders every part imports from first: this checkout (its ``spot_fast`` and ``spot_kernels``),
-    then the installed wheels; also put on this process's ``sys.path`` so that ``needs`` is judged alike."""
+    then the installed wheels."""
     paths = [str(REPO)]
     if wheels:
         install_wheels(wheels, work / "site")
         paths.append(str(work / "site"))
-    sys.path[:0] = paths
     return paths
 
 
-def package_versions():
-    import importlib.metadata as metadata
-    versions = {}
-    for name in ("torch", "triton", "transformers", "deepspeed", "liger-kernel", "pytest"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+def package_versions(env):
+    """The versions of the packages that matter here, as a part run with environment ``env`` finds them."""
+    return ask_python(VERSIONS, ["torch", "triton", "transformers", "deepspeed", "liger-kernel", "pytest"], env)
 
 
 # ---------------------------------------------------------------- report
@@ -344,20 +357,18 @@ def main(argv=None):
         print(f"gpu-check: no CUDA device here ({torch_build()}); nothing to check (--dry-run runs toy sizes on "
               f"the CPU)")
         return 0
-    utc = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    utc = utc_stamp()
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
         work = Path(scratch)
         paths = import_paths(work, args.wheels)
-        sys.path.insert(0, str(REPO / "benchmarks"))
-        from bench_kernels import device_name, slug  # imports spot_kernels: only now on the path
         device = device_name(torch.device("cuda" if on_cuda and not args.dry_run else "cpu"))
         report = {"device": device, "utc": utc, "dry_run": args.dry_run, "budget_s": BUDGET_S, "parts": []}
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
                    PYTHONUNBUFFERED="1")
         if args.dry_run:
             env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU, even on a GPU node
-        report["versions"] = package_versions()
+        report["versions"] = package_versions(env)
         for part in PARTS:
             left = BUDGET_S - (time.perf_counter() - began)
             limit_s = DRY_RUN_LIMIT_S if args.dry_run else min(part.limit_s, int(left))

@@ -36,15 +36,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from statistics import fmean, pstdev
 
+import claims_task as task
+from common import RESULTS_DIR, device_name
+from spot_fast.crash_safe import replaced_dir, write_file
+from spot_fast.rectify.jsonl import write_jsonl_atomic
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import claims_task as task  # noqa: E402
-
-from spot_fast.crash_safe import replaced_dir, write_file  # noqa: E402
-from spot_fast.jsonl import write_jsonl_atomic  # noqa: E402
-
-RESULTS = REPO / "benchmarks" / "results"
 METHODS = (  # label, objective, which pairs (minimal edits or direct rewrites)
     ("SPoT (spot_bco)", "spot_bco", "minimal"),
     ("SPoT-BCE (spot_bce)", "spot_bce", "minimal"),
@@ -527,7 +524,6 @@ def plot(summary, work, path):
 def device():
     """The machine, named as the other benchmarks' results name it (every stage runs on the CPU)."""
     import torch
-    from bench_kernels import device_name
 
     return {"name": device_name(torch.device("cpu")), "type": "cpu", "cpu_count": os.cpu_count()}
 
@@ -536,7 +532,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", type=Path, default=REPO / "outputs" / "spot_claims", help="stage outputs (resumable)")
     p.add_argument("--smoke", action="store_true", help="toy scale, results only in the work directory")
-    p.add_argument("--results", type=Path, default=RESULTS, help="where spot_claims.{json,md,png} go (full scale)")
+    p.add_argument("--results", type=Path, default=RESULTS_DIR, help="where spot_claims.{json,md,png} go (full scale)")
     args = p.parse_args(argv)
     scale = SMOKE if args.smoke else FULL
     work = args.workdir

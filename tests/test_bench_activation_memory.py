@@ -1,15 +1,10 @@
 """``benchmarks/bench_activation_memory.py``: its accounting holds what autograd keeps, and at toy size
 the checkpointing modes keep what they say, in order: off > selective > selective-half > on."""
 import json
-import sys
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import bench_activation_memory  # noqa: E402
+import bench_activation_memory  # benchmarks/ (tests/conftest.py)
 
 
 def test_accounting_holds_what_autograd_saved_and_the_output():

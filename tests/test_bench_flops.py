@@ -2,19 +2,13 @@
 checkpointing mode's recompute included), the block-sparse and varlen attention counts against the
 dense mask, and the whole benchmark at toy size."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import bench_flops  # noqa: E402
-
-from spot_fast.attention import dense_mask  # noqa: E402
-from spot_fast.batching import collate, common_prefix_length, pair_tokens  # noqa: E402
+import bench_flops  # benchmarks/ (tests/conftest.py)
+from spot_fast.attention import dense_mask
+from spot_fast.batching import collate, common_prefix_length, pair_tokens
 
 
 @pytest.fixture(scope="module")

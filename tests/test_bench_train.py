@@ -1,22 +1,10 @@
 """benchmarks/bench_train.py builds its model where it runs, in the dtype it runs in."""
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from transformers import Qwen3Config
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
-
-
-def load_bench():
-    sys.path.insert(0, str(BENCH.parent))
-    spec = importlib.util.spec_from_file_location("bench_train", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import bench_train  # benchmarks/ (tests/conftest.py)
 
 
 class HostTensors(TorchDispatchMode):
@@ -34,10 +22,9 @@ class HostTensors(TorchDispatchMode):
 def test_the_benchmark_model_is_built_on_its_device_in_its_dtype():
     """The meta device stands in for the GPU: no tensor of a weight's size may appear on the CPU (an
     fp32 model built there and then cast and moved would)."""
-    bench = load_bench()
     config = Qwen3Config(vocab_size=5000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=16)
     with HostTensors() as host:
-        model = bench.build_model(config, "sdpa", torch.device("meta"), torch.bfloat16)
+        model = bench_train.build_model(config, "sdpa", torch.device("meta"), torch.bfloat16)
     assert {(p.device.type, p.dtype) for p in model.parameters()} == {("meta", torch.bfloat16)}
     assert host.largest < 64 * 128, f"a tensor of {host.largest} elements was made on the CPU"

@@ -107,17 +107,19 @@ def write_wheel(folder):
             wheel.writestr(name, text)
 
 
-def test_wheels_are_installed_for_the_run_and_importable_in_every_part(gpu_check, tmp_path, monkeypatch):
+def test_wheels_are_installed_for_the_run_and_importable_in_every_part(gpu_check, tmp_path):
     """``--wheels DIR``: its wheels go into a folder of the run, which is on the parts' PYTHONPATH after
     this checkout (its ``spot_kernels``)."""
     write_wheel(tmp_path / "wheels")
-    monkeypatch.setattr(sys, "path", list(sys.path))
     (tmp_path / "work").mkdir()
     paths = gpu_check.import_paths(tmp_path / "work", tmp_path / "wheels")
-    assert gpu_check.missing_modules(["probe_module", "spot_kernels"]) == []
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
+    assert gpu_check.missing_modules(["probe_module", "spot_kernels"], env) == []
+    assert gpu_check.missing_modules(["probe_module"], None) == ["probe_module"], "not in the checking process"
+    assert gpu_check.package_versions(env)["pytest"] == pytest.__version__
     probe = "import probe_module, spot_kernels; print(probe_module.VALUE, spot_kernels.__file__)"
-    done = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ, PYTHONPATH=os.pathsep.join(paths)),
-                          capture_output=True, text=True, cwd=tmp_path, check=True)
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, cwd=tmp_path,
+                          check=True)
     value, kernels = done.stdout.split()
     assert value == "42" and Path(kernels).resolve() == REPO / "spot_kernels" / "__init__.py"
 

@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-import claims_task as task  # noqa: E402
+import claims_task as task  # noqa: E402  (benchmarks/: tests/conftest.py)
 import spot_claims  # noqa: E402
 
-from spot_fast.sampling.answers import grade  # noqa: E402
+from spot_fast.rectify.answers import grade  # noqa: E402
 from spot_fast.rectify.lcs import change_ratio  # noqa: E402
 
 

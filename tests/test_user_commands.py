@@ -1,10 +1,10 @@
 """What a new user runs first: the README's CPU demos of PEAR at the block level and of training on the
 rectified pairs, and `make bench`."""
-import importlib.util
 import json
 import shlex
 from pathlib import Path
 
+import common  # benchmarks/common.py (tests/conftest.py)
 from spot_fast.config import parse_config
 from spot_fast.data import load_pairs
 from spot_fast.engine import warmup_steps
@@ -48,19 +48,11 @@ def test_readme_rectify_demo_trains_real_steps():
     assert order.total_steps >= 20 and warmup_steps(order.total_steps, config.warmup_ratio) <= 2
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_kernels", REPO / "benchmarks" / "bench_kernels.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bench_writes_new_results_beside_the_committed_ones():
-    bench = load_bench()
-    committed = sorted(bench.RESULTS_DIR.glob("*.json"))
+    committed = sorted(common.RESULTS_DIR.glob("*.json"))
     assert committed
     for path in committed:
         device = json.loads(path.read_text())["device"]["name"]
-        new = bench.new_results_path(device)
-        assert new.parent == bench.RESULTS_DIR and not new.exists()
-        assert new.name.startswith(bench.slug(device) + "-")
+        new = common.new_results_path(device)
+        assert new.parent == common.RESULTS_DIR and not new.exists()
+        assert new.name.startswith(common.slug(device) + "-")
