@@ -39,7 +39,7 @@ from statistics import fmean, pstdev
 import claims_task as task
 from common import RESULTS_DIR, device_name
 from spot_fast.crash_safe import replaced_dir, write_file
-from spot_fast.rectify.jsonl import write_jsonl_atomic
+from spot_fast.jsonl import write_jsonl_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = (  # label, objective, which pairs (minimal edits or direct rewrites)

@@ -15,8 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 import claims_task as task  # noqa: E402  (benchmarks/: tests/conftest.py)
 import spot_claims  # noqa: E402
 
-from spot_fast.rectify.answers import grade  # noqa: E402
 from spot_fast.rectify.lcs import change_ratio  # noqa: E402
+from spot_fast.sampling.answers import grade  # noqa: E402
 
 
 def check_solution(text, a, b):
