@@ -69,7 +69,7 @@ def test_reference_cache_holds_the_base_models_log_probs(lora_run):
     tokenizer = load_tokenizer(BUILTIN_MODEL)
     pairs = load_pairs(ASSETS / "pairs.jsonl", tokenizer, 8192)[0][:4]
     [train_cache] = [p for p in (run_dir.parent / f"cache-{run_dir.name}").glob("reference-*.pt")
-                     if torch.load(p, weights_only=True)["logps"].shape[0] > 100]
+                     if p.name.rsplit("-", 1)[0] == "reference" and torch.load(p, weights_only=True)["logps"].shape[0] > 100]
     cached = torch.load(train_cache, weights_only=True)["logps"]
     base = load_model(BUILTIN_MODEL)
     expected = torch.tensor([[float(hf_token_logps(base, p.prompt_ids, ids).sum()) for ids in (p.chosen_ids, p.rejected_ids)]
