@@ -22,7 +22,8 @@ the CPU if there is no GPU. Read it top to bottom:
 - ``main``: a bad option, data file, model or cache ends the run with one line, printed once under
   torchrun where the ranks fail alike (``report_error``); Ctrl-C or SIGTERM ends it with one line from
   rank 0 saying the step reached, the last checkpoint and the command that resumes from it, with exit
-  status 130 or 143.
+  status 130 or 143. In the training loop the first signal takes effect at the end of the step (and
+  of the checkpoint save) under way, so nothing is left half-done; a second Ctrl-C stops at once.
 """
 import os
 import shlex
@@ -310,10 +311,12 @@ def train(run):
             run.log.log(0, start)
     window, first_step = MetricsWindow(), run.state.step
     host_syncs = HostSyncs(run.device) if config.sync_debug == "warn" else None
-    with tqdm(range(run.state.step, order.total_steps), desc="train", unit="step", disable=not run.is_main,
-              initial=run.state.step, total=order.total_steps) as progress, \
+    with signals_wait_for_the_step(), \
+            tqdm(range(run.state.step, order.total_steps), desc="train", unit="step", disable=not run.is_main,
+                 initial=run.state.step, total=order.total_steps) as progress, \
             (host_syncs.traced() if host_syncs else nullcontext()):
         for step in progress:
+            stop_if_signalled()  # a signal that came during the previous step ends the run here
             learning_rate = optimizer_step(run, step, window)
             run.state.step = done = step + 1
             row = {}
@@ -364,12 +367,43 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so that both end a run the same way."""
 
 
+_deferred = {"active": False, "signal": None}  # inside the training loop: the first signal, kept for the step's end
+
+
+def _interrupt(signum):
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
 def _stop(signum, frame):
-    """The first SIGINT or SIGTERM raises; a later SIGTERM is ignored while the run ends (torchrun sends
-    one to every rank after a Ctrl-C that every rank already got), a later Ctrl-C raises as usual."""
+    """The first SIGINT or SIGTERM raises, or, inside the training loop, is kept until the step under
+    way ends (``stop_if_signalled``): raised in the middle of a step it could stop anything half-done
+    (a library's object half-built, a collective half-joined). A later SIGTERM is ignored while the
+    run ends (torchrun sends one to every rank after a Ctrl-C that every rank already got); a later
+    Ctrl-C raises at once."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    if _deferred["active"]:
+        _deferred["signal"] = signum
+        return
+    _interrupt(signum)
+
+
+def stop_if_signalled():
+    """Raises for the signal kept since the last step (``_stop``), if one came."""
+    if _deferred["signal"] is not None:
+        _interrupt(_deferred["signal"])
+
+
+@contextmanager
+def signals_wait_for_the_step():
+    """Inside the block a first signal waits for ``stop_if_signalled`` (the next step's start, or the
+    block's end); after it, signals raise where they arrive."""
+    _deferred.update(active=True, signal=None)
+    try:
+        yield
+        stop_if_signalled()
+    finally:
+        _deferred.update(active=False, signal=None)
 
 
 @contextmanager

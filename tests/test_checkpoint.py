@@ -207,3 +207,27 @@ def test_a_signal_ends_the_run_with_one_line_that_says_how_to_resume(tmp_path):
     assert "resumed from" in output
     state = json.loads((checkpoints(output_dir)[-1] / "trainer_state.json").read_text())
     assert state["config"]["learning_rate"] == DEMO_LEARNING_RATE
+
+
+def test_a_signal_in_the_training_loop_waits_for_the_step_and_a_second_ctrl_c_does_not():
+    """Inside the loop (``signals_wait_for_the_step``) the first SIGTERM or SIGINT is kept until the
+    step under way ends (``stop_if_signalled``), so it never lands inside half-done work; a second
+    Ctrl-C raises where it arrives; outside the loop a signal raises at once."""
+    from spot_fast.train import Terminated, signals_stop_the_run, signals_wait_for_the_step, stop_if_signalled
+
+    for first, raised in ((signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)):
+        with signals_stop_the_run():
+            with pytest.raises(raised):
+                with signals_wait_for_the_step():
+                    os.kill(os.getpid(), first)
+                    halfway = "the step goes on"  # the signal did not raise here
+                    stop_if_signalled()
+            assert halfway == "the step goes on"
+    with signals_stop_the_run():
+        with pytest.raises(KeyboardInterrupt):
+            with signals_wait_for_the_step():
+                os.kill(os.getpid(), signal.SIGINT)
+                with pytest.raises(KeyboardInterrupt):
+                    os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C: at once
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # outside the loop: at once
