@@ -31,7 +31,7 @@ Why these: they are all of a layer's FLOPs as the FLOPs counter sees them (the r
 work, bound by memory traffic), so with them kept the recompute runs no matmul and no attention; and
 their outputs are a minority of what ``off`` keeps: the normalized inputs of the projections, the
 rotated queries and keys, SiLU's input and output and the gate product, each as wide as a matmul
-output, are recomputed instead. ``benchmarks/results/activation_memory.md`` has the bytes per token
+output, are recomputed instead. ``benchmarks/results/activation-memory-<machine>.md`` has the bytes per token
 each mode keeps, ``benchmarks/results/flops.md`` the FLOPs each recomputes.
 
 How: ``torch.utils.checkpoint.checkpoint``'s ``context_fn`` gives the forward and the recompute one
