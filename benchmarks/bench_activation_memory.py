@@ -269,10 +269,9 @@ def markdown(report):
     off = c["bytes_per_token"]["off"]["held_after_forward"]
     for mode, b in c["bytes_per_token"].items():
         rss = c["peak_rss"].get(mode)
+        rss_mib = f"{rss['step_kib'] / 1024:.0f}" if rss else "-"
         lines.append(f"| {mode} | {b['held_after_forward'] / 1024:.2f} | {b['peak'] / 1024:.2f} | "
-                     f"{b['held_after_forward'] / off:.2f} | {rss['step_kib'] / 1024:.0f} |" if rss else
-                     f"| {mode} | {b['held_after_forward'] / 1024:.2f} | {b['peak'] / 1024:.2f} | "
-                     f"{b['held_after_forward'] / off:.2f} | - |")
+                     f"{b['held_after_forward'] / off:.2f} | {rss_mib} |")
     e = report["meta_8b"]
     if e:
         lines += ["", "## Qwen3-8B's shapes on the meta device (torch's accounting)", "",
